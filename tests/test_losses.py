@@ -1,0 +1,374 @@
+"""rmc_jax.losses against plain NumPy references, and dense == tiled == gather == ring."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+import rmc_jax.losses as L
+
+# ------------------------------------------------------------------------------------------
+# NumPy references, written from the definitions (float64).
+# ------------------------------------------------------------------------------------------
+
+
+def np_logsumexp(x):
+    m = np.max(x)
+    return m + np.log(np.sum(np.exp(x - m)))
+
+
+def np_global(img, txt, tau):
+    logits = img @ txt.T / tau
+    n = len(img)
+    i2t = [np_logsumexp(logits[i]) - logits[i, i] for i in range(n)]
+    t2i = [np_logsumexp(logits[:, j]) - logits[j, j] for j in range(n)]
+    return 0.5 * (np.mean(i2t) + np.mean(t2i))
+
+
+def np_roi(roi, cap, mask, tau, ids=None):
+    b, r, e = roi.shape
+    roi, cap, mask = roi.reshape(-1, e), cap.reshape(-1, e), mask.reshape(-1)
+    ids = np.arange(b * r) if ids is None else ids.reshape(-1)
+    losses = []
+    for i in np.flatnonzero(mask):
+        logits = np.array([roi[i] @ cap[j] / tau for j in np.flatnonzero(mask)])
+        positives = np.array([ids[j] == ids[i] for j in np.flatnonzero(mask)])
+        losses.append(np_logsumexp(logits) - np_logsumexp(logits[positives]))
+    return np.mean(losses) if losses else 0.0
+
+
+def np_negative(roi, cap, neg, mask, neg_mask, tau):
+    losses = []
+    for bi, ri in zip(*np.nonzero(mask)):
+        positive = roi[bi, ri] @ cap[bi, ri] / tau
+        negatives = [roi[bi, ri] @ neg[bi, ri, k] / tau for k in np.flatnonzero(neg_mask[bi, ri])]
+        losses.append(np_logsumexp(np.array([positive] + negatives)) - positive)
+    return np.mean(losses) if losses else 0.0
+
+
+def np_distill(student, teacher, mask, ts, tt):
+    def log_softmax(x):
+        return x - np.array([np_logsumexp(row) for row in x.reshape(-1, x.shape[-1])]).reshape(
+            x.shape[:-1] + (1,))
+    lt, ls = log_softmax(teacher / tt), log_softmax(student / ts)
+    kl = (np.exp(lt) * (lt - ls)).sum(-1)
+    return kl[mask].mean() if mask.any() else 0.0
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central differences of a NumPy function of one float64 array."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        g[idx] = (f(up) - f(down)) / (2 * eps)
+    return g
+
+
+def normed(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def f32(*xs):
+    return tuple(jnp.asarray(x, jnp.float32) for x in xs)
+
+
+# ------------------------------------------------------------------------------------------
+# Values and gradients against the references.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_global_matches_numpy(rng, tau, chunk_size):
+    img, txt = normed(rng, 7, 5), normed(rng, 7, 5)
+    loss = functools.partial(L.global_contrastive_loss, chunk_size=chunk_size)
+    value = loss(*f32(img, txt), tau)
+    assert value.dtype == jnp.float32 and value.shape == ()
+    np.testing.assert_allclose(value, np_global(img, txt, tau), rtol=1e-5)
+    g_img, g_txt, g_tau = jax.grad(loss, argnums=(0, 1, 2))(*f32(img, txt), jnp.float32(tau))
+    np.testing.assert_allclose(g_img, numerical_grad(lambda x: np_global(x, txt, tau), img),
+                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(g_txt, numerical_grad(lambda x: np_global(img, x, tau), txt),
+                               rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(g_tau, numerical_grad(lambda t: np_global(img, txt, t),
+                                                     np.array(tau)), rtol=1e-3)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_roi_matches_numpy(rng, with_ids, chunk_size):
+    roi, cap = normed(rng, 3, 4, 6), normed(rng, 3, 4, 6)
+    mask = np.array([[1, 1, 0, 1], [0, 0, 0, 0], [1, 0, 1, 1]], bool)
+    # Ids 5 and 9 repeat: regions described by the same sentence are positives together.
+    ids = np.array([[5, 1, 5, 9], [2, 3, 4, 5], [9, 7, 8, 5]]) if with_ids else None
+    tau = 0.1
+    loss = functools.partial(L.roi_contrastive_loss, roi_mask=jnp.asarray(mask),
+                             caption_ids=None if ids is None else jnp.asarray(ids),
+                             chunk_size=chunk_size)
+    value = loss(*f32(roi, cap), temperature=tau)
+    np.testing.assert_allclose(value, np_roi(roi, cap, mask, tau, ids), rtol=1e-5)
+    g_roi, g_cap = jax.grad(lambda a, b: loss(a, b, temperature=tau), argnums=(0, 1))(
+        *f32(roi, cap))
+    np.testing.assert_allclose(
+        g_roi, numerical_grad(lambda x: np_roi(x, cap, mask, tau, ids), roi), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        g_cap, numerical_grad(lambda x: np_roi(roi, x, mask, tau, ids), cap), rtol=1e-3, atol=1e-5)
+    # Masked regions get no gradient at all, as anchors or as negatives.
+    assert np.all(np.asarray(g_roi)[~mask] == 0) and np.all(np.asarray(g_cap)[~mask] == 0)
+
+
+def test_roi_with_unique_ids_equals_default(rng):
+    roi, cap = f32(normed(rng, 2, 3, 4), normed(rng, 2, 3, 4))
+    mask = jnp.array([[1, 1, 0], [1, 1, 1]], bool)
+    ids = jnp.arange(6).reshape(2, 3) * 7 + 100
+    np.testing.assert_allclose(L.roi_contrastive_loss(roi, cap, mask, 0.2),
+                               L.roi_contrastive_loss(roi, cap, mask, 0.2, caption_ids=ids),
+                               rtol=1e-6)
+
+
+def test_roi_all_masked_is_zero_without_nan(rng):
+    roi, cap = f32(normed(rng, 2, 3, 4), normed(rng, 2, 3, 4))
+    mask = jnp.zeros((2, 3), bool)
+    for chunk_size in (None, 2):
+        loss = functools.partial(L.roi_contrastive_loss, roi_mask=mask, temperature=0.1,
+                                 chunk_size=chunk_size)
+        assert loss(roi, cap) == 0.0
+        grads = jax.grad(loss, argnums=(0, 1))(roi, cap)
+        assert all(np.all(np.asarray(g) == 0) for g in grads)
+
+
+def test_negative_caption_matches_numpy(rng):
+    b, r, k, e = 2, 3, 4, 5
+    roi, cap, neg = normed(rng, b, r, e), normed(rng, b, r, e), normed(rng, b, r, k, e)
+    mask = np.array([[1, 0, 1], [1, 1, 0]], bool)
+    neg_mask = rng.random((b, r, k)) > 0.4
+    neg_mask[0, 2] = False  # a region with no negatives at all: loss 0 for it
+    tau = 0.05
+    loss = functools.partial(L.negative_caption_loss, roi_mask=jnp.asarray(mask),
+                             neg_mask=jnp.asarray(neg_mask), temperature=tau)
+    value = loss(*f32(roi, cap, neg))
+    np.testing.assert_allclose(value, np_negative(roi, cap, neg, mask, neg_mask, tau), rtol=1e-5)
+    grads = jax.grad(loss, argnums=(0, 1, 2))(*f32(roi, cap, neg))
+    references = [
+        numerical_grad(lambda x: np_negative(x, cap, neg, mask, neg_mask, tau), roi),
+        numerical_grad(lambda x: np_negative(roi, x, neg, mask, neg_mask, tau), cap),
+        numerical_grad(lambda x: np_negative(roi, cap, x, mask, neg_mask, tau), neg),
+    ]
+    for g, ref in zip(grads, references):
+        np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-5)
+    assert np.all(np.asarray(grads[2])[~neg_mask] == 0)
+
+
+@pytest.mark.parametrize("temps", [(1.0, 1.0), (0.01, 0.01), (0.5, 2.0)])
+def test_distillation_matches_numpy(rng, temps):
+    ts, tt = temps
+    student, teacher = rng.normal(size=(2, 3, 6)) * 0.3, rng.normal(size=(2, 3, 6)) * 0.3
+    mask = np.array([[1, 0, 1], [1, 1, 0]], bool)
+    loss = functools.partial(L.distillation_loss, mask=jnp.asarray(mask),
+                             student_temperature=ts, teacher_temperature=tt)
+    value = loss(*f32(student, teacher))
+    np.testing.assert_allclose(value, np_distill(student, teacher, mask, ts, tt), rtol=1e-4)
+    g_student, g_teacher = jax.grad(loss, argnums=(0, 1))(*f32(student, teacher))
+    np.testing.assert_allclose(
+        g_student, numerical_grad(lambda x: np_distill(x, teacher, mask, ts, tt), student),
+        rtol=1e-3, atol=1e-5)
+    assert np.all(np.asarray(g_teacher) == 0), "the teacher must get no gradient"
+
+
+def test_distillation_zero_when_equal_and_handles_masked_concepts(rng):
+    logits = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    mask = jnp.ones((4,), bool)
+    assert abs(float(L.distillation_loss(logits, logits, mask))) < 1e-6
+    teacher = logits.at[:, 0].set(-jnp.inf)  # a concept the teacher rules out entirely
+    value = L.distillation_loss(logits, teacher, mask)
+    assert np.isfinite(value) and value > 0
+
+
+def test_check_grads_float64(rng):
+    with jax.enable_x64(True):
+        img, txt = jnp.asarray(normed(rng, 5, 3)), jnp.asarray(normed(rng, 5, 3))
+        roi, cap = jnp.asarray(normed(rng, 2, 3, 3)), jnp.asarray(normed(rng, 2, 3, 3))
+        neg = jnp.asarray(normed(rng, 2, 3, 2, 3))
+        mask = jnp.array([[1, 1, 0], [1, 0, 1]], bool)
+        tau = jnp.float64(0.3)
+        check_grads(lambda a, b, t: L.global_contrastive_loss(a, b, t), (img, txt, tau),
+                    order=1, modes=["rev"])
+        check_grads(lambda a, b, t: L.global_contrastive_loss(a, b, t, chunk_size=2),
+                    (img, txt, tau), order=1, modes=["rev"])
+        check_grads(lambda a, b: L.roi_contrastive_loss(a, b, mask, 0.3, chunk_size=4),
+                    (roi, cap), order=1, modes=["rev"])
+        check_grads(lambda a, b, n: L.negative_caption_loss(
+            a, b, n, mask, jnp.ones((2, 3, 2), bool), 0.3), (roi, cap, neg), order=2)
+        check_grads(lambda s: L.distillation_loss(s, jnp.ones((2, 3, 4)), mask, student_temperature=0.5),
+                    (jnp.asarray(rng.normal(size=(2, 3, 4))),), order=2)
+
+
+# ------------------------------------------------------------------------------------------
+# Properties: bf16 inputs, jit, vmap, total_loss, errors.
+# ------------------------------------------------------------------------------------------
+
+
+def test_bfloat16_inputs_give_float32_close_to_float32(rng):
+    img, txt = normed(rng, 16, 8), normed(rng, 16, 8)
+    full = L.global_contrastive_loss(*f32(img, txt), 0.07)
+    for chunk_size in (None, 5):
+        half = L.global_contrastive_loss(jnp.asarray(img, jnp.bfloat16),
+                                         jnp.asarray(txt, jnp.bfloat16), 0.07,
+                                         chunk_size=chunk_size)
+        assert half.dtype == jnp.float32
+        np.testing.assert_allclose(half, full, rtol=2e-2)
+        grad = jax.grad(L.global_contrastive_loss)(jnp.asarray(img, jnp.bfloat16),
+                                                   jnp.asarray(txt, jnp.bfloat16), 0.07)
+        assert grad.dtype == jnp.bfloat16
+
+
+def test_jit_and_vmap(rng):
+    img, txt = f32(normed(rng, 3, 6, 4), normed(rng, 3, 6, 4))
+    for chunk_size in (None, 4):
+        loss = jax.jit(functools.partial(L.global_contrastive_loss, chunk_size=chunk_size))
+        batched = jax.vmap(loss, in_axes=(0, 0, None))(img, txt, 0.1)
+        looped = jnp.stack([loss(img[i], txt[i], 0.1) for i in range(3)])
+        np.testing.assert_allclose(batched, looped, rtol=1e-6)
+        grads = jax.vmap(jax.grad(loss), in_axes=(0, 0, None))(img, txt, 0.1)
+        np.testing.assert_allclose(grads[1], jax.grad(loss)(img[1], txt[1], 0.1), rtol=1e-5,
+                                   atol=1e-7)
+    roi, cap = f32(normed(rng, 3, 2, 3, 4), normed(rng, 3, 2, 3, 4))
+    mask = jnp.asarray(rng.random((3, 2, 3)) > 0.3)
+    neg = jnp.asarray(normed(rng, 3, 2, 3, 2, 4), jnp.float32)
+    neg_mask = jnp.ones((3, 2, 3, 2), bool)
+    for fn, args in [(L.roi_contrastive_loss, (roi, cap, mask, 0.1)),
+                     (L.negative_caption_loss, (roi, cap, neg, mask, neg_mask, 0.1))]:
+        axes = tuple(0 if isinstance(a, jax.Array) else None for a in args)
+        batched = jax.vmap(fn, in_axes=axes)(*args)
+        looped = [fn(*(a[i] if ax == 0 else a for a, ax in zip(args, axes))) for i in range(3)]
+        np.testing.assert_allclose(batched, looped, rtol=1e-6)
+
+
+def test_total_loss_weights_and_logs():
+    terms = {"global": jnp.float32(2.0), "roi": jnp.float32(3.0), "distill": jnp.float32(4.0)}
+    total, logs = L.total_loss(terms, {"global": 1.0, "roi": 0.5, "distill": 0.25, "neg": 1.0})
+    assert float(total) == 2.0 + 1.5 + 1.0 and float(logs["total"]) == 4.5
+    assert {k: float(v) for k, v in logs.items() if k != "total"} == {
+        "global": 2.0, "roi": 3.0, "distill": 4.0}
+    with pytest.raises(KeyError, match="roi"):
+        L.total_loss(terms, {"global": 1.0, "distill": 1.0})
+    grads = jax.grad(lambda x: L.total_loss({"a": x ** 2}, {"a": 3.0})[0])(2.0)
+    assert float(grads) == 12.0
+
+
+def test_shape_errors_are_explicit(rng):
+    img, txt = f32(normed(rng, 4, 3), normed(rng, 5, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        L.global_contrastive_loss(img, txt, 0.1)
+    roi = jnp.zeros((2, 3, 4))
+    with pytest.raises(ValueError, match="roi_mask"):
+        L.roi_contrastive_loss(roi, roi, jnp.ones((2, 4), bool), 0.1)
+    with pytest.raises(ValueError, match="neg must have shape"):
+        L.negative_caption_loss(roi, roi, jnp.zeros((2, 3, 4)), jnp.ones((2, 3), bool),
+                                jnp.ones((2, 3, 1), bool), 0.1)
+    with pytest.raises(ValueError, match="backend"):
+        jax.shard_map(lambda a, b: L.global_contrastive_loss(a, b, 0.1, axis_name="data",
+                                                             backend="allreduce"),
+                      mesh=_mesh(), in_specs=(P("data"), P("data")), out_specs=P())(
+            jnp.ones((8, 2)), jnp.ones((8, 2)))
+
+
+def test_tiled_memory_is_linear_not_quadratic():
+    """Compiled temporaries of the tiled loss stay far below the dense [B, B] logits."""
+    b, e = 4096, 64
+
+    def temp_bytes(chunk_size, batch=b):
+        fn = jax.value_and_grad(functools.partial(L.global_contrastive_loss, temperature=0.1,
+                                                  chunk_size=chunk_size), argnums=(0, 1))
+        x = jax.ShapeDtypeStruct((batch, e), jnp.float32)
+        return jax.jit(fn).lower(x, x).compile().memory_analysis().temp_size_in_bytes
+
+    dense, tiled = temp_bytes(None), temp_bytes(256)
+    assert dense >= b * b * 4, "the dense loss should hold the full logit matrix"
+    assert tiled < dense / 8, (dense, tiled)
+    assert temp_bytes(256, 2 * b) < 2.5 * tiled, "doubling the batch must ~double the memory"
+
+
+# ------------------------------------------------------------------------------------------
+# Sharded backends on 8 simulated CPU devices: dense == tiled == gather == ring.
+# ------------------------------------------------------------------------------------------
+
+
+def _mesh():
+    assert jax.device_count() >= 8, "tests/conftest.py should simulate 8 CPU devices"
+    return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _assert_same(reference, value, rtol=1e-5):
+    for ref, got in zip(jax.tree.leaves(reference), jax.tree.leaves(value)):
+        scale = float(jnp.abs(ref).max())
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * scale)
+
+
+SHARDED = [("gather", None), ("gather", 5), ("ring", None)]
+
+
+@pytest.mark.parametrize("backend,chunk_size", SHARDED)
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_global_sharded_equals_dense(rng, backend, chunk_size, check_vma):
+    img, txt = f32(normed(rng, 32, 16), normed(rng, 32, 16))
+    tau = jnp.float32(0.07)
+
+    def sharded(a, b, t):
+        fn = functools.partial(L.global_contrastive_loss, axis_name="data", backend=backend,
+                               chunk_size=chunk_size)
+        return jax.shard_map(fn, mesh=_mesh(), in_specs=(P("data"), P("data"), P()),
+                             out_specs=P(), check_vma=check_vma)(a, b, t)
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2))
+    reference = grad(L.global_contrastive_loss)(img, txt, tau)
+    tiled = grad(functools.partial(L.global_contrastive_loss, chunk_size=6))(img, txt, tau)
+    _assert_same(reference, tiled)
+    _assert_same(reference, jax.jit(grad(sharded))(img, txt, tau))
+
+
+@pytest.mark.parametrize("backend,chunk_size", SHARDED)
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_roi_sharded_equals_dense(rng, backend, chunk_size, with_ids):
+    b, r, e = 16, 5, 8
+    roi, cap = f32(normed(rng, b, r, e), normed(rng, b, r, e))
+    mask = jnp.asarray(rng.random((b, r)) > 0.4)
+    mask = mask.at[2:4].set(False)  # a whole device shard with no valid region
+    ids = jnp.asarray(rng.integers(0, 30, (b, r))) if with_ids else None
+    tau = jnp.float32(0.1)
+
+    def dense(a, c, t):
+        return L.roi_contrastive_loss(a, c, mask, t, caption_ids=ids)
+
+    def sharded(a, c, t):
+        def local(a, c, m, i, t):
+            return L.roi_contrastive_loss(a, c, m, t, caption_ids=i if with_ids else None,
+                                          axis_name="data", backend=backend,
+                                          chunk_size=chunk_size)
+        ids_or_zeros = ids if with_ids else jnp.zeros((b, r), jnp.int32)
+        return jax.shard_map(local, mesh=_mesh(), in_specs=(P("data"),) * 4 + (P(),),
+                             out_specs=P())(a, c, mask, ids_or_zeros, t)
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2))
+    reference = grad(dense)(roi, cap, tau)
+    np.testing.assert_allclose(reference[0], np_roi(np.asarray(roi, np.float64),
+                                                    np.asarray(cap, np.float64),
+                                                    np.asarray(mask), 0.1,
+                                                    None if ids is None else np.asarray(ids)),
+                               rtol=1e-5)
+    tiled = grad(lambda a, c, t: L.roi_contrastive_loss(a, c, mask, t, caption_ids=ids,
+                                                        chunk_size=7))(roi, cap, tau)
+    _assert_same(reference, tiled)
+    _assert_same(reference, jax.jit(grad(sharded))(roi, cap, tau))
