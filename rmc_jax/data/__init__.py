@@ -1,0 +1,1 @@
+"""Data: the Example schema, the embedded synthetic dataset, real-format sources, captions."""

@@ -1,0 +1,46 @@
+"""Real-dataset sources, one module per official on-disk format, found by name.
+
+Every source is a random-access sequence of ``Example`` (``len(src)``, ``src[i]``) built from a
+local copy of the dataset; it parses the official files by column name, converts boxes to
+normalised xyxy once, and fails at construction with the path and expected layout when
+something required is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from rmc_jax.data.sources.base import Source, SourceError
+
+# name -> "module:factory"; modules are imported only when their source is asked for.
+_REGISTRY: dict[str, str] = {
+    "synthetic": "rmc_jax.data.synthetic:SyntheticSource",
+    "mimic_cxr": "rmc_jax.data.sources.mimic_cxr:MimicCXR",
+    "chexpert": "rmc_jax.data.sources.chexpert:CheXpert",
+    "chexpert_5x200": "rmc_jax.data.sources.chexpert:CheXpert5x200",
+    "ms_cxr": "rmc_jax.data.sources.ms_cxr:MSCXR",
+    "rsna_pneumonia": "rmc_jax.data.sources.rsna:RSNAPneumonia",
+    "vindr_cxr": "rmc_jax.data.sources.vindr:VinDrCXR",
+    "chest_imagenome": "rmc_jax.data.sources.imagenome:ChestImaGenome",
+    "iu_xray": "rmc_jax.data.sources.iu_xray:IUXray",
+    "nih_cxr14": "rmc_jax.data.sources.nih:NIHChestXray14",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Make ``get_source(name, ...)`` build ``target`` ('rmc_jax.data.sources.x:Factory')."""
+    _REGISTRY[name] = target
+
+
+def available() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get_source(name: str, root: str, split: str = "train", **options) -> Source:
+    """Build the source called ``name`` reading the dataset copy under ``root``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    module, factory = _REGISTRY[name].split(":")
+    builder: Callable[..., Source] = getattr(importlib.import_module(module), factory)
+    return builder(root=root, split=split, **options)

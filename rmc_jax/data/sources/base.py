@@ -1,0 +1,29 @@
+"""What every source provides, and the error it raises on a bad dataset copy."""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+from rmc_jax.data.schema import Example
+
+
+class SourceError(ValueError):
+    """A dataset copy that cannot be read: names the path and the layout that was expected."""
+
+
+class Source(abc.ABC):
+    """Random-access view of one dataset split as Examples.
+
+    Subclasses parse the index files in ``__init__`` (failing early with SourceError) and
+    decode images lazily in ``__getitem__``.
+    """
+
+    name: str = ""
+    label_names: Sequence[str] = ()
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> Example: ...
