@@ -1,0 +1,35 @@
+"""Models: ViT image tower, text tower, RoIAlign region head, two-tower RegionCLIP."""
+
+from rmc_jax.models.clip import (
+    ModelConfig,
+    RegionCLIP,
+    RegionHead,
+    TextConfig,
+    VisionConfig,
+    build_model,
+    example_inputs,
+    init_params,
+    l2_normalize,
+    model_config,
+)
+from rmc_jax.models.layers import TransformerStack
+from rmc_jax.models.roi import roi_align
+from rmc_jax.models.text import TextTransformer
+from rmc_jax.models.vit import VisionTransformer
+
+__all__ = [
+    "ModelConfig",
+    "RegionCLIP",
+    "RegionHead",
+    "TextConfig",
+    "TextTransformer",
+    "TransformerStack",
+    "VisionConfig",
+    "VisionTransformer",
+    "build_model",
+    "example_inputs",
+    "init_params",
+    "l2_normalize",
+    "model_config",
+    "roi_align",
+]

@@ -1,0 +1,506 @@
+"""Tests for rmc_jax.models: towers, region head, two-tower RegionCLIP (tiny sizes, CPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rmc_jax.models import (
+    ModelConfig,
+    RegionCLIP,
+    TextConfig,
+    TextTransformer,
+    VisionConfig,
+    VisionTransformer,
+    build_model,
+    example_inputs,
+    init_params,
+    model_config,
+)
+
+B, R, N, L = 2, 3, 3, 8
+IMG, PATCH = 32, 8
+GRID = IMG // PATCH
+
+
+def tiny_config(*, vision=None, text=None, **kw) -> ModelConfig:
+    v = dict(image_size=IMG, channels=1, patch_size=PATCH, width=32, depth=2, num_heads=2)
+    t = dict(vocab_size=100, width=24, depth=2, num_heads=2, max_len=L)
+    v.update(vision or {})
+    t.update(text or {})
+    kw.setdefault("embed_dim", 16)
+    kw.setdefault("roi_output_size", 2)
+    return ModelConfig(vision=VisionConfig(**v), text=TextConfig(**t), **kw)
+
+
+def make_inputs(seed: int = 0, channels: int = 1):
+    k = jax.random.split(jax.random.key(seed), 4)
+    images = jax.random.normal(k[0], (B, IMG, IMG, channels), jnp.float32)
+    xy0 = jax.random.uniform(k[1], (B, R, 2), minval=0.0, maxval=0.5)
+    wh = jax.random.uniform(k[2], (B, R, 2), minval=0.2, maxval=0.5)
+    boxes = jnp.concatenate([xy0, xy0 + wh], axis=-1)
+    box_mask = jnp.array([[True, True, False], [True, False, False]])
+    tokens = jax.random.randint(k[3], (N, L), 1, 100, jnp.int32)
+    attention_mask = jnp.array(
+        [[1] * L, [1] * 5 + [0] * (L - 5), [1] * 2 + [0] * (L - 2)], jnp.int32
+    )
+    return dict(images=images, boxes=boxes, box_mask=box_mask, tokens=tokens,
+                attention_mask=attention_mask)
+
+
+# Compilation dominates the run time on CPU, so every jitted function is built once per
+# (model, method) and reused across tests (models are hashable frozen dataclasses), and LLVM
+# optimisation is turned off for these tiny programs (halves compile time; every comparison
+# below is between programs compiled the same way).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(model, method):
+    """jit of ``model.apply({'params': p}, *args, method=method)`` as a function of (p, *args)."""
+    return jax.jit(lambda p, *a: model.apply({"params": p}, *a, method=method),
+                   compiler_options=FAST_COMPILE)
+
+
+def call(model, params, method, *args):
+    return jitted(model, method)(params, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_init(model):
+    return jax.jit(lambda key: init_params(model, key), compiler_options=FAST_COMPILE)
+
+
+def one_pass(m, images, boxes, box_mask, tokens, attention_mask):
+    """Every embedding from one ViT pass, via the public methods (a ``method=`` function)."""
+    image, grid = m.image_features(images)
+    return {
+        "image": image,
+        "grid": grid,
+        "regions": m.regions_from_patches(grid, boxes, box_mask),
+        "patches": m.patches_from_grid(grid),
+        "text": m.encode_text(tokens, attention_mask),
+        "temperature": m.temperature(),
+    }
+
+
+def core_outputs(model, params, x):
+    return call(model, params, one_pass, x["images"], x["boxes"], x["box_mask"], x["tokens"],
+                x["attention_mask"])
+
+
+def all_public_methods(m, images, boxes, box_mask, tokens, attention_mask):
+    """Each public RegionCLIP method called separately (a ``method=`` function)."""
+    image_features, grid = m.image_features(images)
+    return {
+        "image": m.encode_image(images),
+        "image_features": image_features,
+        "grid": grid,
+        "regions": m.encode_regions(images, boxes, box_mask),
+        "regions_from_patches": m.regions_from_patches(grid, boxes, box_mask),
+        "patches": m.encode_patches(images),
+        "text": m.encode_text(tokens, attention_mask),
+        "temperature": m.temperature(),
+        "call": m(images, boxes, box_mask, tokens, attention_mask),
+    }
+
+
+def loss_fn(model, params, x):
+    """A scalar touching every output (a stand-in for the training losses), and the outputs."""
+    out = model.apply({"params": params}, x["images"], x["boxes"], x["box_mask"], x["tokens"],
+                      x["attention_mask"], method=one_pass)
+    sim = out["image"] @ out["text"][:B].T / out["temperature"]
+    loss = (jax.nn.logsumexp(sim, axis=1).mean() + jnp.sum(out["regions"] ** 3)
+            + jnp.sum(out["patches"] ** 3))
+    return loss, out
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_grad(model):
+    """(params, inputs) -> ((loss, outputs), grads), jitted."""
+    return jax.jit(jax.value_and_grad(lambda p, x: loss_fn(model, p, x), has_aux=True),
+                   compiler_options=FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def params(model):
+    return jitted_init(model)(jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return make_inputs()
+
+
+@pytest.fixture(scope="module")
+def outputs(model, params, inputs):
+    """Every public method of the default tiny model, called separately."""
+    x = inputs
+    return call(model, params, all_public_methods, x["images"], x["boxes"], x["box_mask"],
+                x["tokens"], x["attention_mask"])
+
+
+@pytest.fixture(scope="module")
+def loss_and_grads(model, params, inputs):
+    """((loss, one-pass outputs), grads) of the default tiny model."""
+    return jitted_grad(model)(params, inputs)
+
+
+@pytest.fixture(scope="module")
+def ref_core(model, params, inputs):
+    """One-pass outputs of the default tiny model (f32, loop layers, no remat)."""
+    return core_outputs(model, params, inputs)
+
+
+def norms(x):
+    return np.linalg.norm(np.asarray(x, np.float64), axis=-1)
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes, dtypes, normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def test_param_tree(params):
+    assert set(params) == {"image_encoder", "text_encoder", "region_head", "image_proj",
+                           "region_proj", "text_proj", "log_inv_temperature"}
+    assert set(params["image_encoder"]["encoder"]) == {"block_0", "block_1"}
+    assert set(params["text_encoder"]["encoder"]) == {"block_0", "block_1"}
+    assert set(params["image_encoder"]["encoder"]["block_0"]["attn"]) == {"qkv", "out"}  # fused
+    for name in ("image_proj", "region_proj", "text_proj"):
+        assert set(params[name]) == {"kernel"}  # no bias
+    assert params["log_inv_temperature"].shape == ()
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+def test_shapes_dtypes_and_normalisation(outputs, inputs):
+    E, D = 16, 32
+    expected = {
+        "image": (B, E), "image_features": (B, E), "regions": (B, R, E),
+        "regions_from_patches": (B, R, E), "patches": (B, GRID, GRID, E), "text": (N, E),
+    }
+    for name, shape in expected.items():
+        assert outputs[name].shape == shape, name
+        assert outputs[name].dtype == jnp.float32, name
+    assert outputs["grid"].shape == (B, GRID, GRID, D)
+    assert outputs["temperature"].shape == () and outputs["temperature"].dtype == jnp.float32
+    out = outputs["call"]
+    assert set(out) == {"image", "regions", "text", "temperature"}
+
+    np.testing.assert_allclose(norms(outputs["image"]), 1.0, atol=1e-5)
+    np.testing.assert_allclose(norms(outputs["text"]), 1.0, atol=1e-5)
+    np.testing.assert_allclose(norms(outputs["patches"]), 1.0, atol=1e-5)
+    mask = np.asarray(inputs["box_mask"])
+    regions = np.asarray(outputs["regions"])
+    np.testing.assert_allclose(norms(regions)[mask], 1.0, atol=1e-5)
+    assert np.all(regions[~mask] == 0.0)
+
+    # The one-pass and per-method paths agree.
+    for name in ("image", "regions", "text", "temperature"):
+        np.testing.assert_allclose(out[name], outputs[name], rtol=0, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(outputs["image_features"], outputs["image"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(outputs["regions_from_patches"], outputs["regions"], rtol=0,
+                               atol=1e-6)
+
+
+def test_one_and_three_channel_images(model, params, inputs, outputs):
+    model3 = build_model(tiny_config(vision={"channels": 3}))
+    shapes = jax.eval_shape(lambda: init_params(model3, jax.random.key(0)))
+    kernel = shapes["image_encoder"]["patch_embed"]["kernel"]
+    assert kernel.shape == (PATCH, PATCH, 3, 32)
+    # 3 channels: same params except a 3-channel patch kernel.
+    p3 = jax.tree.map(lambda a: a, params)
+    p3["image_encoder"] = dict(params["image_encoder"], patch_embed=dict(
+        params["image_encoder"]["patch_embed"],
+        kernel=0.05 * jax.random.normal(jax.random.key(5), kernel.shape)))
+    images3 = make_inputs(channels=3)["images"]
+    emb3 = call(model3, p3, RegionCLIP.encode_image, images3)
+    assert emb3.shape == (B, 16) and emb3.dtype == jnp.float32
+    np.testing.assert_allclose(norms(emb3), 1.0, atol=1e-5)
+    assert inputs["images"].shape[-1] == 1  # the default fixture is 1-channel
+    np.testing.assert_allclose(norms(outputs["image"]), 1.0, atol=1e-5)
+
+
+def test_image_size_not_divisible_by_patch_raises(model, params):
+    vit = VisionTransformer(width=32, depth=1, num_heads=2, patch_size=PATCH)
+    with pytest.raises(ValueError, match="36x32 is not divisible by patch_size 8"):
+        jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 36, 32, 1)))
+    with pytest.raises(ValueError, match="not divisible"):
+        model.apply({"params": params}, jnp.zeros((1, 32, 30, 1)), method=RegionCLIP.encode_image)
+    with pytest.raises(ValueError, match="not divisible"):
+        VisionConfig(image_size=36, patch_size=8)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+def test_masked_boxes_do_not_matter(model, params, inputs, outputs, loss_and_grads):
+    mask = inputs["box_mask"]
+    garbage = jnp.where(mask[..., None], inputs["boxes"],
+                        jnp.array([jnp.nan, -5.0, jnp.inf, 0.3]))
+    out = call(model, params, RegionCLIP.encode_regions, inputs["images"], garbage, mask)
+    np.testing.assert_array_equal(out, outputs["regions"])
+    assert np.all(np.asarray(out)[~np.asarray(mask)] == 0.0)
+
+    # Extra padded boxes appended: the existing regions are unchanged, the new ones zero.
+    extra = jnp.concatenate([inputs["boxes"], jnp.full((B, 2, 4), 0.7)], axis=1)
+    extra_mask = jnp.concatenate([mask, jnp.zeros((B, 2), bool)], axis=1)
+    out = call(model, params, RegionCLIP.encode_regions, inputs["images"], extra, extra_mask)
+    np.testing.assert_allclose(out[:, :R], outputs["regions"], rtol=0, atol=1e-6)
+    assert np.all(np.asarray(out[:, R:]) == 0.0)
+
+    # Garbage (NaN, inf) in masked boxes does not reach the loss or the gradients either.
+    (loss, _), grads = jitted_grad(model)(params, dict(inputs, boxes=garbage))
+    (ref_loss, _), ref_grads = loss_and_grads
+    assert loss == ref_loss
+    assert_trees_equal(grads, ref_grads)
+
+
+def text_states(model, params, tokens, attention_mask):
+    """(pooled, token_states) of the text tower inside RegionCLIP."""
+    return call(model, params, _text_tower, tokens, attention_mask)
+
+
+def _text_tower(m, tokens, attention_mask):
+    return m.text_encoder(tokens, attention_mask)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_text_padding_does_not_matter(params, inputs, causal):
+    model = build_model(tiny_config(text={"causal": causal}))  # causal adds no params
+    tokens, am = inputs["tokens"], inputs["attention_mask"]
+    mask = am.astype(bool)
+    other = jnp.where(mask, tokens, (tokens * 7 + 3) % 100)
+    assert not np.array_equal(other, tokens)
+    ref = call(model, params, RegionCLIP.encode_text, tokens, am)
+    out = call(model, params, RegionCLIP.encode_text, other, am)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_allclose(norms(ref), 1.0, atol=1e-5)
+
+    _, states = text_states(model, params, tokens, am)
+    _, states2 = text_states(model, params, other, am)
+    m = np.asarray(mask)
+    np.testing.assert_array_equal(np.asarray(states)[m], np.asarray(states2)[m])
+
+
+def test_causal_pooling_and_no_lookahead(params, inputs):
+    model = build_model(tiny_config(text={"causal": True}))
+    tokens, am = inputs["tokens"], inputs["attention_mask"]
+    pooled, states = text_states(model, params, tokens, am)
+    last = np.asarray(am).sum(1) - 1
+    np.testing.assert_array_equal(pooled, np.asarray(states)[np.arange(N), last])
+
+    # Change real token 3 of rows 0 and 1: earlier states unchanged, later ones changed.
+    changed = tokens.at[:2, 3].set((tokens[:2, 3] + 1) % 100)
+    _, states2 = text_states(model, params, changed, am)
+    np.testing.assert_array_equal(states2[:2, :3], states[:2, :3])
+    assert not np.allclose(states2[:2, 3:5], states[:2, 3:5])
+
+
+def test_bidirectional_sees_later_tokens(model, params, inputs):
+    tokens, am = inputs["tokens"], inputs["attention_mask"]
+    pooled, states = text_states(model, params, tokens, am)
+    np.testing.assert_array_equal(pooled, states[:, 0])  # CLS pooling
+    changed = tokens.at[0, 3].set((tokens[0, 3] + 1) % 100)
+    _, states2 = text_states(model, params, changed, am)
+    assert not np.allclose(states2[0, :3], states[0, :3])
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism, precision, layer layouts
+# --------------------------------------------------------------------------------------------
+
+
+def test_determinism(model, params, inputs, outputs):
+    again = jitted_init(build_model(tiny_config()))(jax.random.key(0))
+    assert_trees_equal(again, params)
+    x = inputs
+    out = call(model, again, all_public_methods, x["images"], x["boxes"], x["box_mask"],
+               x["tokens"], x["attention_mask"])
+    assert_trees_equal(out, outputs)
+
+    other = jitted_init(model)(jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other)):
+        if np.ptp(np.asarray(a)) > 0:  # skip constant inits (zeros, ones, temperature)
+            assert not np.allclose(a, b)
+
+
+def test_bfloat16_compute_close_to_float32(params, inputs, ref_core):
+    """bf16 compute, same f32 params: every embedding has cosine > 0.999 with the f32 one
+    (observed > 0.9999 at these sizes; max abs diff ~0.007)."""
+    cfg = tiny_config(vision={"dtype": "bfloat16"}, text={"dtype": "bfloat16"})
+    model16 = build_model(cfg)
+    p16 = jax.eval_shape(lambda: init_params(model16, jax.random.key(0)))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(p16))
+    assert jax.tree.map(jnp.shape, p16) == jax.tree.map(jnp.shape, params)
+    ref = ref_core
+    out16 = core_outputs(model16, params, inputs)
+    assert out16["grid"].dtype == jnp.bfloat16
+    mask = np.asarray(inputs["box_mask"])
+    for name in ("image", "regions", "patches", "text"):
+        a, b = np.asarray(out16[name]), np.asarray(ref[name])
+        assert a.dtype == np.float32
+        cos = (a * b).sum(-1)
+        if name == "regions":
+            cos = cos[mask]
+            assert np.all(a[~mask] == 0.0)
+        assert cos.min() > 0.999, (name, cos.min())
+
+
+def restack(params, towers=("image_encoder", "text_encoder")):
+    """Per-layer block params (block_i) -> the scan layout (blocks, leading [depth] axis)."""
+    params = dict(params)
+    for tower in towers:
+        enc = params[tower]["encoder"]
+        blocks = [enc[f"block_{i}"] for i in range(len(enc))]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+        params[tower] = dict(params[tower], encoder={"blocks": stacked})
+    return params
+
+
+def test_scan_layers_equals_loop(params, inputs, ref_core):
+    scanned = build_model(tiny_config(vision={"scan_layers": True}, text={"scan_layers": True}))
+    p_scan = jax.eval_shape(lambda: init_params(scanned, jax.random.key(0)))
+    stacked = restack(params)
+    assert jax.tree.map(jnp.shape, p_scan) == jax.tree.map(jnp.shape, stacked)
+    out = core_outputs(scanned, stacked, inputs)
+    for name in ("image", "grid", "regions", "patches", "text"):
+        np.testing.assert_allclose(out[name], ref_core[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+def assert_close_to_scale(actual, desired, tol, what=""):
+    """|actual - desired| <= tol * max|desired|, elementwise (gradients span many scales)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    scale = max(float(np.abs(desired).max()), 1e-30)
+    err = float(np.abs(actual - desired).max())
+    assert err <= tol * scale, f"{what}: max abs diff {err:.3g} > {tol} * {scale:.3g}"
+
+
+def test_remat_same_outputs_and_gradients(params, inputs, loss_and_grads):
+    """Rematerialisation changes memory, not the function: outputs (to 1e-5) and gradients
+    (to 1e-5 of each leaf's largest entry: the backward recomputes the forward in a different
+    op order) match remat='none'. One model covers both policies: remat='full' inside nn.scan
+    in the image tower (gradients compared after restacking), 'dots' on looped text layers."""
+    rm = build_model(tiny_config(vision={"remat": "full", "scan_layers": True},
+                                 text={"remat": "dots"}))
+    (loss, out), grads = jitted_grad(rm)(restack(params, ("image_encoder",)), inputs)
+    (ref_loss, ref_out), ref_grads = loss_and_grads
+    ref_grads = restack(ref_grads, ("image_encoder",))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    for name in ("image", "grid", "regions", "patches", "text"):
+        np.testing.assert_allclose(out[name], ref_out[name], rtol=0, atol=1e-5, err_msg=name)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads),
+                            jax.tree.leaves(ref_grads)):
+        assert_close_to_scale(g, r, 1e-5, jax.tree_util.keystr(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Temperature
+# --------------------------------------------------------------------------------------------
+
+
+def test_temperature(model, params, outputs):
+    assert outputs["temperature"] == pytest.approx(0.07, rel=1e-6)
+    np.testing.assert_allclose(params["log_inv_temperature"], math.log(1 / 0.07), rtol=1e-6)
+
+    def temperature(p):
+        return model.apply({"params": p}, method=RegionCLIP.temperature)
+
+    tau, dtau = jax.jit(temperature), jax.jit(jax.grad(temperature))
+
+    clamped = dict(params, log_inv_temperature=jnp.float32(math.log(100.0) + 1.0))
+    assert tau(clamped) == np.float32(0.01)
+    assert dtau(clamped)["log_inv_temperature"] == 0.0
+    huge = dict(params, log_inv_temperature=jnp.float32(1e4))  # exp overflows: still finite
+    assert tau(huge) == np.float32(0.01)
+    assert dtau(huge)["log_inv_temperature"] == 0.0
+
+    g = dtau(params)["log_inv_temperature"]  # d tau / d log(1/tau) = -tau
+    assert g == pytest.approx(-0.07, rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Patch map vs 1x1 regions
+# --------------------------------------------------------------------------------------------
+
+
+def test_encode_patches_matches_one_cell_regions(params, inputs):
+    """Aligned RoIAlign with a 1x1 output and one sample per bin, over the box
+    [j/w, i/h, (j+1)/w, (i+1)/h], samples exactly the centre of cell (i, j), i.e. that patch
+    token; so that region's embedding equals encode_patches at (i, j)."""
+    model = build_model(tiny_config(roi_output_size=1, roi_sampling_ratio=1))
+    i, j = np.meshgrid(np.arange(GRID), np.arange(GRID), indexing="ij")
+    i, j = i.ravel(), j.ravel()
+    cells = np.stack([j / GRID, i / GRID, (j + 1) / GRID, (i + 1) / GRID], -1).astype(np.float32)
+    x = dict(inputs, boxes=jnp.broadcast_to(jnp.asarray(cells), (B, GRID * GRID, 4)),
+             box_mask=jnp.ones((B, GRID * GRID), bool))
+    out = core_outputs(model, params, x)
+    np.testing.assert_allclose(out["regions"], out["patches"].reshape(B, GRID * GRID, -1),
+                               rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# jit, gradients, configs
+# --------------------------------------------------------------------------------------------
+
+
+def test_gradients_finite_and_reach_every_param(loss_and_grads):
+    (loss, _), grads = loss_and_grads
+    assert np.isfinite(loss)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
+        assert np.any(g != 0), jax.tree_util.keystr(path)
+
+
+def test_towers_standalone():
+    vit = VisionTransformer(width=32, depth=1, num_heads=2, patch_size=8)
+    (cls, grid), _ = jax.eval_shape(vit.init_with_output, jax.random.key(0),
+                                    jnp.zeros((2, 16, 24, 3)))
+    assert cls.shape == (2, 32) and grid.shape == (2, 2, 3, 32)
+    txt = TextTransformer(vocab_size=50, width=16, depth=1, num_heads=2, max_len=6)
+    tok = jnp.zeros((2, 6), jnp.int32)
+    (pooled, states), _ = jax.eval_shape(txt.init_with_output, jax.random.key(0), tok, tok)
+    assert pooled.shape == (2, 16) and states.shape == (2, 6, 16)
+    tok = jnp.zeros((2, 7), jnp.int32)
+    with pytest.raises(ValueError, match="max_len"):
+        jax.eval_shape(txt.init_with_output, jax.random.key(0), tok, tok)
+
+
+def test_build_model_from_mapping_and_configdict():
+    cfg = tiny_config()
+    as_dict = dataclasses.asdict(cfg)
+    assert model_config(as_dict) == cfg
+    assert build_model(as_dict) == build_model(cfg) == RegionCLIP.from_config(cfg)
+    assert model_config(None) == ModelConfig()
+    assert model_config({"embed_dim": 8}) == ModelConfig(embed_dim=8)
+    with pytest.raises(ValueError, match="unknown vision config keys"):
+        model_config({"vision": {"widht": 8}})
+    with pytest.raises(ValueError, match="remat"):
+        VisionConfig(remat="some")
+    ml_collections = pytest.importorskip("ml_collections")
+    cd = ml_collections.ConfigDict(dict(as_dict, roi_output_size=[2, 2]))
+    assert model_config(cd) == dataclasses.replace(cfg, roi_output_size=(2, 2))
+    model = build_model(cd)
+    assert model.vision.dtype == "float32"
+    x = example_inputs(model, 2, 3)
+    assert x["images"].shape == (2, IMG, IMG, 1) and x["boxes"].shape == (2, 3, 4)
+    assert x["tokens"].shape == (2, L)
