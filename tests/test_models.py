@@ -504,3 +504,22 @@ def test_build_model_from_mapping_and_configdict():
     x = example_inputs(model, 2, 3)
     assert x["images"].shape == (2, IMG, IMG, 1) and x["boxes"].shape == (2, 3, 4)
     assert x["tokens"].shape == (2, L)
+
+
+def test_smaller_images_interpolate_position_embeddings(model, params):
+    """Region crops smaller than the training size (the teacher's input) reuse the table."""
+    crops = jax.random.normal(jax.random.key(3), (4, IMG // 2, IMG // 2, 1))
+    emb = jax.jit(functools.partial(model.apply, method=RegionCLIP.encode_image))(
+        {"params": params}, crops)
+    assert emb.shape == (4, model.embed_dim) and bool(jnp.all(jnp.isfinite(emb)))
+    vit = VisionTransformer(width=8, depth=1, num_heads=2, patch_size=4, image_size=8)
+    variables = vit.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    table = variables["params"]["pos_embed"]
+    assert table.shape == (1, 5, 8)
+    # A constant table interpolates to the same constant: resizing changes layout, not values.
+    constant = jax.tree.map(lambda x: x, variables)
+    constant["params"]["pos_embed"] = jnp.ones_like(table)
+    small, _ = vit.apply(constant, jnp.zeros((1, 4, 4, 1)))
+    zero_pos = jax.tree.map(lambda x: x, variables)
+    zero_pos["params"]["pos_embed"] = jnp.zeros_like(table)
+    assert not np.allclose(small, vit.apply(zero_pos, jnp.zeros((1, 4, 4, 1)))[0])

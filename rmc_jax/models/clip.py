@@ -85,6 +85,7 @@ class VisionConfig:
             width=self.width, depth=self.depth, num_heads=self.num_heads,
             patch_size=self.patch_size, mlp_ratio=self.mlp_ratio,
             dtype=canonical_dtype(self.dtype), remat=self.remat, scan_layers=self.scan_layers,
+            image_size=self.image_size,
         )
 
 

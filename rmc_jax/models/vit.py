@@ -23,8 +23,9 @@ class VisionTransformer(nn.Module):
     """Pre-LN ViT. images [B, H, W, C] (C = 1 or 3, float, not normalised here)
     -> (cls [B, D], patch_grid [B, H/P, W/P, D]), both after the final LayerNorm.
 
-    Position embeddings are learned for the (H/P)*(W/P)+1 tokens of the image size seen at
-    init; H and W must be multiples of ``patch_size``.
+    Position embeddings are learned for the grid of ``image_size`` (or, if unset, of the images
+    seen at init); other sizes (e.g. region crops scored by a teacher) bilinearly resize the
+    patch part of the table. H and W must be multiples of ``patch_size``.
     """
 
     width: int = 192
@@ -36,6 +37,7 @@ class VisionTransformer(nn.Module):
     param_dtype: Any = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    image_size: int | None = None
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,7 +57,12 @@ class VisionTransformer(nn.Module):
         )(images)  # [B, h, w, D]
         x = x.reshape(B, h * w, self.width)
         cls = self.param("cls_token", _EMBED_INIT, (1, 1, self.width), self.param_dtype)
-        pos = self.param("pos_embed", _EMBED_INIT, (1, h * w + 1, self.width), self.param_dtype)
+        gh, gw = (h, w) if self.image_size is None else (self.image_size // P,) * 2
+        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + 1, self.width), self.param_dtype)
+        if (gh, gw) != (h, w):
+            grid = pos[0, 1:].reshape(gh, gw, self.width)
+            grid = jax.image.resize(grid, (h, w, self.width), "bilinear", antialias=False)
+            pos = jnp.concatenate([pos[:, :1], grid.reshape(1, h * w, self.width)], axis=1)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, self.width)), x], 1)
         x = x + pos.astype(x.dtype)
         x = TransformerStack(

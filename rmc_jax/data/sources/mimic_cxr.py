@@ -1,0 +1,229 @@
+"""MIMIC-CXR-JPG (v2.0.0 / v2.1.0) with MIMIC-CXR free-text reports.
+
+Official layout under ``root`` (the ``mimic-cxr-jpg/2.x.0`` folder)::
+
+    files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg
+    mimic-cxr-2.0.0-metadata.csv.gz   dicom_id, subject_id, study_id, ViewPosition, Rows, ...
+    mimic-cxr-2.0.0-split.csv.gz      dicom_id, study_id, subject_id, split (train/validate/test)
+    mimic-cxr-2.0.0-chexpert.csv.gz   subject_id, study_id, <14 CheXpert labels> (1/0/-1/blank)
+    mimic-cxr-2.0.0-negbio.csv.gz     same columns, NegBio labeler
+
+(plain ``.csv`` is accepted as well). Reports come from ``mimic-cxr-reports.zip`` extracted as
+``files/p10/p10000032/s50414267.txt`` under ``reports_root`` (default: ``root``; the ``files``
+folder itself is accepted too). The ``p1X`` folder is 'p' + the first two digits of the subject
+id. Several images of a study share its report; the report is the FINDINGS + IMPRESSION text
+(see ``reports.report_text``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rmc_jax.data.schema import Example
+from rmc_jax.data.sources import reports as report_lib
+from rmc_jax.data.sources import tabular
+from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.chexpert import CHEXPERT_LABELS
+from rmc_jax.data.sources.images import read_image
+
+LAYOUT = ("MIMIC-CXR-JPG layout: <root>/files/p1X/p<subject>/s<study>/<dicom_id>.jpg with "
+          "<root>/mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv(.gz)")
+REPORTS_LAYOUT = ("mimic-cxr-reports layout: <reports_root>/files/p1X/p<subject>/s<study>.txt "
+                  "(FINDINGS: / IMPRESSION: sections)")
+METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+LABEL_KEY_COLUMNS = ("subject_id", "study_id")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validate": "validate", "validation": "validate", "valid": "validate", "val": "validate",
+    "test": "test",
+}
+_VIEW_NAMES = {"PA": "PA", "AP": "AP", "LATERAL": "LATERAL", "LL": "LATERAL",
+               "XTABLE LATERAL": "LATERAL", "RL": "LATERAL"}
+
+
+_VIEW_GROUPS = {"frontal": ("PA", "AP"), "lateral": ("LATERAL", "LL", "XTABLE LATERAL")}
+
+
+def _index_file(root: str, stem: str) -> str:
+    """``<root>/mimic-cxr-2.0.0-<stem>.csv.gz`` or ``.csv`` (any 2.x.0 version prefix)."""
+    names = [f"mimic-cxr-2.0.0-{stem}.csv.gz", f"mimic-cxr-2.0.0-{stem}.csv"]
+    for name in names:
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            if name.startswith("mimic-cxr-2.") and name.endswith((f"-{stem}.csv.gz",
+                                                                  f"-{stem}.csv")):
+                return os.path.join(root, name)
+    return tabular.find_file(root, names, LAYOUT)
+
+
+def _id(value: str) -> str:
+    """'10000032' / '10000032.0' -> '10000032' (other text is returned stripped)."""
+    try:
+        number = tabular.parse_int(value)
+    except ValueError:
+        return str(value).strip()
+    return "" if number is None else str(number)
+
+
+def subject_folder(subject_id: str) -> str:
+    """'10000032' -> 'p10/p10000032'."""
+    subject_id = _id(subject_id)
+    return f"p{subject_id[:2]}/p{subject_id}"
+
+
+def image_path(root: str, subject_id: str, study_id: str, dicom_id: str,
+               ext: str = ".jpg") -> str:
+    return os.path.join(root, "files", subject_folder(subject_id), f"s{_id(study_id)}",
+                        dicom_id + ext)
+
+
+def reports_files_dir(reports_root: str) -> str:
+    """The folder holding p1X/ report folders: ``<reports_root>/files`` or ``reports_root``."""
+    files = os.path.join(reports_root, "files")
+    return files if os.path.isdir(files) else reports_root
+
+
+def report_path(reports_root: str, subject_id: str, study_id: str) -> str:
+    return os.path.join(reports_files_dir(reports_root), subject_folder(subject_id),
+                        f"s{_id(study_id)}.txt")
+
+
+def view_name(view_position: str) -> str:
+    """DICOM ViewPosition -> Example.view ('PA', 'AP', 'LATERAL' or '')."""
+    return _VIEW_NAMES.get((view_position or "").strip().upper(), "")
+
+
+class MimicCXR(Source):
+    """MIMIC-CXR-JPG images with reports and CheXpert/NegBio labels, one Example per image.
+
+    Args:
+      root: the MIMIC-CXR-JPG folder (see module docstring).
+      split: 'train', 'validate' (or 'validation'/'valid'/'val'), 'test' or 'all'.
+      reports_root: the extracted mimic-cxr-reports folder (default ``root``).
+      reports: False to skip reports (report = '').
+      labeler: 'chexpert' or 'negbio' label file.
+      views: ViewPosition values kept (default frontal ('PA', 'AP'); 'frontal' and 'lateral'
+        name the groups); None or 'all' keeps all.
+      uncertain: -1 labels: 'ignore' (masked), 'zeros' or 'ones'.
+      image_ext: '.jpg' (MIMIC-CXR-JPG); '.dcm' reads MIMIC-CXR DICOMs instead.
+      check_files: at construction check that the first selected image (and report) exist.
+
+    Examples have ``label_names`` = the 14 CheXpert labels; a study missing from the label file
+    has every label masked. ``example_id`` is the dicom_id.
+    """
+
+    name = "mimic_cxr"
+    label_names = CHEXPERT_LABELS
+
+    def __init__(self, root, split: str = "train", *, reports_root=None, reports: bool = True,
+                 labeler: str = "chexpert", views=("PA", "AP"), uncertain: str = "ignore",
+                 image_ext: str = ".jpg", check_files: bool = True):
+        self.root = tabular.require_dir(os.fspath(root), LAYOUT)
+        if split != "all" and split not in SPLIT_ALIASES:
+            raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)} or 'all', "
+                             f"got {split!r}")
+        if labeler not in ("chexpert", "negbio"):
+            raise ValueError(f"labeler must be 'chexpert' or 'negbio', got {labeler!r}")
+        if uncertain not in tabular.UNCERTAIN_POLICIES:
+            raise ValueError(f"uncertain must be one of {tabular.UNCERTAIN_POLICIES}, "
+                             f"got {uncertain!r}")
+        self.split = "all" if split == "all" else SPLIT_ALIASES[split]
+        self.uncertain, self.labeler, self.image_ext = uncertain, labeler, image_ext
+        if isinstance(views, str):
+            views = None if views == "all" else (views,)
+        if views is not None:
+            views = {name for v in views for name in _VIEW_GROUPS.get(v.strip().lower(),
+                                                                      (v.strip().upper(),))}
+        self.views = views
+        tabular.require_dir(os.path.join(self.root, "files"), LAYOUT)
+
+        self.reports_root = None
+        if reports:
+            self.reports_root = os.fspath(reports_root) if reports_root is not None else self.root
+            tabular.require_dir(self.reports_root, REPORTS_LAYOUT)
+            if not os.path.isdir(reports_files_dir(self.reports_root)):
+                raise SourceError(f"reports folder not found under {self.reports_root}; "
+                                  f"expected {REPORTS_LAYOUT}")
+
+        metadata_file = _index_file(self.root, "metadata")
+        metadata = tabular.iter_csv(metadata_file, METADATA_COLUMNS, LAYOUT)
+        split_of = None
+        if self.split != "all":
+            split_file = _index_file(self.root, "split")
+            split_of = {row["dicom_id"].strip(): row["split"].strip().lower()
+                        for row in tabular.iter_csv(split_file, SPLIT_COLUMNS, LAYOUT)}
+        labels_file = _index_file(self.root, labeler)
+        self.labels_file = labels_file
+        label_rows = tabular.iter_csv(labels_file, LABEL_KEY_COLUMNS + CHEXPERT_LABELS, LAYOUT)
+        self._study_labels = {}
+        for row in label_rows:
+            try:
+                parsed = [tabular.parse_label(row[name], uncertain) for name in CHEXPERT_LABELS]
+            except ValueError as error:
+                raise SourceError(f"{labels_file}: study {row['study_id']}: {error}") from error
+            self._study_labels[_id(row["study_id"])] = (
+                np.array([v for v, _ in parsed], np.float32),
+                np.array([k for _, k in parsed], bool))
+
+        self.records = []
+        for row in metadata:
+            dicom_id = row["dicom_id"].strip()
+            if split_of is not None and SPLIT_ALIASES.get(split_of.get(dicom_id, "")) != self.split:
+                continue
+            view = row["ViewPosition"].strip().upper()
+            if self.views is not None and view not in self.views:
+                continue
+            self.records.append({"dicom_id": dicom_id, "subject_id": _id(row["subject_id"]),
+                                 "study_id": _id(row["study_id"]), "view": view_name(view)})
+        if check_files and self.records:
+            first = self.records[0]
+            path = self.image_path(0)
+            if not os.path.isfile(path):
+                raise SourceError(f"image of dicom_id {first['dicom_id']} not found: {path}; "
+                                  f"expected {LAYOUT}")
+            if self.reports_root is not None:
+                tabular.require_file(self.report_path(0), REPORTS_LAYOUT)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, index: int) -> str:
+        r = self.records[index]
+        return image_path(self.root, r["subject_id"], r["study_id"], r["dicom_id"],
+                          self.image_ext)
+
+    def report_path(self, index: int) -> str:
+        r = self.records[index]
+        return report_path(self.reports_root or self.root, r["subject_id"], r["study_id"])
+
+    def report(self, index: int) -> str:
+        """FINDINGS + IMPRESSION of the image's study ('' when reports are disabled)."""
+        if self.reports_root is None:
+            return ""
+        path = self.report_path(index)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
+        return report_lib.report_text(report_lib.read_report(path))
+
+    def __getitem__(self, index: int) -> Example:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        index %= len(self)
+        record = self.records[index]
+        path = self.image_path(index)
+        if self.image_ext.lower() == ".dcm":
+            from rmc_jax.data.sources.dicom import read_dicom
+            image = read_dicom(path)
+        else:
+            image = read_image(path)
+        labels, mask = self._study_labels.get(
+            record["study_id"],
+            (np.zeros(len(CHEXPERT_LABELS), np.float32), np.zeros(len(CHEXPERT_LABELS), bool)))
+        return Example(example_id=record["dicom_id"], image=image, report=self.report(index),
+                       labels=labels.copy(), label_mask=mask.copy(), source=self.name,
+                       view=record["view"])

@@ -1,0 +1,191 @@
+"""MS-CXR: phrase grounding boxes on MIMIC-CXR images (BioViL, PhysioNet v0.1 / v1.x).
+
+Official CSV (``MS_CXR_Local_Alignment_v1.0.0.csv``, ``MS_CXR_Local_Alignment_v1.1.0.csv`` ...)::
+
+    dicom_id, category_name, label_text, path, x, y, w, h, image_width, image_height[, split]
+
+one row per box; boxes are xywh in the pixels of the original MIMIC-CXR image of size
+image_width x image_height, so dividing by those sizes gives coordinates that are right for the
+JPG on disk even when it was resized. Several rows share an image (several boxes per phrase,
+several phrases per image). ``path`` (``files/p1X/p<subject>/s<study>/<dicom_id>.jpg``) is
+relative to the MIMIC-CXR-JPG root. One Example per image; each box's caption is its
+label_text, its finding_id comes from category_name, side/zone/size from the phrase's words.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import numpy as np
+
+from rmc_jax.data.schema import Example, finding_id, side_id, size_id, zone_id
+from rmc_jax.data.sources import reports as report_lib
+from rmc_jax.data.sources import tabular
+from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.images import read_image
+
+CATEGORIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
+              "Pleural Effusion", "Pneumonia", "Pneumothorax")
+COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h",
+           "image_width", "image_height")
+CSV_PATTERN = "MS_CXR_Local_Alignment_v*.csv"
+LAYOUT = ("MS-CXR layout: <root>/MS_CXR_Local_Alignment_v*.csv with columns "
+          + ", ".join(COLUMNS) + "[, split], images at <images_root>/<path> "
+          "(MIMIC-CXR-JPG files/p1X/p<subject>/s<study>/<dicom_id>.jpg)")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val",
+                 "validation": "val", "test": "test"}
+_STUDY = re.compile(r"p(\d+)/s(\d+)/")
+
+
+def xywh_to_xyxy(x, y, w, h, width, height) -> np.ndarray:
+    """Pixel xywh in an image of ``width`` x ``height`` -> normalised xyxy clipped to [0, 1]."""
+    box = np.array([x / width, y / height, (x + w) / width, (y + h) / height], np.float64)
+    return np.clip(box, 0.0, 1.0).astype(np.float32)
+
+
+def _find_csv(root: str) -> str:
+    found = sorted(glob.glob(os.path.join(root, CSV_PATTERN)))
+    if not found:
+        found = sorted(glob.glob(os.path.join(root, "MS_CXR*.csv")))
+    if not found:
+        raise SourceError(f"no MS-CXR CSV found in {root} (looked for {CSV_PATTERN}); "
+                          f"expected {LAYOUT}")
+    return found[-1]  # the newest version
+
+
+class MSCXR(Source):
+    """MS-CXR images with their grounded phrases (boxes), one Example per image.
+
+    Args:
+      root: folder holding the MS-CXR CSV.
+      split: 'train', 'val' (or 'validation'/'validate'/'valid'), 'test' when the CSV has a
+        split column; 'all' keeps every row (the only choice for a CSV without split column).
+      csv: the CSV file (default: the newest MS_CXR_Local_Alignment_v*.csv in root).
+      images_root: MIMIC-CXR-JPG root that ``path`` is relative to (default ``root``).
+      reports_root: optional mimic-cxr-reports root; when given the Example's report is the
+        study's FINDINGS + IMPRESSION, else ''.
+      check_files: check at construction that the first image exists.
+
+    ``label_names`` are the MS-CXR categories (plus any other category in the CSV, in order of
+    appearance); labels are 1 for an image's annotated categories, masked elsewhere (MS-CXR does
+    not say a category is absent).
+    """
+
+    name = "ms_cxr"
+    label_names = CATEGORIES
+
+    def __init__(self, root, split: str = "train", *, csv=None, images_root=None,
+                 reports_root=None, check_files: bool = True):
+        self.root = tabular.require_dir(os.fspath(root), LAYOUT)
+        self.csv = tabular.require_file(os.fspath(csv), LAYOUT) if csv else _find_csv(self.root)
+        self.images_root = tabular.require_dir(
+            os.fspath(images_root) if images_root is not None else self.root, LAYOUT)
+        self.reports_root = None
+        if reports_root is not None:
+            from rmc_jax.data.sources.mimic_cxr import REPORTS_LAYOUT
+            self.reports_root = tabular.require_dir(os.fspath(reports_root), REPORTS_LAYOUT)
+        rows = tabular.read_csv(self.csv, COLUMNS, LAYOUT)
+        has_split = bool(rows) and "split" in rows[0]
+        if split == "all":
+            self.split = "all"
+        elif split not in SPLIT_ALIASES:
+            raise ValueError(f"split must be one of {sorted(SPLIT_ALIASES)} or 'all', "
+                             f"got {split!r}")
+        elif not has_split:
+            raise SourceError(f"{self.csv} has no 'split' column (MS-CXR v1.0.0 has none); "
+                              f"use split='all' or a CSV with a split column")
+        else:
+            self.split = SPLIT_ALIASES[split]
+
+        categories = list(CATEGORIES)
+        images: dict[str, dict] = {}
+        for line, row in enumerate(rows, start=2):
+            if self.split != "all" and SPLIT_ALIASES.get(
+                    row["split"].strip().lower()) != self.split:
+                continue
+            where = f"{self.csv}:{line}"
+            try:
+                x, y, w, h = (tabular.parse_float(row[c]) for c in ("x", "y", "w", "h"))
+                width = tabular.parse_float(row["image_width"])
+                height = tabular.parse_float(row["image_height"])
+            except ValueError as error:
+                raise SourceError(f"{where}: bad number: {error}") from error
+            if any(np.isnan(v) for v in (x, y, w, h)):
+                raise SourceError(f"{where}: box x, y, w, h must all be given, got "
+                                  f"{[row[c] for c in ('x', 'y', 'w', 'h')]}")
+            category = row["category_name"].strip()
+            if category not in categories:
+                categories.append(category)
+            dicom_id = row["dicom_id"].strip()
+            image = images.setdefault(dicom_id, {"dicom_id": dicom_id,
+                                                 "path": row["path"].strip(), "regions": []})
+            text = report_lib.clean_text(row["label_text"])
+            image["regions"].append({
+                "xywh": (x, y, w, h), "size": (width, height), "caption": text,
+                "category": category, "finding_id": finding_id(category),
+                "side_id": side_id(report_lib.parse_side(text)),
+                "zone_id": zone_id(report_lib.parse_zone(text)),
+                "size_id": size_id(report_lib.parse_size(text))})
+        self.label_names = tuple(categories)
+        self.records = list(images.values())
+        for record in self.records:
+            record["boxes"] = self._boxes(record) if all(
+                not np.isnan(s).any() and min(s) > 0 for s in
+                (r["size"] for r in record["regions"])) else None
+        if check_files and self.records:
+            path = self.image_path(0)
+            if not os.path.isfile(path):
+                raise SourceError(f"image of dicom_id {self.records[0]['dicom_id']} not found: "
+                                  f"{path}; expected {LAYOUT}")
+
+    @staticmethod
+    def _boxes(record, image_shape=None) -> np.ndarray:
+        boxes = []
+        for region in record["regions"]:
+            width, height = region["size"]
+            if image_shape is not None and (np.isnan(width) or np.isnan(height)
+                                            or width <= 0 or height <= 0):
+                height, width = image_shape  # no size in the CSV: the file's own size
+            boxes.append(xywh_to_xyxy(*region["xywh"], width, height))
+        return np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.images_root, self.records[index]["path"])
+
+    def report(self, index: int) -> str:
+        if self.reports_root is None:
+            return ""
+        from rmc_jax.data.sources.mimic_cxr import REPORTS_LAYOUT, report_path
+        match = _STUDY.search(self.records[index]["path"].replace("\\", "/"))
+        if match is None:
+            raise SourceError(f"cannot find p<subject>/s<study> in MS-CXR path "
+                              f"{self.records[index]['path']!r}")
+        path = report_path(self.reports_root, match.group(1), match.group(2))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
+        return report_lib.report_text(report_lib.read_report(path))
+
+    def __getitem__(self, index: int) -> Example:
+        record = self.records[index]
+        image = read_image(self.image_path(index))
+        boxes = record["boxes"] if record["boxes"] is not None else self._boxes(record,
+                                                                                image.shape)
+        keep = np.all(boxes[:, 2:] > boxes[:, :2], axis=1)  # drop boxes empty after clipping
+        regions = [r for r, k in zip(record["regions"], keep) if k]
+        labels = np.zeros(len(self.label_names), np.float32)
+        for region in record["regions"]:
+            labels[self.label_names.index(region["category"])] = 1.0
+        return Example(
+            example_id=record["dicom_id"], image=image, report=self.report(index),
+            labels=labels, label_mask=labels > 0, boxes=boxes[keep],
+            captions=tuple(r["caption"] for r in regions),
+            finding_ids=np.array([r["finding_id"] for r in regions], np.int32),
+            side_ids=np.array([r["side_id"] for r in regions], np.int32),
+            zone_ids=np.array([r["zone_id"] for r in regions], np.int32),
+            size_ids=np.array([r["size_id"] for r in regions], np.int32),
+            source=self.name, view="")
