@@ -376,6 +376,30 @@ def roi_contrastive_loss(roi: Array, cap: Array, roi_mask: Array, temperature, *
     return _masked_mean(losses, valid, axis_name)
 
 
+def soft_target_contrastive_loss(img: Array, txt: Array, targets: Array, temperature) -> Array:
+    """Symmetric InfoNCE with soft targets (MedCLIP): pairs that share findings are not
+    treated as pure negatives.
+
+    Args:
+      img, txt: [N, E] L2-normalised embeddings.
+      targets: [N, N] non-negative affinities (e.g. label cosine similarity, 1 on the diagonal);
+        each row is normalised to a distribution for image -> text, each column for text -> image.
+      temperature: scalar tau > 0.
+    Returns:
+      float32 scalar: 0.5 * (CE(image -> text) + CE(text -> image)) against the soft targets.
+    """
+    _check_pair("img", img, "txt", txt, 2)
+    if targets.shape != (img.shape[0],) * 2:
+        raise ValueError(f"targets must be [N, N] = {(img.shape[0],) * 2}, got {targets.shape}")
+    logits = _similarities(img, txt) * _inverse_temperature(temperature)
+    targets = jax.lax.stop_gradient(targets).astype(logits.dtype)
+    row = targets / jnp.maximum(targets.sum(1, keepdims=True), 1e-12)
+    col = targets / jnp.maximum(targets.sum(0, keepdims=True), 1e-12)
+    i2t = -(row * jax.nn.log_softmax(logits, axis=1)).sum(1).mean()
+    t2i = -(col * jax.nn.log_softmax(logits, axis=0)).sum(0).mean()
+    return 0.5 * (i2t + t2i)
+
+
 def negative_caption_loss(roi: Array, cap: Array, neg: Array, roi_mask: Array, neg_mask: Array,
                           temperature) -> Array:
     """Hard-negative caption loss: the true caption against its own perturbed versions.

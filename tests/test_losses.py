@@ -171,6 +171,21 @@ def test_negative_caption_matches_numpy(rng):
     assert np.all(np.asarray(grads[2])[~neg_mask] == 0)
 
 
+def test_soft_targets_match_numpy_and_reduce_to_infonce(rng):
+    img, txt = normed(rng, 5, 4), normed(rng, 5, 4)
+    labels = (rng.random((5, 3)) > 0.5).astype(float)
+    targets = np.eye(5) + labels @ labels.T
+    value = L.soft_target_contrastive_loss(*f32(img, txt, targets), 0.2)
+    logits = img @ txt.T / 0.2
+    row, col = targets / targets.sum(1, keepdims=True), targets / targets.sum(0, keepdims=True)
+    log_row = logits - np.array([np_logsumexp(r) for r in logits])[:, None]
+    log_col = logits - np.array([np_logsumexp(c) for c in logits.T])[None, :]
+    expected = 0.5 * (-(row * log_row).sum(1).mean() - (col * log_col).sum(0).mean())
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    identity = L.soft_target_contrastive_loss(*f32(img, txt, np.eye(5)), 0.2)
+    np.testing.assert_allclose(identity, np_global(img, txt, 0.2), rtol=1e-5)
+
+
 @pytest.mark.parametrize("temps", [(1.0, 1.0), (0.01, 0.01), (0.5, 2.0)])
 def test_distillation_matches_numpy(rng, temps):
     ts, tt = temps
