@@ -50,6 +50,10 @@ class Tokenizer:
         mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(ids.shape)
         return ids, mask
 
+    def with_max_len(self, max_len: int) -> "Tokenizer":
+        """The same vocabulary with another fixed length (a copy: padding is per backend)."""
+        return Tokenizer(tokenizers.Tokenizer.from_str(self.backend.to_str()), max_len)
+
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, TOKENIZER_FILE)

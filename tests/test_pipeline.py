@@ -1,0 +1,191 @@
+"""Transforms and the Grain pipeline: shapes, box consistency, determinism, resumable iterators,
+per-process slicing and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rmc_jax.data import pipeline as pipe
+from rmc_jax.data import transforms
+from rmc_jax.data.captions import PERTURBATION_TYPES
+from rmc_jax.data.schema import Example
+from rmc_jax.data.sources.images import ImageDecodeError
+from rmc_jax.data.tokenizer import train_wordpiece
+
+CAPTIONS = ["small nodule in the right upper zone", "moderate left pleural effusion",
+            "large right pneumothorax", "left lower lobe consolidation"]
+
+
+class TinySource:
+    """Example i: a constant image of value i (so batches reveal which examples they hold)."""
+
+    name = "tiny"
+    label_names = ("a", "b")
+
+    def __init__(self, n=24, bad=()):
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise ImageDecodeError(f"cannot decode image /data/{i}.png: truncated")
+        r = i % 3
+        boxes = np.array([[0.1, 0.1, 0.4, 0.5], [0.55, 0.5, 0.9, 0.9], [0.2, 0.6, 0.45, 0.95]],
+                         np.float32)[:r]
+        return Example(
+            example_id=str(i), image=np.full((40, 60), i, np.uint8),
+            report=f"Findings: case {i}. " + " ".join(CAPTIONS[:r]),
+            labels=np.array([i % 2, 1 - i % 2], np.float32), label_mask=np.ones(2, bool),
+            boxes=boxes, captions=tuple(CAPTIONS[:r]),
+            finding_ids=np.arange(r, dtype=np.int32), source="tiny")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(CAPTIONS * 5 + ["findings case"] * 5, vocab_size=200, max_len=16)
+
+
+def config(**kw):
+    base = dict(image_size=32, max_regions=2, num_negatives=3, max_text_len=16,
+                max_caption_len=12)
+    base.update(kw)
+    return pipe.PipelineConfig(**base)
+
+
+def batches(source, tokenizer, n, **kw):
+    cfg = kw.pop("cfg", config())
+    options = dict(batch_size=4, seed=0, train=True)
+    options.update(kw)
+    iterator = iter(pipe.make_dataset(source, cfg, tokenizer, **options))
+    return [next(iterator) for _ in range(n)]
+
+
+def test_batch_shapes_masks_and_negatives(tokenizer):
+    (batch,) = batches(TinySource(), tokenizer, 1)
+    assert batch["image"].shape == (4, 32, 32, 1) and batch["image"].dtype == np.float32
+    assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 16)
+    assert batch["boxes"].shape == (4, 2, 4) and batch["box_mask"].dtype == bool
+    assert batch["caption_ids"].shape == (4, 2, 12)
+    assert batch["neg_ids"].shape == (4, 2, 3, 12) and batch["neg_valid"].shape == (4, 2, 3)
+    assert batch["labels"].shape == batch["label_mask"].shape == (4, 2)
+    # Padded regions carry nothing; real regions have a caption and hard negatives.
+    mask = batch["box_mask"]
+    assert np.all(batch["caption_mask"][~mask] == 0) and np.all(~batch["neg_valid"][~mask])
+    assert np.all(batch["caption_mask"][mask][:, 0] == 1)
+    assert np.all(batch["neg_valid"][mask].sum(-1) >= 1)
+    kinds = batch["neg_kind"][batch["neg_valid"]]
+    assert np.all((kinds >= 0) & (kinds < len(PERTURBATION_TYPES)))
+    assert np.all(batch["caption_hash"][mask] >= 0) and np.all(batch["replaced"] == 0)
+
+
+def test_regions_beyond_max_regions_are_cut_and_boxes_stay_in_image(tokenizer):
+    (batch,) = batches(TinySource(), tokenizer, 1, cfg=config(max_regions=2))
+    assert batch["box_mask"].sum(1).max() <= 2
+    boxes = batch["boxes"][batch["box_mask"]]
+    assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] > boxes[:, :2])
+
+
+def test_same_seed_same_batches_other_seed_differs(tokenizer):
+    a, b = batches(TinySource(), tokenizer, 3), batches(TinySource(), tokenizer, 3)
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    c = batches(TinySource(), tokenizer, 1, seed=1)
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_restored_iterator_yields_the_same_batches(tokenizer):
+    dataset = pipe.make_dataset(TinySource(), config(), tokenizer, batch_size=4, seed=0,
+                                train=True)
+    iterator = iter(dataset)
+    for _ in range(3):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(3)]
+    restored = iter(dataset)
+    restored.set_state(state)
+    for x, y in zip(expected, (next(restored) for _ in range(3))):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def _example_values(batch_list, cfg):
+    """Recover example indices from constant images (no augmentation)."""
+    values = []
+    for batch in batch_list:
+        centre = batch["image"][:, 16, 16, 0] * cfg.pixel_std + cfg.pixel_mean
+        values += list(np.round(centre * 255).astype(int))
+    return values
+
+
+def test_processes_read_disjoint_slices_covering_the_data(tokenizer):
+    cfg = config(augment=False)
+    seen = []
+    for process in range(2):
+        got = batches(TinySource(24), tokenizer, 3, cfg=cfg, process_index=process,
+                      process_count=2)
+        seen.append(_example_values(got, cfg))
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(24))  # one epoch of 24 split over 2 x 12
+
+
+def test_evaluation_order_is_the_source_order_once(tokenizer):
+    cfg = config(augment=False)
+    got = list(pipe.make_dataset(TinySource(10), cfg, tokenizer, batch_size=4, seed=0,
+                                 train=False))
+    assert len(got) == 2  # 10 examples, batches of 4, remainder dropped
+    assert _example_values(got, cfg) == list(range(8))
+
+
+def test_unreadable_image_is_skipped_with_warning_and_counted(tokenizer):
+    cfg = config(augment=False)
+    with pytest.warns(UserWarning, match=r"skipping unreadable example 2 .*2\.png"):
+        got = list(pipe.make_dataset(TinySource(8, bad={2}), cfg, tokenizer, batch_size=4,
+                                     seed=0, train=False))
+    values = _example_values(got, cfg)
+    assert 2 not in values and values[2] == 3  # replaced by the next readable example
+    assert sum(int(b["replaced"].sum()) for b in got) == 1
+
+
+def test_sanitize_boxes_clips_and_drops_with_warnings():
+    boxes = np.array([[-0.1, 0.2, 0.5, 1.2], [0.3, 0.3, 0.3, 0.6], [0.6, 0.6, 0.2, 0.9],
+                      [0.1, 0.1, 0.2, 0.2]], np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clipped, keep = transforms.sanitize_boxes(boxes, "src:7")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "clipped 1 box" in messages and "dropped 2" in messages and "src:7" in messages
+    np.testing.assert_allclose(clipped[0], [0.0, 0.2, 0.5, 1.0])
+    assert keep.tolist() == [True, False, False, True]
+
+
+def test_letterbox_maps_boxes_onto_the_same_pixels():
+    image = np.zeros((40, 80), np.uint8)
+    image[10:20, 40:60] = 255  # a bright block; its box in the original image:
+    box = np.array([[40 / 80, 10 / 40, 60 / 80, 20 / 40]], np.float32)
+    out, mapped = transforms.letterbox(image, box, 64)
+    assert out.shape == (64, 64)
+    x0, y0, x1, y1 = (mapped[0] * 64).round().astype(int)
+    assert (x0, y0, x1, y1) == (32, 24, 48, 32)  # 80x40 -> 64x32, padded by 16 rows on top
+    assert out[y0 + 1:y1 - 1, x0 + 1:x1 - 1].min() > 0.9
+    assert out[:16].max() == 0 and out[48:].max() == 0
+
+
+def test_crop_keeping_regions_never_cuts_a_box():
+    rng = np.random.default_rng(0)
+    image = np.zeros((100, 120), np.uint8)
+    boxes = np.array([[0.05, 0.1, 0.3, 0.35], [0.7, 0.6, 0.95, 0.9]], np.float32)
+    for (bx0, by0, bx1, by1) in boxes:
+        image[int(by0 * 100):int(by1 * 100), int(bx0 * 120):int(bx1 * 120)] = 200
+    for _ in range(20):
+        crop, mapped = transforms.crop_keeping_regions(image, boxes, rng, min_scale=0.5)
+        h, w = crop.shape
+        # The bright pixels of every box survive the crop in full.
+        assert (crop == 200).sum() == (image == 200).sum()
+        for (x0, y0, x1, y1) in mapped:
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            inside = crop[int(np.ceil(y0 * h)):int(y1 * h), int(np.ceil(x0 * w)):int(x1 * w)]
+            assert inside.size and inside.min() == 200
