@@ -410,3 +410,12 @@ def test_render_time_per_image():
         src[i]
     ms_example = (time.perf_counter() - start) / len(src) * 1e3
     print(f"\nsynthetic: render_case {ms:.1f} ms / 256px image; full Example {ms_example:.1f} ms")
+
+
+def test_texts_match_the_examples_without_rendering():
+    from rmc_jax.data.synthetic import SyntheticSource
+
+    source = SyntheticSource(split="validation", size=5, image_size=64)
+    for index in range(5):
+        example = source[index]
+        assert source.texts(index) == (example.report, tuple(example.captions))

@@ -34,6 +34,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-run-seconds", type=float, default=400.0,
                         help="skip timing at larger batches once a step took longer than this")
     parser.add_argument("--backends", nargs="+", default=["dense", "tiled", "gather", "ring"])
+    parser.add_argument("--max-timed-batch", type=int, default=16384,
+                        help="above this batch only --large-batch-backends are timed "
+                             "(the others are compiled for their memory only)")
+    parser.add_argument("--large-batch-backends", nargs="+", default=["tiled"])
     return parser.parse_args(argv)
 
 
@@ -88,7 +92,8 @@ def main(argv=None):
             compiled = fn.lower(*x).compile()
             temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
             timing, value = "not run (memory)", ""
-            if backend in too_slow:
+            if backend in too_slow or (batch > args.max_timed_batch
+                                       and backend not in args.large_batch_backends):
                 timing = "not run (time)"
             elif temp_gib <= args.memory_limit_gib:
                 jax.block_until_ready(compiled(*x))

@@ -1952,6 +1952,11 @@ class SyntheticSource(Source):
             raise IndexError(f"synthetic {self.split}: index {index} out of range [0, {self.size})")
         return example_rngs(self.seed, self.split, index)
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        """(report, captions) of example ``index`` without rendering its image (fast corpus)."""
+        case_rng, text_rng = self._rngs(index)
+        return generate_text(sample_case(case_rng, self.normal_fraction), text_rng)
+
     def __getitem__(self, index: int) -> schema.Example:
         index = int(index)
         if index < 0:

@@ -1,0 +1,128 @@
+"""Training configurations: ``--config=configs/base.py:VARIANT[,key=value,...]``.
+
+Variants:
+  roi           full objective: global + ROI + negative-caption + distillation (1 / 1 / 1 / 0.5)
+  global        CLIP baseline: global image-report loss only
+  medclip       MedCLIP-style baseline: global loss with soft targets from label overlap
+  roi_nodistill ablation: roi without the distillation term
+  roi_noneg     ablation: roi without the negative-caption term
+  smoke         seconds: a tiny model for tests
+
+Arguments after the variant override common knobs, e.g. ``roi,steps=200,batch=32,res=128``;
+any key can also be set on the command line: ``--config.optimizer.learning_rate=3e-4``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("roi", "global", "medclip", "roi_nodistill", "roi_noneg", "smoke")
+
+# Short names accepted after the variant -> (config path, type).
+_ARGUMENTS = {
+    "steps": ("total_steps", int),
+    "batch": ("batch_size", int),
+    "res": ("data.image_size", int),
+    "seed": ("seed", int),
+    "lr": ("optimizer.learning_rate", float),
+}
+
+
+def parse_arg(arg: str) -> tuple[str, dict]:
+    """'roi,steps=10,res=64' -> ('roi', {'total_steps': 10, 'data.image_size': 64})."""
+    variant, *pairs = [part.strip() for part in (arg or "roi").split(",") if part.strip()]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; choose one of {VARIANTS}")
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in _ARGUMENTS:
+            raise ValueError(f"config argument {pair!r} is not KEY=VALUE with KEY in "
+                             f"{sorted(_ARGUMENTS)}")
+        path, kind = _ARGUMENTS[key]
+        overrides[path] = kind(value)
+    return variant, overrides
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant, overrides = parse_arg(arg or "roi")
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.seed = 0
+    c.total_steps = 1500
+    c.batch_size = 64               # global batch, split over processes and devices
+    c.log_every = 25
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 2
+    c.eval_every = 0                # 0 = only at the end
+    c.on_nonfinite = "stop"         # 'stop' or 'skip' the step
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=5e-4, warmup_steps=100, end_learning_rate_factor=0.02, weight_decay=0.05,
+        b1=0.9, b2=0.98, grad_clip_norm=1.0))
+
+    c.loss = ml_collections.ConfigDict(dict(
+        global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
+        soft_targets=False,         # MedCLIP-style label-overlap targets for the global loss
+        backend="gather",           # 'gather' or 'ring' for the sharded contrastive losses
+        chunk_size=0,               # >0: tiled contrastive losses (memory linear in batch)
+        multi_positive_captions=True))
+
+    c.teacher = ml_collections.ConfigDict(dict(
+        source="ema",               # 'ema', 'checkpoint' (a frozen rmc_jax run) or 'none'
+        checkpoint="",              # workdir of the run to load when source='checkpoint'
+        ema_decay=0.99,
+        crop_size=64,               # region crops are resized to this many pixels
+        temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
+        student_temperature=0.01,
+        threshold=0.1,              # keep regions whose top teacher probability exceeds this
+        warmup_steps=200))          # distillation starts after the teacher has learnt a little
+
+    c.model = ml_collections.ConfigDict(dict(
+        vision=dict(image_size=128, channels=1, patch_size=16, width=192, depth=4, num_heads=3,
+                    mlp_ratio=4.0, dtype="float32", remat="none", scan_layers=False),
+        text=dict(vocab_size=4096, width=192, depth=4, num_heads=3, mlp_ratio=4.0, max_len=64,
+                  causal=False, dtype="float32", remat="none", scan_layers=False),
+        embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
+        roi_output_size=4, roi_sampling_ratio=2))
+
+    c.data = ml_collections.ConfigDict(dict(
+        train="synthetic", root="", eval="synthetic", eval_root="", eval_split="test",
+        train_size=0, eval_size=512,     # 0 = the source's own size
+        image_size=128, max_regions=8, num_negatives=4, max_text_len=64, max_caption_len=24,
+        augment=True, workers=0, tokenizer="", vocab_size=4096, max_bad_fraction=0.01))
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+    if variant == "global":
+        c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
+    elif variant == "medclip":
+        c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
+        c.loss.soft_targets = True
+    elif variant == "roi_nodistill":
+        c.loss.distill_weight = 0.0
+    elif variant == "roi_noneg":
+        c.loss.neg_weight = 0.0
+    elif variant == "smoke":
+        c.total_steps, c.batch_size, c.log_every = 6, 8, 2
+        c.checkpoint_every, c.optimizer.warmup_steps, c.teacher.warmup_steps = 3, 2, 0
+        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
+        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+        c.model.embed_dim = 16
+        c.model.roi_output_size = 2
+        c.teacher.crop_size = 16
+        c.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
+                      max_caption_len=16, train_size=64, eval_size=16, vocab_size=512)
+
+    for path, value in overrides.items():
+        _set(c, path, value)
+    if "data.image_size" in overrides:
+        c.model.vision.image_size = c.data.image_size
+    return c
+
+
+def _set(config, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    for name in parents:
+        config = config[name]
+    config[leaf] = value

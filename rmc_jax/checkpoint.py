@@ -1,0 +1,68 @@
+"""Orbax checkpoints of the train state together with the Grain iterator state.
+
+One ``CheckpointManager`` per workdir (``<workdir>/checkpoints``): asynchronous saves every
+``save_every`` steps, the last ``keep`` kept, a forced save on preemption, restore against an
+abstract state carrying the target shardings (a 1-device checkpoint restores on 8 devices and
+back). Nothing is pickled: arrays go through Orbax's array format, the iterator state through
+Grain's JSON handler.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, save_every: int, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(save_interval_steps=max(save_every, 1),
+                                               max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=True)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+        """Save if ``step`` is due (or ``force``); returns whether a save started."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+        """Restore ``step`` (default: latest) into arrays shaped and sharded like
+        ``abstract_state`` (a tree of ``jax.ShapeDtypeStruct`` with shardings); the iterator,
+        if given, is moved to the saved position in place."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"]
+
+    def reached_preemption(self, step: int) -> bool:
+        return self.manager.reached_preemption(step)
+
+    def wait_until_finished(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree):
+    """Shape/dtype/sharding skeleton of a tree of arrays, as restore targets."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)

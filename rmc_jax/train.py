@@ -1,0 +1,485 @@
+"""The trainer: config -> data -> model -> sharded jitted steps -> checkpoints and metrics.
+
+Read top to bottom: config checks, data, model and optimiser, the loss of one batch, the train
+step, and the loop (resume, logging, preemption, non-finite handling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from rmc_jax import checkpoint as ckpt
+from rmc_jax import losses
+from rmc_jax import sharding as shd
+from rmc_jax.data import pipeline as pipe
+from rmc_jax.data import sources as data_sources
+from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
+from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
+
+LOSS_TERMS = ("global", "roi", "neg", "distill")
+TEACHER_SOURCES = ("ema", "checkpoint", "none")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf."""
+
+
+# =============================================================================================
+# Config checks: fail before compiling, with one line that says what to change.
+# =============================================================================================
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    def fail(message):
+        raise ValueError(f"invalid config: {message}")
+
+    for term in LOSS_TERMS:
+        if config.loss[f"{term}_weight"] < 0:
+            fail(f"loss.{term}_weight = {config.loss[f'{term}_weight']} is negative")
+    if config.model.init_temperature <= 0:
+        fail(f"model.init_temperature = {config.model.init_temperature} must be > 0")
+    for key in ("temperature", "student_temperature"):
+        if config.teacher[key] <= 0:
+            fail(f"teacher.{key} = {config.teacher[key]} must be > 0")
+    if config.teacher.source not in TEACHER_SOURCES:
+        fail(f"teacher.source = {config.teacher.source!r}; choose one of {TEACHER_SOURCES}")
+    if config.teacher.source == "checkpoint" and not os.path.isdir(
+            os.path.join(config.teacher.checkpoint, "checkpoints")):
+        fail(f"teacher.checkpoint = {config.teacher.checkpoint!r} is not the workdir of an "
+             "rmc_jax run (no checkpoints/ folder in it)")
+    if config.loss.backend not in losses.BACKENDS:
+        fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
+    if config.data.image_size != config.model.vision.image_size:
+        fail(f"data.image_size = {config.data.image_size} differs from model.vision.image_size "
+             f"= {config.model.vision.image_size}")
+    if max(config.data.max_text_len, config.data.max_caption_len) > config.model.text.max_len:
+        fail(f"data.max_text_len/max_caption_len exceed model.text.max_len = "
+             f"{config.model.text.max_len}")
+    if config.data.max_regions < 1 or config.data.num_negatives < 0:
+        fail("data.max_regions must be >= 1 and data.num_negatives >= 0")
+    if config.batch_size % jax.process_count():
+        fail(f"batch_size = {config.batch_size} is not divisible by the "
+             f"{jax.process_count()} processes")
+    if config.on_nonfinite not in ("stop", "skip"):
+        fail(f"on_nonfinite = {config.on_nonfinite!r}; choose 'stop' or 'skip'")
+
+
+# =============================================================================================
+# Data
+# =============================================================================================
+
+
+def pipeline_config(config) -> pipe.PipelineConfig:
+    d = config.data
+    return pipe.PipelineConfig(
+        image_size=d.image_size, max_regions=d.max_regions, num_negatives=d.num_negatives,
+        max_text_len=d.max_text_len, max_caption_len=d.max_caption_len, augment=d.augment)
+
+
+def open_source(name: str, root: str, split: str, size: int, seed: int, image_size: int):
+    options = {}
+    if name == "synthetic":
+        options = dict(seed=seed, size=size or None, image_size=max(image_size, 128))
+    source = data_sources.get_source(name, root=root or None, split=split, **options)
+    if size and len(source) > size and name != "synthetic":
+        source = _Subset(source, size)
+    return source
+
+
+@dataclasses.dataclass
+class _Subset:
+    source: object
+    size: int
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        return self.source[index]
+
+    @property
+    def name(self):
+        return getattr(self.source, "name", "")
+
+
+def corpus(source, limit: int = 2000):
+    """Reports and captions of the first ``limit`` examples (tokenizer training text)."""
+    texts = getattr(source, "texts", None)  # sources that can skip decoding images
+    for index in range(min(limit, len(source))):
+        report, captions = texts(index) if texts else (source[index].report,
+                                                       source[index].captions)
+        yield report
+        yield from captions
+
+
+def concept_prompts(label_names) -> list[str]:
+    """The caption set the distillation teacher and student score every region against:
+    each finding alone and on each side (the side is what a global model tends to miss)."""
+    prompts = []
+    for name in label_names:
+        if name in ("no_finding", "No Finding"):
+            continue
+        finding = name.replace("_", " ").lower()
+        prompts += [finding, f"right {finding}", f"left {finding}"]
+    return prompts
+
+
+# =============================================================================================
+# Model, optimiser, state
+# =============================================================================================
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    o = config.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+        decay_steps=max(config.total_steps, o.warmup_steps + 1),
+        end_value=o.learning_rate * o.end_learning_rate_factor)
+
+    def decay_mask(params):  # no weight decay on biases, norms, embeddings' 1-D params, tau
+        return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.grad_clip_norm),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+    return tx, schedule
+
+
+def init_state(model: RegionCLIP, tx, config, mesh):
+    """Train state sharded on ``mesh``: {'step', 'params', 'opt_state', 'teacher'}."""
+    inputs = example_inputs(model)
+
+    def create(key):
+        params = model.init(key, **inputs)["params"]
+        state = {"step": jnp.zeros((), jnp.int32), "params": params,
+                 "opt_state": tx.init(params)}
+        if config.teacher.source == "ema":
+            state["teacher"] = params
+        return state
+
+    abstract = jax.eval_shape(create, jax.random.key(config.seed))
+    # Params, optimizer moments and teacher follow the same partition rules; scalars replicate.
+    shardings = shd.param_shardings(abstract, mesh)
+    state = jax.jit(create, out_shardings=shardings)(jax.random.key(config.seed))
+    return state, shardings
+
+
+# =============================================================================================
+# The loss of one batch
+# =============================================================================================
+
+
+def _contrastive(mesh, config, fn, *args):
+    """Run a contrastive loss ``fn(*arrays, temperature, **backend)`` over the global batch:
+    the sharded backend inside shard_map on a multi-device mesh, dense or tiled on one device.
+    Every array argument is split over the batch axis; the temperature (last) is replicated."""
+    chunk = config.loss.chunk_size or None
+    if mesh.shape[shd.BATCH_AXIS] == 1:
+        return fn(*args, chunk_size=chunk)
+    local = functools.partial(fn, axis_name=shd.BATCH_AXIS, backend=config.loss.backend,
+                              chunk_size=chunk)
+    specs = (P(shd.BATCH_AXIS),) * (len(args) - 1) + (P(),)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(),
+                         axis_names={shd.BATCH_AXIS})(*args)
+
+
+def _roi_loss(regions, captions, mask, ids, temperature, **backend):
+    return losses.roi_contrastive_loss(regions, captions, mask, temperature, caption_ids=ids,
+                                       **backend)
+
+
+def label_affinity(labels, label_mask):
+    """MedCLIP soft targets [B, B]: cosine similarity of known label vectors, 1 on the diagonal."""
+    y = jnp.where(label_mask, labels, 0.0)
+    y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-6)
+    return jnp.maximum(y @ y.T, jnp.eye(y.shape[0]))
+
+
+def batch_losses(params, teacher_params, batch, concepts, step, *, model, config, mesh):
+    """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives."""
+    apply = functools.partial(model.apply, {"params": params})
+    images, boxes, box_mask = batch["image"], batch["boxes"], batch["box_mask"]
+    b, r = box_mask.shape
+    k = batch["neg_valid"].shape[-1]
+    tau = apply(method=RegionCLIP.temperature)
+
+    image_emb, grid = apply(images, method=RegionCLIP.image_features)
+    report_emb = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
+    terms = {}
+    if config.loss.soft_targets:
+        terms["global"] = losses.soft_target_contrastive_loss(
+            image_emb, report_emb, label_affinity(batch["labels"], batch["label_mask"]), tau)
+    else:
+        terms["global"] = _contrastive(mesh, config, losses.global_contrastive_loss,
+                                       image_emb, report_emb, tau)
+
+    uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
+    if uses_regions:
+        region_emb = apply(grid, boxes, box_mask, method=RegionCLIP.regions_from_patches)
+    if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
+        # Captions and their hard negatives go through the text tower in one call.
+        tokens = jnp.concatenate([batch["caption_ids"][:, :, None], batch["neg_ids"]], axis=2)
+        masks = jnp.concatenate([batch["caption_mask"][:, :, None], batch["neg_mask"]], axis=2)
+        length = tokens.shape[-1]
+        text = apply(tokens.reshape(-1, length), masks.reshape(-1, length),
+                     method=RegionCLIP.encode_text).reshape(b, r, 1 + k, -1)
+        caption_emb, negative_emb = text[:, :, 0], text[:, :, 1:]
+    if config.loss.roi_weight > 0:
+        # Equal caption texts are positives together; otherwise every region is its own class.
+        ids = (batch["caption_hash"] if config.loss.multi_positive_captions
+               else jnp.arange(b * r, dtype=jnp.int32).reshape(b, r))
+        terms["roi"] = _contrastive(mesh, config, _roi_loss, region_emb, caption_emb, box_mask,
+                                    ids, tau)
+    if config.loss.neg_weight > 0:
+        terms["neg"] = losses.negative_caption_loss(region_emb, caption_emb, negative_emb,
+                                                    box_mask, batch["neg_valid"], tau)
+    logs = {}
+    if config.loss.distill_weight > 0 and teacher_params is not None:
+        concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
+        student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
+        teacher_logits = teacher_scores(teacher_params, images, boxes, concepts, model=model,
+                                        crop_size=config.teacher.crop_size)
+        probs = jax.nn.softmax(teacher_logits / config.teacher.temperature, axis=-1)
+        keep = box_mask & (probs.max(-1) > config.teacher.threshold)
+        active = step >= config.teacher.warmup_steps
+        terms["distill"] = losses.distillation_loss(
+            student_logits, teacher_logits, keep & active,
+            student_temperature=config.teacher.student_temperature,
+            teacher_temperature=config.teacher.temperature)
+        logs["distill_kept"] = (keep & active).sum() / jnp.maximum(box_mask.sum(), 1)
+    weights = {t: config.loss[f"{t}_weight"] for t in LOSS_TERMS}
+    total, term_logs = losses.total_loss(terms, weights)
+    logs.update(term_logs)
+    logs["temperature"] = tau
+    return total, logs
+
+
+def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size):
+    """RegionCLIP teacher: each region is cropped from the image (RoIAlign as crop-and-resize),
+    embedded by the teacher's image tower, and scored against the concept set.
+    Returns cosine similarities [B, R, T] with no gradient."""
+    teacher_params = jax.lax.stop_gradient(teacher_params)
+    apply = functools.partial(model.apply, {"params": teacher_params})
+    b, r = boxes.shape[:2]
+    crop = functools.partial(roi_align, output_size=crop_size, sampling_ratio=2, aligned=True)
+    crops = jax.vmap(crop)(images, boxes)                              # [B, R, c, c, C]
+    crop_emb = apply(crops.reshape(b * r, crop_size, crop_size, images.shape[-1]),
+                     method=RegionCLIP.encode_image).reshape(b, r, -1)
+    concept_emb = apply(*concepts, method=RegionCLIP.encode_text)
+    return jax.lax.stop_gradient(jnp.einsum("bre,te->brt", crop_emb, concept_emb))
+
+
+# =============================================================================================
+# The train step
+# =============================================================================================
+
+
+def make_train_step(model, tx, schedule, config, mesh, state_sharding):
+    loss_fn = functools.partial(batch_losses, model=model, config=config, mesh=mesh)
+    ema = config.teacher.source == "ema"
+
+    def step_fn(state, batch, concepts, frozen_teacher):
+        teacher = state.get("teacher", frozen_teacher)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (total, logs), grads = grad_fn(state["params"], teacher, batch, concepts, state["step"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+        if ema:
+            decay = config.teacher.ema_decay
+            new_state["teacher"] = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p,
+                                                state["teacher"], params)
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for v in jax.tree.leaves(logs)]))
+        # A non-finite step never touches the state (the host then stops or skips it).
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                                 dict(state, step=state["step"] + 1))
+        logs.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]),
+                    finite=finite)
+        return new_state, logs
+
+    return jax.jit(step_fn, donate_argnums=(0,),
+                   out_shardings=(state_sharding, shd.replicated(mesh)))
+
+
+# =============================================================================================
+# The loop
+# =============================================================================================
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading_is_main():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint before exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+class MetricsWriter:
+    """JSON lines in ``<workdir>/metrics.jsonl`` and readable log lines (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a") if self.enabled else None
+
+    def write(self, step: int, metrics: dict, total_steps: int):
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
+        print(f"[step {step}/{total_steps}] {shown}", flush=True)
+
+    def close(self):
+        if self._file:
+            self._file.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_at_step: int | None = None) -> dict:
+    """Train (resuming from the latest checkpoint in ``workdir``) and return final metrics.
+
+    ``stop_at_step`` ends the run early exactly as a preemption would (checkpoint, then
+    return), so that an interrupted-and-resumed run can be compared with a straight one.
+    """
+    check_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    pc, pi = jax.process_count(), jax.process_index()
+
+    # ---- data -------------------------------------------------------------------------------
+    train_source = open_source(config.data.train, config.data.root, "train",
+                               config.data.train_size, config.seed, config.data.image_size)
+    tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
+                                  path=config.data.tokenizer or None,
+                                  corpus=corpus(train_source), vocab_size=config.data.vocab_size)
+    if tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ValueError(f"invalid config: the tokenizer has {tokenizer.vocab_size} tokens but "
+                         f"model.text.vocab_size = {config.model.text.vocab_size}")
+    caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
+    dataset = pipe.make_dataset(train_source, pipeline_config(config), tokenizer,
+                                batch_size=config.batch_size // pc, seed=config.seed, train=True,
+                                process_index=pi, process_count=pc,
+                                caption_tokenizer=caption_tokenizer)
+    data_iter = iter(pipe.prefetch(dataset, config.data.workers))
+    concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
+        concept_prompts(train_source.label_names)))
+
+    # ---- model, optimiser, state ------------------------------------------------------------
+    model = build_model(config.model)
+    tx, schedule = make_optimizer(config)
+    state, state_sharding = init_state(model, tx, config, mesh)
+    checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(ckpt.abstract_like(state), data_iter)
+        print(f"resumed from step {int(state['step'])} in {checkpointer.directory}", flush=True)
+    frozen_teacher = load_frozen_teacher(config, state, mesh)
+    train_step = make_train_step(model, tx, schedule, config, mesh, state_sharding)
+
+    # ---- loop -------------------------------------------------------------------------------
+    writer = MetricsWriter(workdir)
+    step = int(state["step"])
+    pending, last_metrics = None, {}
+    window_start, window_steps = time.perf_counter(), 0
+    with _Preemption() as preemption:
+        while step < config.total_steps:
+            local = next(data_iter)
+            bad = int(local.pop("replaced").sum())
+            batch = shd.global_batch(local, mesh)
+            state, metrics = train_step(state, batch, concepts, frozen_teacher)
+            step += 1
+            window_steps += 1
+            # Read the previous step's metrics: the host never waits on the step just queued.
+            if pending is not None:
+                last_metrics = _check_finite(pending, config, checkpointer)
+            pending = (step, metrics, bad)
+            if step % config.log_every == 0 or step == config.total_steps:
+                last_metrics = _check_finite(pending, config, checkpointer)
+                pending = None
+                elapsed = time.perf_counter() - window_start
+                last_metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
+                writer.write(step, last_metrics, config.total_steps)
+                window_start, window_steps = time.perf_counter(), 0
+            checkpointer.save(step, state, data_iter)
+            if step == stop_at_step:
+                break
+            if preemption.requested or checkpointer.reached_preemption(step):
+                if checkpointer.latest_step() != step:
+                    checkpointer.save(step, state, data_iter, force=True)
+                checkpointer.close()
+                writer.close()
+                print(f"preempted at step {step}: checkpoint saved in {checkpointer.directory}",
+                      flush=True)
+                sys.exit(143)
+    if pending is not None:
+        last_metrics = _check_finite(pending, config, checkpointer)
+    if checkpointer.latest_step() != step:
+        checkpointer.save(step, state, data_iter, force=True)
+    checkpointer.close()
+    writer.close()
+    return {"state": state, "metrics": last_metrics, "model": model, "tokenizer": tokenizer,
+            "mesh": mesh, "checkpoint_dir": checkpointer.directory}
+
+
+def _check_finite(pending, config, checkpointer) -> dict:
+    step, metrics, bad = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not metrics.pop("finite"):
+        offending = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if config.on_nonfinite == "stop":
+            checkpointer.wait_until_finished()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} in {offending}; last good checkpoint: "
+                f"step {checkpointer.latest_step()} in {checkpointer.directory}")
+        logging.warning("skipped step %d: non-finite %s", step, offending)
+    metrics["bad_examples"] = bad
+    return metrics
+
+
+def load_frozen_teacher(config, state, mesh):
+    """Params of a finished run used as a fixed teacher (teacher.source='checkpoint')."""
+    if config.teacher.source != "checkpoint" or config.loss.distill_weight == 0:
+        return None
+    other = ckpt.Checkpointer(config.teacher.checkpoint, 1, 1)
+    restored = other.restore(None)  # the other run's state, as saved
+    other.close()
+    params = restored["params"]
+    expected = jax.tree.structure(state["params"])
+    if jax.tree.structure(params) != expected:
+        raise ValueError(f"teacher.checkpoint {config.teacher.checkpoint}: its model differs "
+                         "from this run's model config (parameter trees do not match)")
+    return jax.device_put(params, shd.replicated(mesh))

@@ -1,0 +1,26 @@
+"""One process of the 2-process training test (run by test_multiprocess.py, not by pytest)."""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+
+
+def main(coordinator: str, process_id: int, out_path: str, steps: int):
+    jax.distributed.initialize(coordinator, 2, process_id)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_train import fixed_batch_losses, smoke
+
+    losses = fixed_batch_losses(smoke(), steps, mesh_devices=-1)
+    if jax.process_index() == 0:
+        with open(out_path, "w") as f:
+            json.dump(losses, f)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

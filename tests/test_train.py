@@ -1,0 +1,206 @@
+"""The trainer end to end on the embedded synthetic data with the 'smoke' model."""
+
+import functools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from configs.base import VARIANTS, get_config  # noqa: E402
+
+from rmc_jax import checkpoint as ckpt  # noqa: E402
+from rmc_jax import sharding as shd  # noqa: E402
+from rmc_jax import train  # noqa: E402
+from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
+
+
+def smoke(variant="roi", **overrides):
+    config = get_config(f"{variant},steps=4" if variant != "smoke" else "smoke")
+    config.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
+    config.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+    config.model.embed_dim, config.model.roi_output_size = 16, 2
+    config.teacher.update(crop_size=16, warmup_steps=0)
+    config.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
+                       max_caption_len=16, train_size=64, vocab_size=512)
+    config.update(batch_size=8, log_every=2, checkpoint_every=2)
+    config.optimizer.warmup_steps = 1
+    for key, value in overrides.items():
+        train_config_set(config, key, value)
+    return config
+
+
+def train_config_set(config, path, value):
+    *parents, leaf = path.split(".")
+    for name in parents:
+        config = config[name]
+    config[leaf] = value
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "smoke"])
+def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
+    result = train.train(smoke(variant), str(tmp_path))
+    metrics = result["metrics"]
+    assert np.isfinite(metrics["total"]) and metrics["bad_examples"] == 0
+    expected_terms = {"global"} | ({"roi", "neg", "distill"} if variant == "roi" else set())
+    assert expected_terms <= set(metrics)
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert os.path.isdir(tmp_path / "checkpoints" / "4")
+    assert os.path.isfile(tmp_path / "tokenizer.json")
+
+
+def test_smoke_variant_config_runs(tmp_path):
+    config = get_config("smoke")
+    config.total_steps = 2
+    result = train.train(config, str(tmp_path))
+    assert int(result["state"]["step"]) == 2
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = train.train(smoke(total_steps=6), str(tmp_path / "a"))
+    train.train(smoke(total_steps=6, checkpoint_every=100), str(tmp_path / "b"), stop_at_step=3)
+    resumed = train.train(smoke(total_steps=6), str(tmp_path / "b"))
+    for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _fixed_batch_setup(config, mesh):
+    """Train step, fresh state and one fixed global batch of 8 synthetic examples; with several
+    processes each contributes its half of the same global batch."""
+    source = train.open_source("synthetic", "", "train", 16, 0, 32)
+    tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512, max_len=32)
+    captions = tokenizer.with_max_len(config.data.max_caption_len)
+    dataset = train.pipe.make_dataset(source, train.pipeline_config(config), tokenizer,
+                                      batch_size=8, seed=0, train=True,
+                                      caption_tokenizer=captions)
+    full = next(iter(dataset))
+    full.pop("replaced")
+    rows = 8 // jax.process_count()
+    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+             for k, v in full.items()}
+    concepts = tuple(jnp.asarray(x) for x in captions(
+        train.concept_prompts(source.label_names)))
+    model = train.build_model(config.model)
+    tx, schedule = train.make_optimizer(config)
+    state, sharding = train.init_state(model, tx, config, mesh)
+    step = train.make_train_step(model, tx, schedule, config, mesh, sharding)
+    return step, state, shd.global_batch(local, mesh), concepts
+
+
+def fixed_batch_losses(config, steps, mesh_devices):
+    """Loss terms of ``steps`` train steps on the fixed batch, as lists of floats."""
+    mesh = shd.make_mesh(mesh_devices, 1)
+    step, state, batch, concepts = _fixed_batch_setup(config, mesh)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, batch, concepts, None)
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return history
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    config = smoke(total_steps=40)
+    config.optimizer.update(learning_rate=2e-3, warmup_steps=1)
+    totals = [m["total"] for m in fixed_batch_losses(config, 25, mesh_devices=1)]
+    assert totals[-1] < 0.5 * totals[0], totals
+
+
+@pytest.mark.parametrize("backend", ["gather", "ring"])
+def test_eight_devices_equal_one_device(backend):
+    """Same batch, same init: the sharded step's gradients and losses equal one device's.
+    (Parameters are compared through gradients: Adam's first update is ~lr * sign(grad), which
+    turns float noise in near-zero gradients into +-lr.)"""
+    config = smoke(**{"loss.backend": backend})
+    results = []
+    for devices in (1, 8):
+        mesh = shd.make_mesh(devices, 1)
+        step, state, batch, concepts = _fixed_batch_setup(config, mesh)
+        loss_fn = functools.partial(train.batch_losses, model=train.build_model(config.model),
+                                    config=config, mesh=mesh)
+        grads = jax.jit(jax.grad(lambda p: loss_fn(p, p, batch, concepts, 0)[0]))(
+            state["params"])
+        history = []
+        for _ in range(2):
+            state, metrics = step(state, batch, concepts, None)
+            history.append(jax.device_get(metrics))
+        results.append((jax.device_get(grads), history))
+    (grads_1, history_1), (grads_8, history_8) = results
+    for metrics_1, metrics_8 in zip(history_1, history_8):
+        for key in ("global", "roi", "neg", "distill", "total", "grad_norm"):
+            np.testing.assert_allclose(metrics_8[key], metrics_1[key], rtol=2e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(grads_1), jax.tree.leaves(grads_8)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5 * float(np.abs(x).max()))
+
+
+def test_fsdp_mesh_shards_parameters():
+    config = smoke()
+    mesh = shd.make_mesh(2, 4)
+    model = train.build_model(config.model)
+    tx, _ = train.make_optimizer(config)
+    state, _ = train.init_state(model, tx, config, mesh)
+    kernel = state["params"]["text_encoder"]["token_embed"]["embedding"]
+    assert "fsdp" in str(kernel.sharding.spec)
+    restored_abstract = ckpt.abstract_like(state)
+    assert restored_abstract["params"]["text_encoder"]["token_embed"]["embedding"].sharding \
+        == kernel.sharding
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"loss.roi_weight": -1.0}, "loss.roi_weight = -1.0 is negative"),
+    ({"model.init_temperature": 0.0}, "init_temperature"),
+    ({"teacher.source": "clip"}, "teacher.source"),
+    ({"teacher.source": "checkpoint", "teacher.checkpoint": "/nonexistent/run"},
+     "not the workdir of an rmc_jax run"),
+    ({"data.image_size": 64}, "data.image_size = 64 differs"),
+    ({"loss.backend": "allreduce"}, "loss.backend"),
+    ({"data.max_caption_len": 64}, "exceed model.text.max_len"),
+])
+def test_bad_configs_fail_before_compiling(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train.train(smoke(**override), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_unknown_config_key_fails_on_the_command_line(tmp_path):
+    import subprocess
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    result = subprocess.run(
+        [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
+         "--config.loss.roi_wieght=1", f"--workdir={tmp_path}"],
+        cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "roi_wieght" in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    command = [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
+               "--config.total_steps=100000", "--config.checkpoint_every=100000",
+               "--config.log_every=1", f"--workdir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output[-2000:]
+    assert "preempted at step" in output
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert saved and saved[-1] >= 3
+    rerun = subprocess.run(command[:4] + ["--config.total_steps=%d" % (saved[-1] + 1),
+                                          f"--workdir={tmp_path}"],
+                           cwd=root, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert f"resumed from step {saved[-1]}" in rerun.stdout
