@@ -94,6 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
+    # Evaluation on data.eval / data.eval_split at the end (and every eval_every steps).
+    c.evals = ml_collections.ConfigDict(dict(
+        enabled=True,
+        prompts="",                 # JSON {class: [prompts]} to replace the default prompt sets
+        batch_size=32))
+
     if variant == "global":
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
     elif variant == "medclip":

@@ -16,7 +16,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "configs/base.py:VARIANT[,key=value]",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "where checkpoints, metrics and reports go")
-flags.DEFINE_enum("mode", "train", ["train"], "what to run")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train (then evaluate), or evaluate the latest checkpoint in --workdir")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs "
                     "outside TPU pods / SLURM, where JAX cannot discover it)")
 flags.DEFINE_integer("num_processes", None, "number of processes (with coordinator_address)")
@@ -49,11 +50,23 @@ def main(argv):
     maybe_initialize_distributed()
     from rmc_jax import train  # after jax.distributed, which must come before any JAX work
 
+    if FLAGS.mode == "eval":
+        if not FLAGS.workdir:
+            raise app.UsageError("--mode=eval needs --workdir=DIR of a training run")
+        from rmc_jax import evaluate
+
+        results = evaluate.evaluate_checkpoint(config, FLAGS.workdir)
+        print(f"{evaluate.summary(results)}\nresults: "
+              f"{os.path.abspath(os.path.join(FLAGS.workdir, 'eval', 'results.json'))}")
+        return
     workdir = FLAGS.workdir or default_workdir(config.variant)
     print(f"rmc_jax: variant '{config.variant}', workdir {os.path.abspath(workdir)}", flush=True)
     result = train.train(config, workdir)
     print(f"checkpoints: {result['checkpoint_dir']}\n"
           f"metrics:     {os.path.abspath(os.path.join(workdir, 'metrics.jsonl'))}", flush=True)
+    if result["eval"] is not None:
+        print(f"results:     {os.path.abspath(os.path.join(workdir, 'eval', 'results.json'))}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -435,6 +435,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 writer.write(step, last_metrics, config.total_steps)
                 window_start, window_steps = time.perf_counter(), 0
             checkpointer.save(step, state, data_iter)
+            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+                run_evaluation(config, workdir, model, state, tokenizer, writer, step)
             if step == stop_at_step:
                 break
             if preemption.requested or checkpointer.reached_preemption(step):
@@ -450,9 +452,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if checkpointer.latest_step() != step:
         checkpointer.save(step, state, data_iter, force=True)
     checkpointer.close()
+    results = None
+    if config.evals.enabled and step >= config.total_steps:
+        results = run_evaluation(config, workdir, model, state, tokenizer, writer, step)
     writer.close()
     return {"state": state, "metrics": last_metrics, "model": model, "tokenizer": tokenizer,
-            "mesh": mesh, "checkpoint_dir": checkpointer.directory}
+            "mesh": mesh, "checkpoint_dir": checkpointer.directory, "eval": results}
+
+
+def run_evaluation(config, workdir, model, state, tokenizer, writer, step) -> dict:
+    """Evaluate the current params (gathered to every process); log the headline numbers."""
+    from rmc_jax import evaluate
+
+    params = state["params"]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        params = multihost_utils.process_allgather(params, tiled=True)
+    params = jax.device_get(params)
+    results = evaluate.evaluate(model, params, config, tokenizer, workdir,
+                                batch_size=config.evals.batch_size)
+    if writer.enabled:
+        print(f"[eval at step {step}] {evaluate.summary(results)}", flush=True)
+    return results
 
 
 def _check_finite(pending, config, checkpointer) -> dict:

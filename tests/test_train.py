@@ -26,7 +26,7 @@ def smoke(variant="roi", **overrides):
     config.model.embed_dim, config.model.roi_output_size = 16, 2
     config.teacher.update(crop_size=16, warmup_steps=0)
     config.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
-                       max_caption_len=16, train_size=64, vocab_size=512)
+                       max_caption_len=16, train_size=64, vocab_size=512, eval_size=16)
     config.update(batch_size=8, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     for key, value in overrides.items():
@@ -52,6 +52,12 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
     assert [x["step"] for x in lines] == [2, 4]
     assert os.path.isdir(tmp_path / "checkpoints" / "4")
     assert os.path.isfile(tmp_path / "tokenizer.json")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    for key in ("zeroshot/auroc_mean", "retrieval/image_to_report_R@1",
+                "retrieval/report_to_image_median_rank", "regions/region_to_caption_R@1",
+                "regions/caption_to_region_semantic_R@5", "hard_negatives/accuracy_mean"):
+        assert key in results and np.isfinite(results[key]), key
+    assert results == result["eval"] or set(results) <= set(result["eval"])
 
 
 def test_smoke_variant_config_runs(tmp_path):
@@ -204,3 +210,20 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
                            cwd=root, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resumed from step {saved[-1]}" in rerun.stdout
+
+
+def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
+    import subprocess
+
+    config = smoke(total_steps=2)
+    config.evals.enabled = False
+    train.train(config, str(tmp_path))
+    assert not (tmp_path / "eval").exists()
+    root = os.path.join(os.path.dirname(__file__), "..")
+    result = subprocess.run(
+        [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
+         "--mode=eval", f"--workdir={tmp_path}"], cwd=root, capture_output=True, text=True,
+        timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results

@@ -1,0 +1,142 @@
+"""Evaluation metrics against scikit-learn and hand-computed cases; tasks on constructed
+embeddings whose answers are known."""
+
+import numpy as np
+import pytest
+
+from rmc_jax.data.captions import PERTURBATION_TYPES
+from rmc_jax.evaluate import load_prompts, metrics as M, tasks, write_results
+
+
+def test_auroc_matches_sklearn_with_ties():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.random(50) > 0.6
+        scores = np.round(rng.normal(size=50) + labels, 1)  # rounding creates ties
+        assert M.auroc(scores, labels) == pytest.approx(
+            sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12)
+    assert M.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert np.isnan(M.auroc([0.1, 0.2], [1, 1]))
+
+
+def test_ranks_and_recall_by_hand():
+    similarity = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8], [0.5, 0.5, 0.4]])
+    positive = np.eye(3, dtype=bool)
+    ranks = M.ranks_of_positives(similarity, positive)
+    assert ranks.tolist() == [1, 2, 3]  # row 2: a tie with a negative counts against it
+    assert M.recall_at_k(ranks, (1, 2)) == {1: 1 / 3, 2: 2 / 3}
+    two_positives = positive | np.array([[0, 0, 0], [0, 0, 1], [0, 0, 0]], bool)
+    assert M.ranks_of_positives(similarity, two_positives)[1] == 1
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    values = rng.normal(loc=3.0, size=400)
+    low, high = M.bootstrap_ci(np.mean, values, n=300)
+    assert low < values.mean() < high and high - low < 0.5
+
+
+def _normal(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_zero_shot_separates_classes_when_images_align_with_prompts():
+    rng = np.random.default_rng(0)
+    names = ("nodule", "pleural_effusion", "no_finding")
+    labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]] * 10, np.float32)
+    directions = _normal(rng.normal(size=(3, 16)))
+    images = _normal(labels @ directions + 0.05 * rng.normal(size=(40, 16)))
+    prompt_dirs = {}
+
+    def embed_texts(texts):
+        out = []
+        for text in texts:
+            key = next((i for i, n in enumerate(names[:2]) if n.replace("_", " ") in text), 2)
+            negated = text.startswith("no ") or text.startswith("there is no")
+            out.append(-directions[key] if negated and key < 2 else directions[key])
+            prompt_dirs[text] = key
+        return _normal(np.array(out) + 0.01 * rng.normal(size=(len(out), 16)))
+
+    results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
+                              bootstrap=50)
+    assert results["zeroshot/auroc/nodule"] == 1.0
+    assert results["zeroshot/auroc/pleural_effusion"] == 1.0
+    assert results["zeroshot/auroc_mean_posneg"] > 0.95
+    assert results["zeroshot/auroc_mean_ci_low"] <= results["zeroshot/auroc_mean"] <= \
+        results["zeroshot/auroc_mean_ci_high"]
+    # 'No Finding' has its own prompts: never the inverted "no {}" template.
+    assert not any(p.startswith("no no finding") for p in prompt_dirs)
+    assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
+        "no acute cardiopulmonary process"
+
+
+def _region_data(n=6, r=2, e=8, k=5, seed=0, noise=0.0):
+    rng = np.random.default_rng(seed)
+    captions = _normal(rng.normal(size=(n, r, e)))
+    regions = _normal(captions + noise * rng.normal(size=(n, r, e)))
+    negatives = _normal(rng.normal(size=(n, r, k, e)))
+    return {
+        "regions": regions, "captions": captions, "negatives": negatives,
+        "box_mask": np.ones((n, r), bool), "caption_hash": np.arange(n * r).reshape(n, r),
+        "finding_ids": np.arange(n * r).reshape(n, r) % 3, "side_ids": np.zeros((n, r), int),
+        "zone_ids": np.zeros((n, r), int), "neg_valid": np.ones((n, r, k), bool),
+        "neg_kind": np.broadcast_to(np.arange(k) % len(PERTURBATION_TYPES), (n, r, k)).copy(),
+    }
+
+
+def test_region_matching_perfect_and_semantic():
+    data = _region_data()
+    results = tasks.region_matching(data)
+    assert results["regions/region_to_caption_R@1"] == 1.0
+    assert results["regions/caption_to_region_R@1"] == 1.0
+    # Swap two regions' embeddings: exact matching fails for them, semantic matching still
+    # succeeds where the swapped regions share finding/side/zone.
+    data["regions"][0, 0], data["regions"][1, 1] = (data["captions"][1, 1].copy(),
+                                                    data["captions"][0, 0].copy())
+    results = tasks.region_matching(data)
+    assert results["regions/region_to_caption_R@1"] == pytest.approx(10 / 12)
+    assert results["regions/region_to_caption_semantic_R@1"] == 1.0  # findings 0 and 0 (ids 0, 3)
+
+
+def test_masked_regions_are_not_evaluated():
+    data = _region_data()
+    data["regions"][2, 1] = -data["captions"][2, 1]  # a garbage embedding...
+    data["box_mask"][2, 1] = False                   # ...on a padded region
+    assert tasks.region_matching(data)["regions/region_to_caption_R@1"] == 1.0
+
+
+def test_hard_negative_accuracy_by_kind():
+    data = _region_data(n=2, r=1, k=5)
+    data["negatives"][:, :, 0] = data["captions"][:, :, None][:, :, 0] * -1  # laterality: easy
+    data["negatives"][:, :, 1] = data["captions"][:, :, None][:, :, 0]  # zone: identical text
+    results = tasks.hard_negative_accuracy(data)
+    assert results["hard_negatives/accuracy/laterality"] == 1.0
+    assert results["hard_negatives/accuracy/zone"] == 0.0  # a tie is not a success
+
+
+def test_image_report_retrieval_with_shared_reports():
+    rng = np.random.default_rng(0)
+    reports = _normal(rng.normal(size=(4, 8)))
+    images = reports.copy()
+    keys = np.array([1, 2, 3, 3], np.uint64)  # images 2 and 3 share one report text
+    images[3] = reports[2]                    # so matching image 3 to report 2 is correct
+    results = tasks.image_report_retrieval(images, reports, keys)
+    assert results["retrieval/image_to_report_R@1"] == 1.0
+    assert results["retrieval/report_to_image_median_rank"] == 1.0
+
+
+def test_results_json_is_flat_and_finite(tmp_path):
+    path = write_results({"a/b": 0.5, "c": float("nan"), "d": 2}, str(tmp_path))
+    import json
+    assert json.load(open(path)) == {"a/b": 0.5, "d": 2.0}
+
+
+def test_user_prompt_file(tmp_path):
+    good = tmp_path / "prompts.json"
+    good.write_text('{"nodule": ["a small nodule", "pulmonary nodule"]}')
+    assert load_prompts(str(good))["nodule"][1] == "pulmonary nodule"
+    bad = tmp_path / "bad.json"
+    bad.write_text('["nodule"]')
+    with pytest.raises(ValueError, match="mapping each class"):
+        load_prompts(str(bad))
