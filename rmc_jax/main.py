@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "configs/base.py:VARIANT[,key=value]",
@@ -47,6 +47,7 @@ def main(argv):
     config = FLAGS.config
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/base.py:roi")
+    logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines would bury the progress
     maybe_initialize_distributed()
     from rmc_jax import train  # after jax.distributed, which must come before any JAX work
 

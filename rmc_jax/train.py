@@ -218,6 +218,7 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     k = batch["neg_valid"].shape[-1]
     tau = apply(method=RegionCLIP.temperature)
 
+    slots, box_mask = region_slots(box_mask, caption_budget(b * r, config, mesh))
     image_emb, grid = apply(images, method=RegionCLIP.image_features)
     report_emb = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
     terms = {}
@@ -232,12 +233,11 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     if uses_regions:
         region_emb = apply(grid, boxes, box_mask, method=RegionCLIP.regions_from_patches)
     if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
-        # Captions and their hard negatives go through the text tower in one call.
+        # Captions and their hard negatives go through the text tower in one call, for the
+        # packed real regions only (most of the R slots of an example are padding).
         tokens = jnp.concatenate([batch["caption_ids"][:, :, None], batch["neg_ids"]], axis=2)
         masks = jnp.concatenate([batch["caption_mask"][:, :, None], batch["neg_mask"]], axis=2)
-        length = tokens.shape[-1]
-        text = apply(tokens.reshape(-1, length), masks.reshape(-1, length),
-                     method=RegionCLIP.encode_text).reshape(b, r, 1 + k, -1)
+        text = encode_packed(apply, tokens, masks, slots)
         caption_emb, negative_emb = text[:, :, 0], text[:, :, 1:]
     if config.loss.roi_weight > 0:
         # Equal caption texts are positives together; otherwise every region is its own class.
@@ -262,11 +262,43 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
             student_temperature=config.teacher.student_temperature,
             teacher_temperature=config.teacher.temperature)
         logs["distill_kept"] = (keep & active).sum() / jnp.maximum(box_mask.sum(), 1)
+    logs["regions_over_budget"] = batch["box_mask"].sum() - box_mask.sum()
     weights = {t: config.loss[f"{t}_weight"] for t in LOSS_TERMS}
     total, term_logs = losses.total_loss(terms, weights)
     logs.update(term_logs)
     logs["temperature"] = tau
     return total, logs
+
+
+def caption_budget(slots: int, config, mesh) -> int:
+    """How many region captions one step encodes: ``loss.caption_fraction`` of the B x R
+    slots, rounded up to a multiple of the data-parallel devices."""
+    devices = mesh.shape[shd.BATCH_AXIS]
+    budget = math.ceil(slots * config.loss.caption_fraction)
+    return min(slots, -(-budget // devices) * devices) if budget < slots else slots
+
+
+def region_slots(box_mask, budget: int):
+    """Flat indices [budget] of the first ``budget`` real regions (padding: B*R, out of range)
+    and the mask of the regions that got a slot (the rest sit out this step's region losses)."""
+    flat = box_mask.reshape(-1)
+    kept = flat & (jnp.cumsum(flat) <= budget)
+    (index,) = jnp.nonzero(kept, size=budget, fill_value=flat.size)
+    return index, kept.reshape(box_mask.shape)
+
+
+def encode_packed(apply, tokens, masks, slots):
+    """Text embeddings [B, R, T, E] of tokens [B, R, T, L], computed only at ``slots``; the
+    other positions are zeros (their regions are masked out of every loss)."""
+    b, r, t, length = tokens.shape
+    # 'clip' repeats a real row into the padding slots (no all-masked sequence, no NaN);
+    # those rows are dropped again by the scatter below.
+    packed_tokens = jnp.take(tokens.reshape(b * r, t, length), slots, axis=0, mode="clip")
+    packed_masks = jnp.take(masks.reshape(b * r, t, length), slots, axis=0, mode="clip")
+    emb = apply(packed_tokens.reshape(-1, length), packed_masks.reshape(-1, length),
+                method=RegionCLIP.encode_text).reshape(len(slots), t, -1)
+    out = jnp.zeros((b * r, t, emb.shape[-1]), emb.dtype).at[slots].set(emb, mode="drop")
+    return out.reshape(b, r, t, -1)
 
 
 def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size):
@@ -414,11 +446,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     writer = MetricsWriter(workdir)
     step = int(state["step"])
     pending, last_metrics = None, {}
+    bad_total = read_total = 0
     window_start, window_steps = time.perf_counter(), 0
     with _Preemption() as preemption:
         while step < config.total_steps:
             local = next(data_iter)
             bad = int(local.pop("replaced").sum())
+            bad_total, read_total = bad_total + bad, read_total + bad + len(local["image"])
+            _check_bad_fraction(bad_total, read_total, config.data.max_bad_fraction)
             batch = shd.global_batch(local, mesh)
             state, metrics = train_step(state, batch, concepts, frozen_teacher)
             step += 1
@@ -474,6 +509,14 @@ def run_evaluation(config, workdir, model, state, tokenizer, writer, step) -> di
     if writer.enabled:
         print(f"[eval at step {step}] {evaluate.summary(results)}", flush=True)
     return results
+
+
+def _check_bad_fraction(bad: int, read: int, limit: float) -> None:
+    """Fail once enough examples were read to tell that too many images are unreadable."""
+    if bad and read >= 1.0 / max(limit, 1e-9) and bad / read > limit:
+        raise RuntimeError(f"{bad} of {read} examples read so far were unreadable and skipped "
+                           f"({bad / read:.1%} > data.max_bad_fraction = {limit:.1%}); check "
+                           "the dataset copy (the warnings above name the files)")
 
 
 def _check_finite(pending, config, checkpointer) -> dict:

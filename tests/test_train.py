@@ -26,7 +26,8 @@ def smoke(variant="roi", **overrides):
     config.model.embed_dim, config.model.roi_output_size = 16, 2
     config.teacher.update(crop_size=16, warmup_steps=0)
     config.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
-                       max_caption_len=16, train_size=64, vocab_size=512, eval_size=16)
+                       max_caption_len=16, train_size=64, vocab_size=512, eval_size=16,
+                       workers=0)
     config.update(batch_size=8, log_every=2, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     for key, value in overrides.items():
@@ -68,9 +69,11 @@ def test_smoke_variant_config_runs(tmp_path):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    straight = train.train(smoke(total_steps=6), str(tmp_path / "a"))
-    train.train(smoke(total_steps=6, checkpoint_every=100), str(tmp_path / "b"), stop_at_step=3)
-    resumed = train.train(smoke(total_steps=6), str(tmp_path / "b"))
+    # One data worker process: its iterator state is checkpointed and restored too.
+    straight = train.train(smoke(total_steps=6, **{"data.workers": 1}), str(tmp_path / "a"))
+    train.train(smoke(total_steps=6, checkpoint_every=100, **{"data.workers": 1}),
+                str(tmp_path / "b"), stop_at_step=3)
+    resumed = train.train(smoke(total_steps=6, **{"data.workers": 1}), str(tmp_path / "b"))
     for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -227,3 +230,11 @@ def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results
+
+
+def test_too_many_unreadable_images_stop_the_run():
+    train._check_bad_fraction(0, 10_000, 0.01)
+    train._check_bad_fraction(5, 50, 0.01)  # too few read to judge 1%
+    train._check_bad_fraction(1, 200, 0.01)
+    with pytest.raises(RuntimeError, match=r"3 of 200 examples .* data.max_bad_fraction"):
+        train._check_bad_fraction(3, 200, 0.01)
