@@ -92,10 +92,12 @@ def main(argv=None):
             compiled = fn.lower(*x).compile()
             temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
             timing, value = "not run (memory)", ""
-            if backend in too_slow or (batch > args.max_timed_batch
-                                       and backend not in args.large_batch_backends):
+            if temp_gib > args.memory_limit_gib:
+                pass
+            elif backend in too_slow or (batch > args.max_timed_batch
+                                         and backend not in args.large_batch_backends):
                 timing = "not run (time)"
-            elif temp_gib <= args.memory_limit_gib:
+            else:
                 jax.block_until_ready(compiled(*x))
                 times = []
                 for _ in range(args.repeats if batch < 32768 else 1):
