@@ -446,12 +446,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     writer = MetricsWriter(workdir)
     step = int(state["step"])
     pending, last_metrics = None, {}
-    bad_total = read_total = 0
+    bad_total = read_total = regions_cut = 0
     window_start, window_steps = time.perf_counter(), 0
     with _Preemption() as preemption:
         while step < config.total_steps:
             local = next(data_iter)
             bad = int(local.pop("replaced").sum())
+            regions_cut += int(local.pop("regions_cut").sum())
             bad_total, read_total = bad_total + bad, read_total + bad + len(local["image"])
             _check_bad_fraction(bad_total, read_total, config.data.max_bad_fraction)
             batch = shd.global_batch(local, mesh)
@@ -467,6 +468,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 pending = None
                 elapsed = time.perf_counter() - window_start
                 last_metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
+                last_metrics["regions_beyond_max_regions"] = regions_cut
                 writer.write(step, last_metrics, config.total_steps)
                 window_start, window_steps = time.perf_counter(), 0
             checkpointer.save(step, state, data_iter)

@@ -80,7 +80,8 @@ def _region_data(n=6, r=2, e=8, k=5, seed=0, noise=0.0):
         "regions": regions, "captions": captions, "negatives": negatives,
         "box_mask": np.ones((n, r), bool), "caption_hash": np.arange(n * r).reshape(n, r),
         "finding_ids": np.arange(n * r).reshape(n, r) % 3, "side_ids": np.zeros((n, r), int),
-        "zone_ids": np.zeros((n, r), int), "neg_valid": np.ones((n, r, k), bool),
+        "zone_ids": np.zeros((n, r), int), "size_ids": np.full((n, r), -1),
+        "neg_valid": np.ones((n, r, k), bool),
         "neg_kind": np.broadcast_to(np.arange(k) % len(PERTURBATION_TYPES), (n, r, k)).copy(),
     }
 

@@ -81,7 +81,14 @@ def test_batch_shapes_masks_and_negatives(tokenizer):
     assert np.all(batch["caption_hash"][mask] >= 0) and np.all(batch["replaced"] == 0)
 
 
-def test_regions_beyond_max_regions_are_cut_and_boxes_stay_in_image(tokenizer):
+def test_regions_beyond_max_regions_are_cut_and_counted(tokenizer):
+    (batch,) = batches(TinySource(), tokenizer, 1, cfg=config(max_regions=2, augment=False),
+                       train=False)
+    assert batch["box_mask"].sum(1).tolist() == [0, 1, 2, 0]
+    assert batch["regions_cut"].tolist() == [0, 0, 0, 0]
+    (batch,) = batches(TinySource(), tokenizer, 1, cfg=config(max_regions=1, augment=False),
+                       train=False)
+    assert batch["regions_cut"].tolist() == [0, 0, 1, 0]  # example 2 has 2 regions
     (batch,) = batches(TinySource(), tokenizer, 1, cfg=config(max_regions=2))
     assert batch["box_mask"].sum(1).max() <= 2
     boxes = batch["boxes"][batch["box_mask"]]
@@ -189,3 +196,14 @@ def test_crop_keeping_regions_never_cuts_a_box():
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
             inside = crop[int(np.ceil(y0 * h)):int(y1 * h), int(np.ceil(x0 * w)):int(x1 * w)]
             assert inside.size and inside.min() == 200
+
+
+def test_worker_processes_give_the_same_batches(tokenizer):
+    dataset = pipe.make_dataset(TinySource(), config(), tokenizer, batch_size=4, seed=0,
+                                train=True)
+    inline = iter(dataset)
+    expected = [next(inline) for _ in range(2)]
+    worker = iter(pipe.prefetch(dataset, workers=1))
+    for x, y in zip(expected, (next(worker) for _ in range(2))):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])

@@ -15,7 +15,9 @@ L = max_text_len, C = labels, S = image size):
     caption_ids, caption_mask [B, R, L] int32      caption_hash [B, R] int32
     neg_ids, neg_mask [B, R, K, L] int32           neg_valid [B, R, K] bool, neg_kind [B, R, K]
     labels [B, C] float32            label_mask [B, C] bool
-    finding_ids, side_ids, zone_ids, size_ids [B, R] int32      replaced [B] int32
+    finding_ids, side_ids, zone_ids, size_ids [B, R] int32
+    replaced [B] int32 (unreadable examples skipped to reach this one)
+    regions_cut [B] int32 (regions beyond max_regions, left out; logged by the trainer)
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
         "labels": example.labels.astype(np.float32),
         "label_mask": example.label_mask.astype(bool),
         "replaced": np.int32(skipped),
+        "regions_cut": np.int32(max(0, int(keep.sum()) - r_max)),
     }
     for name in ("finding_ids", "side_ids", "zone_ids", "size_ids"):
         out[name] = padded((r_max,), np.int32, -1)
@@ -189,4 +192,8 @@ def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:
     """Decode and transform in ``workers`` processes (0 = in the main process)."""
     if workers <= 0:
         return dataset
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # called from a notebook or test, not from an absl app:
+        flags.FLAGS.mark_as_parsed()  # Grain's worker options read absl flags (defaults)
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))

@@ -119,7 +119,7 @@ def region_matching(data, ks=(1, 5, 10)) -> dict:
     """Region <-> caption matching over all valid test regions.
 
     Exact: the region's own caption (or an identical sentence). Semantic: any caption whose
-    region has the same finding, side and zone (where the data knows them). caption -> region
+    region has the same finding, side, zone and size (unknown attributes match unknown ones). caption -> region
     is the fine-grained lesion-description retrieval: text -> (image, region)."""
     mask = data["box_mask"].astype(bool)
     regions, captions = data["regions"][mask], data["captions"][mask]
@@ -127,7 +127,8 @@ def region_matching(data, ks=(1, 5, 10)) -> dict:
         return {}
     similarity = regions @ captions.T
     exact = data["caption_hash"][mask][:, None] == data["caption_hash"][mask][None, :]
-    attrs = np.stack([data[n][mask] for n in ("finding_ids", "side_ids", "zone_ids")], 1)
+    attrs = np.stack([data[n][mask] for n in ("finding_ids", "side_ids", "zone_ids",
+                                             "size_ids")], 1)
     known = (attrs[:, 0] >= 0)
     semantic = np.all(attrs[:, None, :] == attrs[None, :, :], axis=-1) & known[:, None]
     semantic |= exact
