@@ -27,3 +27,9 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def __getitem__(self, index: int) -> Example: ...
+
+    def _position(self, index: int) -> int:
+        """``index`` (negative counts from the end) as a position in [0, len), or IndexError."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        return index % len(self)

@@ -302,9 +302,7 @@ class ChestImaGenome(Source):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Example:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} examples")
-        index %= len(self)
+        index = self._position(index)
         record = self.records[index]
         graph = self.scene_graph(index)
         image = read_image(self.image_path(index, graph))

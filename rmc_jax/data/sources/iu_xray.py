@@ -251,9 +251,7 @@ class IUXray(Source):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Example:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} examples")
-        index %= len(self)
+        index = self._position(index)
         report_index, image_id = self.items[index]
         report = self.reports[report_index]
         text = " ".join(part for part in (report["findings"], report["impression"]) if part)

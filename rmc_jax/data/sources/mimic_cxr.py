@@ -211,9 +211,7 @@ class MimicCXR(Source):
         return report_lib.report_text(report_lib.read_report(path))
 
     def __getitem__(self, index: int) -> Example:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} examples")
-        index %= len(self)
+        index = self._position(index)
         record = self.records[index]
         path = self.image_path(index)
         if self.image_ext.lower() == ".dcm":

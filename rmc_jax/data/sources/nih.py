@@ -313,10 +313,9 @@ class NIHChestXray14(Source):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Example:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} examples")
-        record = self.records[index % len(self)]
-        image = read_image(self.image_path(index % len(self)))
+        index = self._position(index)
+        record = self.records[index]
+        image = read_image(self.image_path(index))
         captions, sides, zones = [], [], []
         for box, label in zip(record["boxes"], record["box_labels"]):
             side, zone = box_position(box)

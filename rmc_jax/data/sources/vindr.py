@@ -385,9 +385,7 @@ class VinDrCXR(Source):
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> Example:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} examples")
-        index %= len(self)
+        index = self._position(index)
         image_id = self.image_ids[index]
         image = read_dicom(self.image_path(index))
         boxes, classes, _ = self.regions(index)
