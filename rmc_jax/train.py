@@ -6,7 +6,6 @@ step, and the loop (resume, logging, preemption, non-finite handling).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -89,32 +88,6 @@ def pipeline_config(config) -> pipe.PipelineConfig:
     return pipe.PipelineConfig(
         image_size=d.image_size, max_regions=d.max_regions, num_negatives=d.num_negatives,
         max_text_len=d.max_text_len, max_caption_len=d.max_caption_len, augment=d.augment)
-
-
-def open_source(name: str, root: str, split: str, size: int, seed: int, image_size: int):
-    options = {}
-    if name == "synthetic":
-        options = dict(seed=seed, size=size or None, image_size=max(image_size, 128))
-    source = data_sources.get_source(name, root=root or None, split=split, **options)
-    if size and len(source) > size and name != "synthetic":
-        source = _Subset(source, size)
-    return source
-
-
-@dataclasses.dataclass
-class _Subset:
-    source: object
-    size: int
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, index):
-        return self.source[index]
-
-    @property
-    def name(self):
-        return getattr(self.source, "name", "")
 
 
 def corpus(source, limit: int = 2000):
@@ -414,7 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     pc, pi = jax.process_count(), jax.process_index()
 
     # ---- data -------------------------------------------------------------------------------
-    train_source = open_source(config.data.train, config.data.root, "train",
+    train_source = data_sources.open_source(config.data.train, config.data.root, "train",
                                config.data.train_size, config.seed, config.data.image_size)
     tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
                                   path=config.data.tokenizer or None,

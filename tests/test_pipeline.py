@@ -207,3 +207,13 @@ def test_worker_processes_give_the_same_batches(tokenizer):
     for x, y in zip(expected, (next(worker) for _ in range(2))):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_prefix_of_a_source_keeps_its_attributes():
+    from rmc_jax.data.sources import Prefix
+
+    prefix = Prefix(TinySource(10), 4)
+    assert len(prefix) == 4 and prefix.label_names == ("a", "b") and prefix.name == "tiny"
+    assert prefix[-1].example_id == "3"
+    with pytest.raises(IndexError):
+        prefix[4]

@@ -82,7 +82,7 @@ def test_resume_is_bit_identical(tmp_path):
 def _fixed_batch_setup(config, mesh):
     """Train step, fresh state and one fixed global batch of 8 synthetic examples; with several
     processes each contributes its half of the same global batch."""
-    source = train.open_source("synthetic", "", "train", 16, 0, 32)
+    source = train.data_sources.open_source("synthetic", "", "train", 16, 0, 32)
     tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512, max_len=32)
     captions = tokenizer.with_max_len(config.data.max_caption_len)
     dataset = train.pipe.make_dataset(source, train.pipeline_config(config), tokenizer,

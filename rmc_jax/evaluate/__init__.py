@@ -34,23 +34,16 @@ def load_prompts(path: str) -> dict:
 
 
 def eval_source(config):
+    """The evaluation split named by ``config.data`` (eval, eval_root, eval_split, eval_size)."""
     d = config.data
-    options = {}
-    if d.eval == "synthetic":
-        options = dict(seed=config.seed, size=d.eval_size or None,
-                       image_size=max(d.image_size, 128))
-    source = data_sources.get_source(d.eval, root=d.eval_root or d.root or None,
-                                     split=d.eval_split, **options)
-    return source
+    return data_sources.open_source(d.eval, d.eval_root or d.root, d.eval_split, d.eval_size,
+                                    config.seed, d.image_size)
 
 
 def evaluate(model, params, config, tokenizer, workdir: str, *, source=None,
              batch_size: int = 32) -> dict:
     """Embed the evaluation split, compute every task, write ``eval/results.json``."""
     source = eval_source(config) if source is None else source
-    if config.data.eval_size and len(source) > config.data.eval_size:
-        from rmc_jax.train import _Subset  # a fixed-size prefix of a real dataset
-        source = _Subset(source, config.data.eval_size)
     pipeline_config = pipe.PipelineConfig(
         image_size=config.data.image_size, max_regions=config.data.max_regions,
         num_negatives=max(config.data.num_negatives, 4), max_text_len=config.data.max_text_len,

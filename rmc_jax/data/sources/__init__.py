@@ -44,3 +44,33 @@ def get_source(name: str, root: str, split: str = "train", **options) -> Source:
     module, factory = _REGISTRY[name].split(":")
     builder: Callable[..., Source] = getattr(importlib.import_module(module), factory)
     return builder(root=root, split=split, **options)
+
+
+class Prefix:
+    """The first ``size`` examples of a source; every other attribute (name, label_names, ...)
+    is the source's own."""
+
+    def __init__(self, source, size: int):
+        self.source, self.size = source, min(size, len(source))
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} examples")
+        return self.source[index % self.size]
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+
+def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
+                image_size: int = 128):
+    """A split of dataset ``name`` limited to ``size`` examples (0 = all). The synthetic source
+    renders exactly ``size`` examples from ``seed`` at ``image_size`` (at least 128 px)."""
+    if name == "synthetic":
+        return get_source(name, root=None, split=split, seed=seed, size=size or None,
+                          image_size=max(image_size, 128))
+    source = get_source(name, root=root or None, split=split)
+    return Prefix(source, size) if size and len(source) > size else source
