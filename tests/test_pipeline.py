@@ -9,6 +9,7 @@ import pytest
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import transforms
 from rmc_jax.data.captions import PERTURBATION_TYPES
+from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.images import ImageDecodeError
 from rmc_jax.data.tokenizer import train_wordpiece
@@ -198,6 +199,18 @@ def test_crop_keeping_regions_never_cuts_a_box():
             assert inside.size and inside.min() == 200
 
 
+def test_crop_when_the_regions_reach_the_border_or_fill_the_crop():
+    # Regions touching the bottom edge and spanning more than min_scale: the crop's range of
+    # positions is a single point, which float rounding used to make an empty interval.
+    image = np.zeros((250, 500), np.uint8)
+    boxes = np.array([[0.1, 0.1, 0.3, 0.3], [0.7, 0.7, 0.95, 1.0]], np.float32)
+    for seed in range(200):
+        crop, mapped = transforms.crop_keeping_regions(image, boxes, np.random.default_rng(seed),
+                                                       min_scale=0.8)
+        assert crop.size and ((mapped >= 0) & (mapped <= 1)).all()
+        assert (mapped[:, 2:] - mapped[:, :2] > 0).all()
+
+
 def test_worker_processes_give_the_same_batches(tokenizer):
     dataset = pipe.make_dataset(TinySource(), config(), tokenizer, batch_size=4, seed=0,
                                 train=True)
@@ -217,3 +230,126 @@ def test_prefix_of_a_source_keeps_its_attributes():
     assert prefix[-1].example_id == "3"
     with pytest.raises(IndexError):
         prefix[4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Horizontal flip with mirrored text
+# ---------------------------------------------------------------------------------------------
+
+def test_hflip_mirrors_image_and_boxes():
+    image = np.zeros((4, 10), np.uint8)
+    image[1:3, 1:3] = 255  # block at x in [0.1, 0.3)
+    flipped, boxes = transforms.hflip(image, np.array([[0.1, 0.25, 0.3, 0.75]], np.float32))
+    np.testing.assert_array_equal(flipped, image[:, ::-1])
+    np.testing.assert_allclose(boxes, [[0.7, 0.25, 0.9, 0.75]], atol=1e-7)
+    assert flipped[1:3, 7:9].min() == 255 and boxes.dtype == np.float32
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("small nodule in the right upper zone", "small nodule in the left upper zone"),
+    ("Left-sided pleural effusion.", "Right-sided pleural effusion."),
+    ("RIGHT PNEUMOTHORAX", "LEFT PNEUMOTHORAX"),
+    ("left greater than right effusions", "right greater than left effusions"),
+    ("R lower lobe opacity; RLL and LUL nodules", "L lower lobe opacity; LLL and RUL nodules"),
+    ("Opacity in the right middle lobe.", "Opacity in the left lingula."),
+    ("Lingular atelectasis", "Right middle lobe atelectasis"),
+    ("bilateral lower lobe atelectasis", "bilateral lower lobe atelectasis"),
+    ("Bibasilar opacities, both lungs clear otherwise.", "Bibasilar opacities, both lungs "
+                                                           "clear otherwise."),
+    ("enlarged cardiac silhouette", "enlarged cardiac silhouette"),
+    ("The catheter was left in place.\nNo effusion.", "The catheter was left in place.\n"
+                                                       "No effusion."),
+    ("R/L markers", "R/L markers"),  # no anatomy after them: not a side
+])
+def test_mirror_laterality_swaps_patient_sides_only(text, expected):
+    assert transforms.mirror_laterality(text) == expected
+
+
+FLIP_CAPTIONS = ("small nodule in the right upper zone", "moderate left pleural effusion",
+                 "bilateral lower lobe atelectasis", "enlarged cardiac silhouette")
+
+
+def _flip_example():
+    image = np.zeros((40, 60), np.uint8)
+    image[8:20, 6:24] = 250  # the right upper zone nodule (on the image's left)
+    boxes = np.array([[0.1, 0.2, 0.4, 0.5], [0.6, 0.55, 0.9, 0.9], [0.1, 0.6, 0.9, 0.95],
+                      [0.3, 0.4, 0.7, 0.8]], np.float32)
+    sides = [schema.side_id(s) for s in ("right", "left", "bilateral")] + [-1]
+    return Example(
+        example_id="f", image=image, source="tiny",
+        report="Findings: small right upper zone nodule. Left effusion. Bilateral atelectasis.",
+        labels=np.ones(2, np.float32), label_mask=np.ones(2, bool), boxes=boxes,
+        captions=FLIP_CAPTIONS, finding_ids=np.arange(4, dtype=np.int32),
+        side_ids=np.array(sides, np.int32))
+
+
+def _prepare(example, tokenizer, **kw):
+    cfg = config(augment=False, max_regions=4, **kw)
+    return pipe.prepare_example(example, cfg, tokenizer, tokenizer.with_max_len(12),
+                                np.random.default_rng(0))
+
+
+def test_flip_probability_one_mirrors_image_boxes_text_and_sides(tokenizer):
+    example = _flip_example()
+    plain = _prepare(example, tokenizer)
+    flipped = _prepare(example, tokenizer, flip_probability=1.0)
+    boxes = plain["boxes"]  # 40 x 60 letterboxed: padded above and below only
+    np.testing.assert_allclose(flipped["boxes"], np.stack(
+        [1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1), atol=1e-6)
+    np.testing.assert_allclose(flipped["image"], plain["image"][:, ::-1], atol=1e-5)
+    mirrored = [transforms.mirror_laterality(c) for c in FLIP_CAPTIONS]
+    assert mirrored[:2] == ["small nodule in the left upper zone",
+                            "moderate right pleural effusion"]
+    assert mirrored[2:] == list(FLIP_CAPTIONS[2:])  # bilateral and side-less: unchanged
+    assert flipped["caption_hash"].tolist() == [pipe.caption_hash(c) for c in mirrored]
+    np.testing.assert_array_equal(flipped["caption_hash"][2:], plain["caption_hash"][2:])
+    ids, _ = tokenizer.with_max_len(12)(mirrored)
+    np.testing.assert_array_equal(flipped["caption_ids"], ids)
+    report, _ = tokenizer([transforms.mirror_laterality(example.report)])
+    assert "left upper zone nodule. Right effusion. Bilateral" in \
+        transforms.mirror_laterality(example.report)
+    np.testing.assert_array_equal(flipped["text_ids"], report[0])
+    assert flipped["side_ids"].tolist() == [schema.side_id("left"), schema.side_id("right"),
+                                            schema.side_id("bilateral"), -1]
+    for key in ("finding_ids", "zone_ids", "size_ids", "labels", "label_mask", "box_mask"):
+        np.testing.assert_array_equal(flipped[key], plain[key])
+
+
+def test_hard_negatives_come_from_the_flipped_captions(tokenizer):
+    example = _flip_example()
+    plain = _prepare(example, tokenizer, negative_kinds=("laterality",), num_negatives=1)
+    flipped = _prepare(example, tokenizer, negative_kinds=("laterality",), num_negatives=1,
+                       flip_probability=1.0)
+    # The laterality negative of a mirrored caption is the original caption, and vice versa.
+    np.testing.assert_array_equal(flipped["neg_ids"][:2, 0], plain["caption_ids"][:2])
+    np.testing.assert_array_equal(plain["neg_ids"][:2, 0], flipped["caption_ids"][:2])
+
+
+def test_flip_probability_zero_changes_nothing(tokenizer):
+    default = batches(TinySource(), tokenizer, 2)
+    zero = batches(TinySource(), tokenizer, 2, cfg=config(flip_probability=0.0))
+    for x, y in zip(default, zero):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    example = _flip_example()
+    out = _prepare(example, tokenizer, flip_probability=0.0)
+    assert out["caption_hash"].tolist() == [pipe.caption_hash(c) for c in FLIP_CAPTIONS]
+    assert out["side_ids"].tolist() == example.side_ids.tolist()
+    with pytest.raises(ValueError, match="flip_probability"):
+        config(flip_probability=1.5)
+
+
+def test_flip_is_deterministic_under_the_seed_and_eval_never_flips(tokenizer):
+    cfg = config(flip_probability=0.5)
+    a = batches(TinySource(), tokenizer, 3, cfg=cfg)
+    b = batches(TinySource(), tokenizer, 3, cfg=cfg)
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    right, left = (pipe.caption_hash(c) for c in (CAPTIONS[0], "small nodule in the left "
+                                                                 "upper zone"))
+    hashes = np.concatenate([x["caption_hash"][:, 0] for x in a])
+    assert right in hashes and left in hashes  # some examples flipped, some not
+    (evaluation,) = batches(TinySource(), tokenizer, 1, cfg=config(flip_probability=1.0),
+                            train=False)
+    assert left not in evaluation["caption_hash"]

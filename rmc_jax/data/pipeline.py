@@ -1,7 +1,8 @@
 """Grain input pipeline: source -> Example -> transforms -> tokens -> padded batches.
 
     MapDataset.source(robust source) -> shuffle(seed) -> repeat -> [process::process_count]
-      -> random_map(prepare: crop, letterbox, intensity, tokenize, hard negatives, pad)
+      -> random_map(prepare: [flip + mirrored text], crop, letterbox, intensity, tokenize,
+                    hard negatives, pad)
       -> to_iter_dataset -> batch(drop_remainder) -> mp_prefetch(workers)
 
 Everything random comes from Grain's per-element seeded RNG, so a pipeline is a pure function
@@ -51,6 +52,14 @@ class PipelineConfig:
     pixel_mean: float = 0.5
     pixel_std: float = 0.25
     negative_kinds: Sequence[str] = PERTURBATION_TYPES
+    # Training only: mirror image and boxes with this probability, swapping left/right in the
+    # captions, the report and side_ids with them (independent of ``augment``).
+    flip_probability: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"PipelineConfig.flip_probability = {self.flip_probability} must "
+                             "be in [0, 1]")
 
 
 class RobustSource:
@@ -105,15 +114,28 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
                     caption_tokenizer: Tokenizer, rng: np.random.Generator | None,
                     skipped: int = 0) -> dict:
     """One Example -> padded arrays. ``rng=None`` means evaluation: no augmentation, and the
-    hard negatives are drawn from a generator seeded by the example id (stable across runs)."""
+    hard negatives are drawn from a generator seeded by the example id (stable across runs).
+
+    A training flip (``config.flip_probability``) mirrors image and boxes and swaps the
+    patient's sides in the captions, the report and ``side_ids`` before anything else uses
+    them, so hard negatives, caption hashes and tokens all come from the mirrored text.
+    """
     r_max, k = config.max_regions, config.num_negatives
     where = f"{example.source}:{example.example_id}"
     boxes, keep = transforms.sanitize_boxes(example.boxes, where)
     keep_index = np.flatnonzero(keep)[:r_max]
     boxes = boxes[keep_index]
     captions = [example.captions[i] for i in keep_index]
+    report = example.report
+    attributes = {name: getattr(example, name)[keep_index]
+                  for name in ("finding_ids", "side_ids", "zone_ids", "size_ids")}
 
     image = example.image
+    if rng is not None and config.flip_probability > 0 and rng.random() < config.flip_probability:
+        image, boxes = transforms.hflip(image, boxes)
+        captions = [transforms.mirror_laterality(c) for c in captions]
+        report = transforms.mirror_laterality(report)
+        attributes["side_ids"] = transforms.mirror_side_ids(attributes["side_ids"])
     if rng is not None and config.augment:
         image, boxes = transforms.crop_keeping_regions(image, boxes, rng, config.min_crop_scale)
     image, boxes = transforms.letterbox(image, boxes, config.image_size)
@@ -127,7 +149,7 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
     negatives = [hard_negatives(c, k, negative_rng, kinds=config.negative_kinds)
                  for c in captions]
     neg_texts = [n.text for per_region in negatives for n in per_region]
-    text_ids, text_mask = tokenizer([example.report])
+    text_ids, text_mask = tokenizer([report])
     cap_ids, cap_mask = caption_tokenizer(captions + neg_texts) if (captions or neg_texts) else (
         np.zeros((0, config.max_caption_len), np.int32),) * 2
 
@@ -150,9 +172,9 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
         "replaced": np.int32(skipped),
         "regions_cut": np.int32(max(0, int(keep.sum()) - r_max)),
     }
-    for name in ("finding_ids", "side_ids", "zone_ids", "size_ids"):
+    for name, values in attributes.items():
         out[name] = padded((r_max,), np.int32, -1)
-        out[name][:r] = getattr(example, name)[keep_index]
+        out[name][:r] = values
     out["boxes"][:r] = boxes
     out["box_mask"][:r] = True
     out["caption_ids"][:r], out["caption_mask"][:r] = cap_ids[:r], cap_mask[:r]

@@ -1,16 +1,23 @@
 """Image and box transforms that keep regions consistent with what the image shows.
 
 All functions are NumPy, pure and deterministic given their ``rng``; boxes are normalised xyxy
-of the image they accompany, before and after. There is deliberately no horizontal flip: in a
-radiograph it swaps the patient's sides, and captions say "left" and "right".
+of the image they accompany, before and after. A horizontal flip (``hflip``) swaps the patient's
+sides (the patient's left is on the image's right), so it is only ever applied together with
+``mirror_laterality`` on every caption and the report and ``mirror_side_ids`` on the region
+attributes (see ``pipeline.prepare_example``); on its own it would teach the model that "left"
+and "right" mean nothing.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 from PIL import Image
+
+from rmc_jax.data import captions as caption_lexicon
+from rmc_jax.data import schema
 
 
 def sanitize_boxes(boxes: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +74,11 @@ def crop_keeping_regions(image: np.ndarray, boxes: np.ndarray, rng: np.random.Ge
     crop_w = rng.uniform(max(min_scale, union[2] - union[0]), 1.0)
     crop_h = rng.uniform(max(min_scale, union[3] - union[1]), 1.0)
     # The crop's left edge must lie in [union_x1 - crop_w, union_x0] intersected with [0, 1-crop_w].
-    x0 = rng.uniform(max(0.0, union[2] - crop_w), max(min(union[0], 1.0 - crop_w), 0.0))
-    y0 = rng.uniform(max(0.0, union[3] - crop_h), max(min(union[1], 1.0 - crop_h), 0.0))
+    # (clamped: when the union fills the crop, rounding can put the low end a hair above the high)
+    union = union.astype(np.float64)
+    low_x, low_y = max(0.0, union[2] - crop_w), max(0.0, union[3] - crop_h)
+    x0 = rng.uniform(low_x, max(min(union[0], 1.0 - crop_w), low_x))
+    y0 = rng.uniform(low_y, max(min(union[1], 1.0 - crop_h), low_y))
     px0, py0 = int(np.floor(x0 * w)), int(np.floor(y0 * h))
     px1 = max(px0 + 1, min(w, int(np.ceil((x0 + crop_w) * w))))
     py1 = max(py0 + 1, min(h, int(np.ceil((y0 + crop_h) * h))))
@@ -86,3 +96,89 @@ def adjust_intensity(image: np.ndarray, rng: np.random.Generator, *, contrast: f
     image = np.clip(image, 0.0, 1.0) ** rng.uniform(1 - gamma, 1 + gamma)
     image = image + rng.normal(0.0, noise, image.shape).astype(np.float32)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Horizontal flip, with the text and attributes that must follow it
+# ---------------------------------------------------------------------------------------------
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror an image left-right and its boxes with it.
+
+    Args: image [H, W]; boxes [R, 4] normalised xyxy. Returns (image [H, W] with its columns
+    reversed, boxes [R, 4] as (1 - x1, y0, 1 - x0, y1)).
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    mirrored = np.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], axis=1)
+    return np.ascontiguousarray(image[:, ::-1]), mirrored.astype(np.float32)
+
+
+_RIGHT, _LEFT = schema.side_id("right"), schema.side_id("left")
+_SIDE_WORD_RE = re.compile(r"\b(?:right|left)\b", re.IGNORECASE)
+_SWAP = {"right": "left", "left": "right"}
+
+
+def mirror_side_ids(side_ids: np.ndarray) -> np.ndarray:
+    """Side ids [R] after a horizontal flip: right <-> left; bilateral and unknown (-1) kept."""
+    side_ids = np.asarray(side_ids)
+    return np.where(side_ids == _RIGHT, _LEFT,
+                    np.where(side_ids == _LEFT, _RIGHT, side_ids)).astype(side_ids.dtype)
+
+
+def _same_case(source: str, word: str) -> str:
+    if len(source) > 1 and source.isupper():
+        return word.upper()
+    return word[:1].upper() + word[1:] if source[:1].isupper() else word
+
+
+def mirror_laterality(text: str) -> str:
+    """A caption or report as said of the horizontally flipped image: every patient side swapped.
+
+    Uses the laterality lexicon of the hard-negative generator (``rmc_jax.data.captions``), so
+    what it recognises as a side is what the negatives perturb: right <-> left word by word,
+    keeping case ("Right" -> "Left", "RIGHT" -> "LEFT") and forms such as "-sided" and "left
+    greater than right"; "R"/"L" only where followed by anatomy ("R lower lobe"); lobe
+    abbreviations (RLL <-> LLL, RUL <-> LUL); the right middle lobe <-> the lingula (the left
+    lung has no middle lobe). Bilateral words ("bilateral", "both bases", "bibasilar") and
+    non-lateral uses ("left in place") are unchanged; all other characters are kept as they are.
+    """
+    if not text:
+        return text
+    analysis = caption_lexicon._analyse(text)
+    all_caps = text.isupper() and sum(c.isalpha() for c in text) >= 4
+    edits = []
+    for token in analysis.sides:
+        if token.kind in ("side", "comp", "rland"):
+            for m in _SIDE_WORD_RE.finditer(token.text):
+                edits.append((token.start + m.start(), token.start + m.end(),
+                              _same_case(m.group(), _SWAP[m.group().lower()])))
+        elif token.kind == "rl":
+            edits.append((token.start, token.end, "L" if token.text == "R" else "R"))
+        elif token.kind == "abbr":
+            flipped = ("L" if token.text[0] == "R" else "R") + token.text[1:]
+            if flipped == "LML":  # RML: the left lung's counterpart is the lingula
+                flipped = ("lingular" if caption_lexicon._modifier_position(analysis, token.end)
+                           else "lingula")
+            edits.append((token.start, token.end, flipped))
+    for zone in analysis.zones:
+        if zone.kind == "lobe" and zone.canon == "middle" and not zone.plural:
+            new_side = "left"   # the (right) middle lobe -> the lingula
+        elif zone.kind == "lingula":
+            new_side = "right"  # the lingula -> the right middle lobe
+        else:
+            continue
+        replacement = caption_lexicon._zone_for_side(analysis, zone, new_side, False)
+        if replacement is not None:
+            edits.append((zone.start, zone.end, replacement))
+    out, position = [], 0
+    for start, end, replacement in sorted(edits):
+        if all_caps:
+            replacement = replacement.upper()
+        elif (text[start].isupper() and replacement[:1].islower()
+              and caption_lexicon._sentence_start(text, start)):
+            replacement = replacement[0].upper() + replacement[1:]  # sentence opener
+        out += [text[position:start], replacement]
+        position = end
+    out.append(text[position:])
+    return "".join(out)

@@ -25,6 +25,7 @@ _REGISTRY: dict[str, str] = {
     "chest_imagenome": "rmc_jax.data.sources.imagenome:ChestImaGenome",
     "iu_xray": "rmc_jax.data.sources.iu_xray:IUXray",
     "nih_cxr14": "rmc_jax.data.sources.nih:NIHChestXray14",
+    "array_record": "rmc_jax.data.sources.array_record:ArrayRecordSource",
 }
 
 
@@ -68,7 +69,21 @@ class Prefix:
 def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
                 image_size: int = 128):
     """A split of dataset ``name`` limited to ``size`` examples (0 = all). The synthetic source
-    renders exactly ``size`` examples from ``seed`` at ``image_size`` (at least 128 px)."""
+    renders exactly ``size`` examples from ``seed`` at ``image_size`` (at least 128 px).
+
+    ``name`` may be a weighted mixture, ``"ms_cxr:1,mimic_cxr:3"``, with ``root`` either one
+    path for all or ``"ms_cxr=/path,mimic_cxr=/path"``; ``size`` then limits each dataset.
+    """
+    if "," in name or ":" in name:
+        from rmc_jax.data.sources.mixture import Mixture, parse_mixture, roots_for
+
+        entries = parse_mixture(name)
+        roots = roots_for([n for n, _ in entries], root)
+        if len(entries) == 1:
+            return open_source(entries[0][0], roots[entries[0][0]], split, size, seed,
+                               image_size)
+        return Mixture([open_source(n, roots[n], split, size, seed, image_size)
+                        for n, _ in entries], [w for _, w in entries])
     if name == "synthetic":
         return get_source(name, root=None, split=split, seed=seed, size=size or None,
                           image_size=max(image_size, 128))
