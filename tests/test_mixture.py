@@ -92,3 +92,25 @@ def test_tokenizer_corpus_reaches_every_part_of_a_mixture():
 
     mix = Mixture([Texts("a", 50, ["x"]), Texts("b", 50, ["x"])], [1, 1])
     assert set(train.corpus(mix, limit=10)) == {"report from a", "report from b"}
+
+
+def test_source_options_reach_the_datasets_that_take_them(tmp_path):
+    from rmc_jax.data.sources import parse_options
+
+    assert parse_options("images_root=/x, ms_cxr.split_csv=/y,box_space=1024.0") == {
+        "": {"images_root": "/x", "box_space": 1024.0}, "ms_cxr": {"split_csv": "/y"}}
+    # MS-CXR's CSV in one place, its MIMIC-CXR-JPG images in another.
+    fx.write_ms_cxr(str(tmp_path / "csv"), images_root=str(tmp_path / "jpg"))
+    source = open_source("ms_cxr", str(tmp_path / "csv"), "train",
+                         options=f"images_root={tmp_path / 'jpg'}")
+    assert source[0].image.size
+    # In a mixture each dataset takes the options it knows; synthetic ignores images_root.
+    mix = open_source("ms_cxr,synthetic", f"ms_cxr={tmp_path / 'csv'}", "train", size=2,
+                      options=f"images_root={tmp_path / 'jpg'}")
+    assert {mix[i].source for i in range(len(mix))} == {"ms_cxr", "synthetic"}
+    for bad, message in (("image_root=/x", "takes no option"), ("nih.x=1", "unknown datasets"),
+                         ("=3", "bad data.source_options")):
+        with pytest.raises(ValueError, match=message):
+            open_source("ms_cxr", str(tmp_path / "csv"), "train", options=bad)
+    with pytest.raises(ValueError, match="no dataset in"):
+        open_source("ms_cxr,synthetic", f"ms_cxr={tmp_path / 'csv'}", "train", options="q=1")

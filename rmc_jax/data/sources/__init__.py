@@ -8,7 +8,9 @@ something required is missing.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 from typing import Callable
 
 from rmc_jax.data.sources.base import Source, SourceError
@@ -66,26 +68,74 @@ class Prefix:
         return getattr(self.source, name)
 
 
+def parse_options(spec: str) -> dict[str, dict]:
+    """``"images_root=/x,ms_cxr.reports_root=/y,uncertain=ones"`` -> ``{"": {images_root: "/x",
+    uncertain: "ones"}, "ms_cxr": {reports_root: "/y"}}``: options for every dataset (key
+    without a prefix) or for one (``name.key``). Values that read as Python literals (numbers,
+    True/False) become them; anything else stays a string."""
+    options: dict[str, dict] = {}
+    for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"bad data.source_options entry {item!r}: expected KEY=VALUE or "
+                             "DATASET.KEY=VALUE, e.g. 'images_root=/data/mimic-cxr-jpg'")
+        target, _, key = key.strip().rpartition(".")
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            value = value.strip()
+        options.setdefault(target, {})[key] = value
+    return options
+
+
+def _accepted(name: str, options: dict) -> dict:
+    """The options the constructor of source ``name`` takes (unprefixed options are offered to
+    every dataset of a mixture; each takes those it knows)."""
+    module, factory = _REGISTRY[name].split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), factory)).parameters
+    return {k: v for k, v in options.items() if k in parameters}
+
+
 def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
-                image_size: int = 128):
+                image_size: int = 128, options: str = "", *, strict: bool = True):
     """A split of dataset ``name`` limited to ``size`` examples (0 = all). The synthetic source
     renders exactly ``size`` examples from ``seed`` at ``image_size`` (at least 128 px).
 
     ``name`` may be a weighted mixture, ``"ms_cxr:1,mimic_cxr:3"``, with ``root`` either one
     path for all or ``"ms_cxr=/path,mimic_cxr=/path"``; ``size`` then limits each dataset.
+    ``options`` are constructor arguments (``parse_options``), e.g. MS-CXR's ``images_root``;
+    an option meant for every dataset that this one does not take is an error when ``strict``
+    (a typo would otherwise pass unnoticed), and skipped otherwise.
     """
     if "," in name or ":" in name:
         from rmc_jax.data.sources.mixture import Mixture, parse_mixture, roots_for
 
         entries = parse_mixture(name)
         roots = roots_for([n for n, _ in entries], root)
-        if len(entries) == 1:
-            return open_source(entries[0][0], roots[entries[0][0]], split, size, seed,
-                               image_size)
-        return Mixture([open_source(n, roots[n], split, size, seed, image_size)
-                        for n, _ in entries], [w for _, w in entries])
+        shared = parse_options(options).get("", {})
+        unused = [k for k in shared if not any(_accepted(n, {k: 0}) for n, _ in entries
+                                               if n in _REGISTRY)]
+        if unused:
+            raise ValueError(f"data.source_options {unused}: no dataset in {name!r} takes them")
+        parts = [open_source(n, roots[n], split, size, seed, image_size, options,
+                             strict=False) for n, _ in entries]
+        return parts[0] if len(parts) == 1 else Mixture(parts, [w for _, w in entries])
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    parsed = parse_options(options)
+    unknown = sorted(set(parsed) - {""} - set(_REGISTRY))
+    if unknown:
+        raise ValueError(f"data.source_options names unknown datasets {unknown}; available: "
+                         f"{', '.join(available())}")
+    given = {**parsed.get("", {}), **parsed.get(name, {})}
+    chosen = _accepted(name, given)
+    must_apply = set(parsed.get(name, {})) | (set(parsed.get("", {})) if strict
+                                               else set())
+    if must_apply - set(chosen):
+        raise ValueError(f"data.source_options: {name} takes no option "
+                         f"{sorted(must_apply - set(chosen))}")
     if name == "synthetic":
         return get_source(name, root=None, split=split, seed=seed, size=size or None,
-                          image_size=max(image_size, 128))
-    source = get_source(name, root=root or None, split=split)
+                          image_size=max(image_size, 128), **chosen)
+    source = get_source(name, root=root or None, split=split, **chosen)
     return Prefix(source, size) if size and len(source) > size else source
