@@ -1,10 +1,15 @@
 """Evaluation of a trained model: zero-shot classification, image<->report retrieval,
-region<->caption matching (and lesion-description retrieval), hard-negative discrimination.
+region<->caption matching (and lesion-description retrieval), hard-negative discrimination,
+zero-shot phrase grounding, the crop baseline for region scores, and standard protocols on
+local copies of real datasets.
 
 ``evaluate(model, params, config, tokenizer, workdir)`` embeds the evaluation split with the
 model's ``encode_*`` functions only and writes ``<workdir>/eval/results.json`` (a flat
-``{metric: number}``); ``evaluate_checkpoint(config, workdir)`` does the same from the latest
-checkpoint alone.
+``{metric: number}``) and ``<workdir>/eval/report.md`` with its figures;
+``evaluate_checkpoint(config, workdir)`` does the same from the latest checkpoint alone.
+
+Options (``config.evals``): ``prompts`` (a JSON prompt set), ``region_mode`` ('head', 'crop',
+'both'), ``grounding``, ``report``, ``protocols`` and ``datasets`` (see ``protocols``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import numpy as np
 
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
-from rmc_jax.evaluate import tasks
+from rmc_jax.data.tokenizer import SPECIAL_TOKENS
+from rmc_jax.evaluate import grounding
+from rmc_jax.evaluate import protocols as protocols_lib
+from rmc_jax.evaluate import tasks as tasks_lib
 from rmc_jax.evaluate.embed import Encoders, embed_batches
 
 
@@ -40,36 +48,213 @@ def eval_source(config):
                                     config.seed, d.image_size)
 
 
-def evaluate(model, params, config, tokenizer, workdir: str, *, source=None,
-             batch_size: int = 32) -> dict:
-    """Embed the evaluation split, compute every task, write ``eval/results.json``."""
+REGION_MODES = ("head", "crop", "both")
+
+
+def _option(config, name: str, default):
+    """``config.evals.<name>``, or ``default`` for configs written before the option existed."""
+    evals = config.get("evals", None) if hasattr(config, "get") else None
+    if evals is None:
+        return default
+    value = evals.get(name, default) if hasattr(evals, "get") else getattr(evals, name, default)
+    return default if value is None else value
+
+
+class _PaddedSource:
+    """A source whose length is rounded up to a multiple of ``multiple`` by repeating its last
+    example, so that batching (which drops a remainder) still covers every example; the repeats
+    are cut from the embeddings afterwards."""
+
+    def __init__(self, source, multiple: int):
+        self.source, self.count = source, len(source)
+        self.length = -(-self.count // multiple) * multiple
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.source[min(index, self.count - 1)]
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+
+class _Context:
+    """What the tasks of one evaluation share: model encoders, tokenizers, config options."""
+
+    def __init__(self, model, params, config, tokenizer, batch_size: int):
+        self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size
+        self.caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
+        self.pipeline = pipe.PipelineConfig(
+            image_size=config.data.image_size, max_regions=config.data.max_regions,
+            num_negatives=max(config.data.num_negatives, 4),
+            max_text_len=config.data.max_text_len,
+            max_caption_len=config.data.max_caption_len, augment=False)
+        self.encoders = Encoders(model, params)
+        prompts = _option(config, "prompts", "")
+        self.prompts = load_prompts(prompts) if prompts else None
+        self.region_mode = _option(config, "region_mode", "both")
+        if self.region_mode not in REGION_MODES:
+            raise ValueError(f"evals.region_mode = {self.region_mode!r}; expected one of "
+                             f"{REGION_MODES} ('head': the model's region head, 'crop': the "
+                             "image tower on each cropped box, 'both')")
+        self.grounding = bool(_option(config, "grounding", True))
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    def embed_texts(self, texts) -> np.ndarray:
+        """Prompt texts -> [n, E] (cached: protocols reuse the same prompts)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            for text, emb in zip(missing, self.encoders.texts(*self.caption_tokenizer(missing))):
+                self._text_cache[text] = emb
+        return np.stack([self._text_cache[t] for t in texts])
+
+    def embed(self, source, *, crops: bool, patches: bool, keep_samples: int = 0):
+        """Embed every example of ``source`` -> (data [N, ...] arrays, samples)."""
+        count = len(source)
+        batch = max(1, min(self.batch_size, count))
+        dataset = pipe.make_dataset(_PaddedSource(source, batch), self.pipeline, self.tokenizer,
+                                    batch_size=batch, seed=self.config.seed, train=False,
+                                    caption_tokenizer=self.caption_tokenizer)
+        pad_value = (0.0 - self.pipeline.pixel_mean) / self.pipeline.pixel_std
+        data, samples = embed_batches(self.encoders, dataset, crops=crops, patches=patches,
+                                      pad_value=pad_value, keep_samples=keep_samples)
+        return {name: value[:count] for name, value in data.items()}, samples
+
+    def decode(self, ids: np.ndarray) -> str:
+        """Token ids -> text without padding and special tokens (for figure captions)."""
+        backend = self.caption_tokenizer.backend
+        special = set(SPECIAL_TOKENS) | {"<pad>", "<s>", "</s>", "<|endoftext|>",
+                                         "<|startoftext|>"}
+        kept = [int(i) for i in ids if backend.id_to_token(int(i)) not in special]
+        return backend.decode(kept, skip_special_tokens=True)
+
+
+def _region_tasks(data, context: _Context, namespace: str, tasks, raw) -> dict:
+    """Region matching, lesion retrieval, hard negatives and grounding of one embedded split,
+    for the region embeddings that ``evals.region_mode`` selects."""
+    results = {}
+    variants = {"head": [("regions", "")], "crop": [("regions_crop", "_crop")],
+                "both": [("regions", ""), ("regions_crop", "_crop")]}[context.region_mode]
+    for key, suffix in variants:
+        if "regions" in tasks:
+            matched = tasks_lib.region_matching(data, regions_key=key,
+                                                prefix=f"{namespace}regions{suffix}", raw=raw)
+            results.update(matched)
+            results.update(tasks_lib.lesion_retrieval(
+                matched, f"{namespace}regions{suffix}", f"{namespace}lesion_retrieval{suffix}"))
+        if "hard_negatives" in tasks:
+            results.update(tasks_lib.hard_negative_accuracy(
+                data, regions_key=key, prefix=f"{namespace}hard_negatives{suffix}"))
+    if "grounding" in tasks:
+        results.update(grounding.phrase_grounding(
+            data, context.pipeline.image_size, prefix=f"{namespace}grounding", raw=raw))
+    return results
+
+
+def _split_results(data, context: _Context, namespace: str, tasks, label_names, raw,
+                   columns=None, pneumonia=None) -> dict:
+    """Every task in ``tasks`` on one embedded split; metric names start with ``namespace``."""
+    results = {}
+    if "zeroshot" in tasks:
+        columns = list(range(len(label_names))) if columns is None else columns
+        results.update(tasks_lib.zero_shot(
+            data["image"], data["labels"][:, columns], data["label_mask"][:, columns],
+            [label_names[c] for c in columns], context.embed_texts, context.prompts,
+            temperature=context.encoders.temperature, prefix=f"{namespace}zeroshot", raw=raw))
+    if "pneumonia" in tasks:
+        positive, known = pneumonia
+        prompts = context.prompts or {}
+        positive_prompts = _positive_prompts(prompts.get("Pneumonia")) or \
+            tasks_lib.default_prompts(["pneumonia"])["pneumonia"]["positive"]
+        normal_prompts = _positive_prompts(prompts.get("Normal")) or list(tasks_lib.NORMAL_PROMPTS)
+        results.update(tasks_lib.binary_zero_shot(
+            data["image"], positive, known, context.embed_texts, positive_prompts,
+            normal_prompts, context.encoders.temperature, prefix=f"{namespace}zeroshot",
+            class_name="Pneumonia", raw=raw))
+    if "retrieval" in tasks:
+        results.update(tasks_lib.image_report_retrieval(
+            data["image"], data["report"], data["report_key"], prefix=f"{namespace}retrieval",
+            raw=raw))
+    results.update(_region_tasks(data, context, namespace, tasks, raw))
+    return results
+
+
+def _positive_prompts(spec):
+    if spec is None:
+        return None
+    return list(spec["positive"]) if isinstance(spec, dict) else list(spec)
+
+
+EVAL_SPLIT_TASKS = ("zeroshot", "retrieval", "regions", "hard_negatives", "grounding")
+
+
+def compute(model, params, config, tokenizer, *, source=None, batch_size: int = 32
+            ) -> tuple[dict, dict]:
+    """Every metric of the evaluation split and of the protocols in ``config.evals.protocols``.
+
+    Returns (results, raw): ``results`` is the flat ``{metric: number}`` of ``results.json``;
+    ``raw`` holds what the report plots (per-class scores, per-query ranks, per-phrase
+    grounding scores, a few sample images with their boxes, captions and similarity maps).
+    """
     source = eval_source(config) if source is None else source
-    pipeline_config = pipe.PipelineConfig(
-        image_size=config.data.image_size, max_regions=config.data.max_regions,
-        num_negatives=max(config.data.num_negatives, 4), max_text_len=config.data.max_text_len,
-        max_caption_len=config.data.max_caption_len, augment=False)
-    caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-    dataset = pipe.make_dataset(source, pipeline_config, tokenizer,
-                                batch_size=min(batch_size, len(source)), seed=config.seed,
-                                train=False, caption_tokenizer=caption_tokenizer)
-    encoders = Encoders(model, params)
-    data = embed_batches(encoders, dataset)
-
-    def embed_texts(texts):
-        return encoders.texts(*caption_tokenizer(list(texts)))
-
-    prompts = load_prompts(config.evals.prompts) if config.get("evals", {}).get(
-        "prompts") else None
+    context = _Context(model, params, config, tokenizer, batch_size)
+    tasks = [t for t in EVAL_SPLIT_TASKS if t != "grounding" or context.grounding]
+    crops = context.region_mode != "head"
+    data, samples = context.embed(source, crops=crops, patches=context.grounding,
+                                  keep_samples=8)
+    raw: dict = {}
     results = {"eval/examples": float(len(data["image"])),
                "eval/regions": float(data["box_mask"].sum())}
-    results.update(tasks.zero_shot(data["image"], data["labels"], data["label_mask"],
-                                   source.label_names, embed_texts, prompts,
-                                   temperature=encoders.temperature))
-    results.update(tasks.image_report_retrieval(data["image"], data["report"],
-                                                data["report_key"]))
-    results.update(tasks.region_matching(data))
-    results.update(tasks.hard_negative_accuracy(data))
+    results.update(_split_results(data, context, "", tasks, list(source.label_names), raw))
+    raw["samples"] = _samples(data, samples, context)
+
+    for name in protocols_lib.parse_protocols(_option(config, "protocols", "")):
+        protocol = protocols_lib.PROTOCOLS[name]
+        protocol_source = protocols_lib.open_protocol(name, _option(config, "datasets", None))
+        needs_regions = bool({"regions", "hard_negatives", "grounding"} & set(protocol.tasks))
+        data, _ = context.embed(protocol_source, crops=crops and needs_regions,
+                                patches="grounding" in protocol.tasks)
+        label_names = list(protocol_source.label_names)
+        columns = (protocols_lib.label_columns(protocol, label_names)
+                   if "zeroshot" in protocol.tasks else None)
+        pneumonia = (protocols_lib.pneumonia_targets(protocol_source, data["labels"],
+                                                     data["label_mask"].astype(bool))
+                     if "pneumonia" in protocol.tasks else None)
+        results[f"{name}/examples"] = float(len(data["image"]))
+        results.update(_split_results(data, context, f"{name}/", protocol.tasks, label_names,
+                                      raw, columns=columns, pneumonia=pneumonia))
+    return results, raw
+
+
+def _samples(data, samples, context: _Context) -> dict:
+    """The first few examples for the report's image grid: images [K, S, S], boxes, captions
+    (decoded from the tokens the model saw) and grounding maps [K, R, h, w] when computed."""
+    k = len(samples["image"])
+    mask = data["box_mask"][:k].astype(bool)
+    captions = [[context.decode(samples["caption_ids"][i, r]) if mask[i, r] else ""
+                 for r in range(mask.shape[1])] for i in range(k)]
+    out = {"image": samples["image"][..., 0], "boxes": data["boxes"][:k], "box_mask": mask,
+           "captions": captions, "pixel_mean": context.pipeline.pixel_mean,
+           "pixel_std": context.pipeline.pixel_std}
+    if "patch_maps" in data:
+        out["patch_maps"] = data["patch_maps"][:k]
+    return out
+
+
+def evaluate(model, params, config, tokenizer, workdir: str, *, source=None,
+             batch_size: int = 32) -> dict:
+    """Embed the evaluation split (and the configured protocols' datasets), compute every
+    task, write ``eval/results.json`` and, unless ``evals.report`` is False, ``eval/report.md``
+    with its figures. Returns the flat results."""
+    results, raw = compute(model, params, config, tokenizer, source=source,
+                           batch_size=batch_size)
     write_results(results, workdir)
+    if _option(config, "report", True):
+        from rmc_jax.evaluate import report
+
+        report.write_report(results, raw, os.path.join(workdir, "eval"),
+                            title=f"rmc_jax evaluation ({config.get('variant', 'model')})")
     return results
 
 

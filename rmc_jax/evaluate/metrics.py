@@ -58,3 +58,33 @@ def bootstrap_ci(metric, *arrays, n: int = 200, seed: int = 0, alpha: float = 0.
     if not len(values):
         return float("nan"), float("nan")
     return (float(np.quantile(values, alpha / 2)), float(np.quantile(values, 1 - alpha / 2)))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate), one point per distinct score threshold plus
+    the origin, thresholds descending (scikit-learn's ``roc_curve(drop_intermediate=False)``).
+
+    The trapezoid area under it equals ``auroc``. Empty arrays when only one class is present.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # The last index of each run of tied scores: all tied examples cross the threshold together.
+    last = np.concatenate([np.flatnonzero(np.diff(sorted_scores)), [len(scores) - 1]])
+    tp = np.cumsum(sorted_labels)[last]
+    fp = (last + 1) - tp
+    return (np.concatenate([[0.0], fp / n_neg]), np.concatenate([[0.0], tp / n_pos]))
+
+
+def recall_curve(ranks: np.ndarray, max_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(K = 1..max_k, recall@K) from the 1-based ranks of each query's first positive."""
+    ranks = np.asarray(ranks)
+    max_k = int(max_k or (ranks.max() if len(ranks) else 1))
+    ks = np.arange(1, max_k + 1)
+    if not len(ranks):
+        return ks, np.zeros(len(ks))
+    counts = np.bincount(np.minimum(ranks, max_k + 1), minlength=max_k + 2)
+    return ks, np.cumsum(counts[1:max_k + 1]) / len(ranks)

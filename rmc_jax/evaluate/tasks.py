@@ -7,6 +7,13 @@ Names are stable (documented in the README):
   regions/region_to_caption_R@K, regions/region_to_caption_semantic_R@K,
   regions/caption_to_region_R@K, regions/caption_to_region_semantic_R@K
   hard_negatives/accuracy/<kind>, hard_negatives/accuracy_mean
+  lesion_retrieval/R@K, lesion_retrieval/semantic_R@K (= regions/caption_to_region[_semantic]_R@K)
+The crop baseline's region scores use the prefixes regions_crop/, hard_negatives_crop/ and
+lesion_retrieval_crop/; a protocol on a real dataset puts its name in front (chexpert_test/...).
+
+The classification and ranking tasks take an optional ``raw`` dict that receives what the report
+plots (per-class scores for ROC curves, per-query ranks for recall@K curves); the returned metrics
+stay flat numbers. Phrase grounding is in ``grounding``, the real-data protocols in ``protocols``.
 """
 
 from __future__ import annotations
@@ -45,16 +52,19 @@ def _normalise(x, axis=-1):
 
 
 def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=None,
-              temperature=0.07, bootstrap: int = 200) -> dict:
+              temperature=0.07, bootstrap: int = 200, *, prefix: str = "zeroshot",
+              raw: dict | None = None) -> dict:
     """Zero-shot multi-label classification from prompt embeddings.
 
     Scores per class: (a) image . mean of its prompt embeddings (ensemble) and the max over
     prompts; (b) CheXzero: softmax over (positive, negative) prompt similarities.
     ``embed_texts(list[str]) -> [n, E]`` embeds prompts; ``prompts`` is {class: [...]} or the
     {class: {'positive': [...], 'negative': [...]}} form (defaults: ``default_prompts``).
+    ``raw['roc'][prefix][class]`` receives (ensemble scores, labels) of the known examples.
     """
     prompts = default_prompts(label_names) if prompts is None else prompts
     results, ensemble_scores = {}, []
+    curves = raw.setdefault("roc", {}).setdefault(prefix, {}) if raw is not None else {}
     per_class = {"ensemble": [], "max": [], "posneg": []}
     for c, name in enumerate(label_names):
         spec = prompts.get(name)
@@ -76,12 +86,13 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
             value = M.auroc(score[known], labels[known, c])
             per_class[kind].append(value)
             if kind == "ensemble":
-                results[f"zeroshot/auroc/{name}"] = value
+                results[f"{prefix}/auroc/{name}"] = value
+                curves[name] = (score[known], labels[known, c])
         ensemble_scores.append((c, ensemble))
     means = {k: float(np.nanmean(v)) if v else float("nan") for k, v in per_class.items()}
-    results["zeroshot/auroc_mean"] = means["ensemble"]
-    results["zeroshot/auroc_mean_max"] = means["max"]
-    results["zeroshot/auroc_mean_posneg"] = means["posneg"]
+    results[f"{prefix}/auroc_mean"] = means["ensemble"]
+    results[f"{prefix}/auroc_mean_max"] = means["max"]
+    results[f"{prefix}/auroc_mean_posneg"] = means["posneg"]
     if ensemble_scores and bootstrap:
         columns = [c for c, _ in ensemble_scores]
         score_matrix = np.stack([s for _, s in ensemble_scores], 1)
@@ -93,36 +104,45 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
 
         low, high = M.bootstrap_ci(mean_auroc, score_matrix, labels[:, columns],
                                    label_mask[:, columns].astype(bool), n=bootstrap)
-        results["zeroshot/auroc_mean_ci_low"], results["zeroshot/auroc_mean_ci_high"] = low, high
+        results[f"{prefix}/auroc_mean_ci_low"], results[f"{prefix}/auroc_mean_ci_high"] = low, high
         single = (labels[:, columns].sum(1) == 1) & label_mask[:, columns].all(1)
         if single.any():
             predicted = score_matrix[single].argmax(1)
-            results["zeroshot/accuracy_single_label"] = float(
+            results[f"{prefix}/accuracy_single_label"] = float(
                 np.mean(labels[single][:, columns][np.arange(single.sum()), predicted] == 1))
     return results
 
 
-def image_report_retrieval(image_emb, report_emb, report_key, ks=(1, 5, 10)) -> dict:
-    """Image <-> report retrieval; images sharing a report text all count as its match."""
+def image_report_retrieval(image_emb, report_emb, report_key, ks=(1, 5, 10), *,
+                           prefix: str = "retrieval", raw: dict | None = None) -> dict:
+    """Image <-> report retrieval; images sharing a report text all count as its match.
+    ``raw['ranks']['<prefix>/<direction>']`` receives each query's rank."""
     same = report_key[:, None] == report_key[None, :]                    # [N, N]
     similarity = image_emb @ report_emb.T
     results = {}
     for direction, sim in (("image_to_report", similarity), ("report_to_image", similarity.T)):
         ranks = M.ranks_of_positives(sim, same)
+        if raw is not None:
+            raw.setdefault("ranks", {})[f"{prefix}/{direction}"] = ranks
         for k, value in M.recall_at_k(ranks, ks).items():
-            results[f"retrieval/{direction}_R@{k}"] = value
-        results[f"retrieval/{direction}_median_rank"] = float(np.median(ranks))
+            results[f"{prefix}/{direction}_R@{k}"] = value
+        results[f"{prefix}/{direction}_median_rank"] = float(np.median(ranks))
     return results
 
 
-def region_matching(data, ks=(1, 5, 10)) -> dict:
+def region_matching(data, ks=(1, 5, 10), *, regions_key: str = "regions",
+                    prefix: str = "regions", raw: dict | None = None) -> dict:
     """Region <-> caption matching over all valid test regions.
 
     Exact: the region's own caption (or an identical sentence). Semantic: any caption whose
-    region has the same finding, side, zone and size (unknown attributes match unknown ones). caption -> region
-    is the fine-grained lesion-description retrieval: text -> (image, region)."""
+    region has the same finding, side, zone and size (unknown attributes match unknown ones).
+    caption -> region is the fine-grained lesion-description retrieval: each region caption
+    queries all (image, region) pairs of the split (see ``lesion_retrieval``).
+    ``regions_key`` picks the region embeddings ('regions': the region head; 'regions_crop':
+    the crop baseline). ``raw['ranks']['<prefix>/<direction>[_semantic]']`` receives the ranks.
+    """
     mask = data["box_mask"].astype(bool)
-    regions, captions = data["regions"][mask], data["captions"][mask]
+    regions, captions = data[regions_key][mask], data["captions"][mask]
     if not len(regions):
         return {}
     similarity = regions @ captions.T
@@ -137,24 +157,68 @@ def region_matching(data, ks=(1, 5, 10)) -> dict:
         for direction, sim, pos in (("region_to_caption", similarity, positive),
                                     ("caption_to_region", similarity.T, positive.T)):
             ranks = M.ranks_of_positives(sim, pos)
+            if raw is not None:
+                raw.setdefault("ranks", {})[f"{prefix}/{direction}{name}"] = ranks
             for k, value in M.recall_at_k(ranks, ks).items():
-                results[f"regions/{direction}{name}_R@{k}"] = value
+                results[f"{prefix}/{direction}{name}_R@{k}"] = value
     return results
 
 
-def hard_negative_accuracy(data) -> dict:
+def lesion_retrieval(region_results: dict, regions_prefix: str = "regions",
+                     prefix: str = "lesion_retrieval") -> dict:
+    """Fine-grained lesion description retrieval, text -> (image, region) among all regions of
+    the split, R@K: the caption -> region scores of ``region_matching`` under their own names
+    (``<prefix>/R@K``, ``<prefix>/semantic_R@K``), not computed a second time."""
+    results = {}
+    head = f"{regions_prefix}/caption_to_region"
+    for key, value in region_results.items():
+        if key.startswith(head + "_R@"):
+            results[f"{prefix}/R@{key.rsplit('@', 1)[1]}"] = value
+        elif key.startswith(head + "_semantic_R@"):
+            results[f"{prefix}/semantic_R@{key.rsplit('@', 1)[1]}"] = value
+    return results
+
+
+def hard_negative_accuracy(data, *, regions_key: str = "regions",
+                           prefix: str = "hard_negatives") -> dict:
     """How often a region prefers its true caption over each kind of perturbed caption."""
     mask = data["box_mask"].astype(bool)
-    positive = np.einsum("nre,nre->nr", data["regions"], data["captions"])
-    negative = np.einsum("nre,nrke->nrk", data["regions"], data["negatives"])
+    positive = np.einsum("nre,nre->nr", data[regions_key], data["captions"])
+    negative = np.einsum("nre,nrke->nrk", data[regions_key], data["negatives"])
     correct = positive[..., None] > negative
     valid = data["neg_valid"].astype(bool) & mask[..., None]
     results, values = {}, []
     for index, kind in enumerate(PERTURBATION_TYPES):
         chosen = valid & (data["neg_kind"] == index)
         if chosen.any():
-            results[f"hard_negatives/accuracy/{kind}"] = float(correct[chosen].mean())
-            values.append(results[f"hard_negatives/accuracy/{kind}"])
+            results[f"{prefix}/accuracy/{kind}"] = float(correct[chosen].mean())
+            values.append(results[f"{prefix}/accuracy/{kind}"])
     if values:
-        results["hard_negatives/accuracy_mean"] = float(np.mean(values))
+        results[f"{prefix}/accuracy_mean"] = float(np.mean(values))
     return results
+
+
+def binary_zero_shot(image_emb, positive, known, embed_texts, positive_prompts,
+                     negative_prompts, temperature=0.07, *, prefix: str, class_name: str,
+                     raw: dict | None = None) -> dict:
+    """Two-class zero-shot classification (e.g. pneumonia vs normal).
+
+    Each class is the normalised mean of its prompt embeddings; p(positive) is the softmax of
+    the two cosine similarities at ``temperature``. Reports ``<prefix>/auroc`` (of p),
+    ``<prefix>/accuracy`` (p > 0.5) and the counts ``<prefix>/positives``, ``<prefix>/negatives``
+    over the ``known`` [N] examples; ``positive`` [N] bool is the truth.
+    ``raw['roc'][prefix][class_name]`` receives (p, truth).
+    """
+    known = np.asarray(known, bool)
+    truth = np.asarray(positive, bool)[known]
+    classes = np.stack([_normalise(embed_texts(list(positive_prompts)).mean(0)),
+                        _normalise(embed_texts(list(negative_prompts)).mean(0))])
+    logits = image_emb[known] @ classes.T / temperature                  # [n, 2]
+    logits -= logits.max(1, keepdims=True)
+    probability = np.exp(logits[:, 0]) / np.exp(logits).sum(1)
+    if raw is not None:
+        raw.setdefault("roc", {}).setdefault(prefix, {})[class_name] = (probability, truth)
+    return {f"{prefix}/auroc": M.auroc(probability, truth),
+            f"{prefix}/accuracy": float(np.mean((probability > 0.5) == truth))
+            if len(truth) else float("nan"),
+            f"{prefix}/positives": float(truth.sum()), f"{prefix}/negatives": float((~truth).sum())}
