@@ -21,9 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmc_jax.models.layers import REMAT_POLICIES, canonical_dtype
+from rmc_jax.models.layers import REMAT_POLICIES, canonical_dtype, check_architecture
 from rmc_jax.models.roi import roi_align
-from rmc_jax.models.text import TextTransformer
+from rmc_jax.models.text import POOLINGS, TextTransformer
 from rmc_jax.models.vit import VisionTransformer
 
 __all__ = [
@@ -59,7 +59,14 @@ def _check_tower(name: str, width: int, num_heads: int, depth: int, dtype: str, 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-    """Image tower. image_size/channels fix the position-embedding table and dummy init inputs."""
+    """Image tower. image_size/channels fix the position-embedding table and dummy init inputs.
+
+    The fields after ``scan_layers`` describe the architecture of an imported model (see
+    ``VisionTransformer``); their defaults are this library's own ViT. ``pixel_mean`` /
+    ``pixel_std`` (one value per channel) turn on the model-side input normalisation, which maps
+    the pipeline's images, normalised with ``input_mean`` / ``input_std``, to what the model was
+    trained on.
+    """
 
     image_size: int = 128
     channels: int = 1
@@ -71,27 +78,58 @@ class VisionConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    mlp_dim: int = 0
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
+    patch_bias: bool = True
+    pre_norm: bool = False
+    final_norm: bool = True
+    class_token: bool = True
+    pooling: str = "cls"
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
+    input_mean: float = 0.5
+    input_std: float = 0.25
 
     def __post_init__(self):
         _check_tower("vision", self.width, self.num_heads, self.depth, self.dtype, self.remat)
+        check_architecture("vision", self.activation, self.norm_position)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"vision: image_size {self.image_size} is not divisible by patch_size "
                 f"{self.patch_size}"
             )
+        if self.pooling not in ("cls", "mean") or (self.pooling == "cls" and not self.class_token):
+            raise ValueError(f"vision: pooling={self.pooling!r} with class_token="
+                             f"{self.class_token}; expected 'cls' (needs a class token) or 'mean'")
+        if len(self.pixel_mean) != len(self.pixel_std) or (
+                self.pixel_mean and len(self.pixel_mean) != self.channels):
+            raise ValueError(f"vision: pixel_mean {self.pixel_mean} and pixel_std "
+                             f"{self.pixel_std} must both have one value per channel "
+                             f"(channels={self.channels}), or both be empty")
 
     def build(self) -> VisionTransformer:
         return VisionTransformer(
             width=self.width, depth=self.depth, num_heads=self.num_heads,
             patch_size=self.patch_size, mlp_ratio=self.mlp_ratio,
             dtype=canonical_dtype(self.dtype), remat=self.remat, scan_layers=self.scan_layers,
-            image_size=self.image_size,
+            image_size=self.image_size, mlp_dim=self.mlp_dim, activation=self.activation,
+            norm_position=self.norm_position, layer_norm_eps=self.layer_norm_eps,
+            patch_bias=self.patch_bias, pre_norm=self.pre_norm, final_norm=self.final_norm,
+            class_token=self.class_token, pooling=self.pooling, channels=self.channels,
+            pixel_mean=tuple(self.pixel_mean), pixel_std=tuple(self.pixel_std),
+            input_mean=self.input_mean, input_std=self.input_std,
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """Text tower. causal=False: BERT-style (CLS pooling); True: CLIP-style (end-token pooling)."""
+    """Text tower. causal=False: BERT-style (CLS pooling); True: CLIP-style (end-token pooling).
+
+    The fields after ``scan_layers`` describe the architecture of an imported model (see
+    ``TextTransformer``); their defaults are this library's own pre-LN encoder.
+    """
 
     vocab_size: int = 30522
     width: int = 192
@@ -103,22 +141,41 @@ class TextConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    mlp_dim: int = 0
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
+    embed_norm: bool = False
+    final_norm: bool = True
+    type_vocab_size: int = 0
+    pooling: str = "auto"
 
     def __post_init__(self):
         _check_tower("text", self.width, self.num_heads, self.depth, self.dtype, self.remat)
+        check_architecture("text", self.activation, self.norm_position)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"text: pooling={self.pooling!r}; expected one of {POOLINGS}")
 
     def build(self) -> TextTransformer:
         return TextTransformer(
             vocab_size=self.vocab_size, width=self.width, depth=self.depth,
             num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, max_len=self.max_len,
             causal=self.causal, dtype=canonical_dtype(self.dtype), remat=self.remat,
-            scan_layers=self.scan_layers,
+            scan_layers=self.scan_layers, mlp_dim=self.mlp_dim, activation=self.activation,
+            norm_position=self.norm_position, layer_norm_eps=self.layer_norm_eps,
+            embed_norm=self.embed_norm, final_norm=self.final_norm,
+            type_vocab_size=self.type_vocab_size, pooling=self.pooling,
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Two-tower model: towers, shared embedding size E, temperature, RoIAlign settings."""
+    """Two-tower model: towers, shared embedding size E, temperature, RoIAlign settings.
+
+    Projections (to E) have no bias by default; ``image_proj_bias`` / ``text_proj_bias`` add one
+    and ``text_proj_hidden`` > 0 makes the text projection an MLP D -> hidden -> E with exact
+    GELU (open_clip's 'mlp' projection, as in BiomedCLIP).
+    """
 
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
@@ -127,6 +184,9 @@ class ModelConfig:
     max_inv_temperature: float = 100.0
     roi_output_size: int | tuple[int, int] = 7
     roi_sampling_ratio: int = 2
+    image_proj_bias: bool = False
+    text_proj_bias: bool = False
+    text_proj_hidden: int = 0
 
     def __post_init__(self):
         if not 0 < self.init_temperature:
@@ -207,6 +267,20 @@ class _PostPool(nn.Module):
         return x + nn.gelu(h, approximate=False)
 
 
+class _MlpProjection(nn.Module):
+    """fc1 (D -> hidden) -> exact GELU -> fc2 (hidden -> E). [..., D] -> [..., E]."""
+
+    hidden_dim: int
+    features: int
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = dict(use_bias=self.use_bias, dtype=jnp.float32, param_dtype=jnp.float32)
+        h = nn.gelu(nn.Dense(self.hidden_dim, name="fc1", **dense)(x), approximate=False)
+        return nn.Dense(self.features, name="fc2", **dense)(h)
+
+
 class RegionHead(nn.Module):
     """Region features from a patch grid.
 
@@ -249,7 +323,8 @@ class RegionCLIP(nn.Module):
 
     Params: image_encoder, text_encoder, region_head, image_proj, region_proj, text_proj,
     log_inv_temperature (= log(1/tau), clamped in the forward to 1/tau <= max_inv_temperature).
-    Projections have no bias and run in float32 (tiny, and they feed the normalisation).
+    Projections run in float32 (tiny, and they feed the normalisation); by default they have
+    no bias (see ``ModelConfig`` for the imported variants).
     """
 
     vision: VisionConfig = VisionConfig()
@@ -259,6 +334,9 @@ class RegionCLIP(nn.Module):
     max_inv_temperature: float = 100.0
     roi_output_size: int | tuple[int, int] = 7
     roi_sampling_ratio: int = 2
+    image_proj_bias: bool = False
+    text_proj_bias: bool = False
+    text_proj_hidden: int = 0
 
     @classmethod
     def from_config(cls, cfg: Any = None) -> RegionCLIP:
@@ -268,6 +346,8 @@ class RegionCLIP(nn.Module):
             vision=c.vision, text=c.text, embed_dim=c.embed_dim,
             init_temperature=c.init_temperature, max_inv_temperature=c.max_inv_temperature,
             roi_output_size=c.roi_output_size, roi_sampling_ratio=c.roi_sampling_ratio,
+            image_proj_bias=c.image_proj_bias, text_proj_bias=c.text_proj_bias,
+            text_proj_hidden=c.text_proj_hidden,
         )
 
     def setup(self):
@@ -277,10 +357,14 @@ class RegionCLIP(nn.Module):
             output_size=self.roi_output_size, sampling_ratio=self.roi_sampling_ratio,
             dtype=canonical_dtype(self.vision.dtype),
         )
-        proj = dict(use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)
-        self.image_proj = nn.Dense(self.embed_dim, **proj)
-        self.region_proj = nn.Dense(self.embed_dim, **proj)
-        self.text_proj = nn.Dense(self.embed_dim, **proj)
+        proj = dict(dtype=jnp.float32, param_dtype=jnp.float32)
+        self.image_proj = nn.Dense(self.embed_dim, use_bias=self.image_proj_bias, **proj)
+        self.region_proj = nn.Dense(self.embed_dim, use_bias=False, **proj)
+        if self.text_proj_hidden:
+            self.text_proj = _MlpProjection(self.text_proj_hidden, self.embed_dim,
+                                            use_bias=self.text_proj_bias)
+        else:
+            self.text_proj = nn.Dense(self.embed_dim, use_bias=self.text_proj_bias, **proj)
         init = math.log(1.0 / self.init_temperature)
         self.log_inv_temperature = self.param(
             "log_inv_temperature", lambda _: jnp.asarray(init, jnp.float32)

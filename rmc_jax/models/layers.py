@@ -1,8 +1,8 @@
 """Transformer building blocks shared by the image and text towers.
 
-One implementation of attention, MLP, pre-LN block and block stack, so both towers get the same
-numerics, the same remat / scan options and the same parameter names (which the sharding rules
-match by path):
+One implementation of attention, MLP, transformer block and block stack, so both towers get the
+same numerics, the same remat / scan options and the same parameter names (which the sharding
+rules match by path):
 
     TransformerStack
       block_0 .. block_{depth-1}     (scan_layers=False), or
@@ -10,6 +10,12 @@ match by path):
         ln_attn, attn/{qkv, out}, ln_mlp, mlp/{fc1, fc2}
 
 Compute runs in ``dtype`` (e.g. bfloat16); parameters are always ``param_dtype`` (float32).
+
+Architecture options mirror the pretrained models whose weights can be imported
+(``rmc_jax.pretrained``): ``norm_position`` 'pre' (ViT, CLIP: x + f(LN(x))) or 'post' (BERT:
+LN(x + f(x))), ``activation`` 'gelu' (exact, erf), 'quick_gelu' (OpenAI CLIP: x * sigmoid(1.702 x))
+or 'gelu_tanh' (tanh approximation), and the LayerNorm ``layer_norm_eps``. The defaults (pre-LN,
+exact GELU, eps 1e-6) are the ones this library trains from scratch with.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "ACTIVATIONS",
+    "NORM_POSITIONS",
     "REMAT_POLICIES",
     "MultiHeadAttention",
     "Mlp",
@@ -39,6 +47,30 @@ REMAT_POLICIES = {
 }
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()
+
+
+def _quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# activation name -> function (the names used by Hugging Face / open_clip configs, normalised).
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": _quick_gelu,
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+}
+
+NORM_POSITIONS = ("pre", "post")
+
+
+def check_architecture(where: str, activation: str, norm_position: str) -> None:
+    """ValueError naming the bad option and the valid ones (configs call this early)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: activation={activation!r}; expected one of "
+                         f"{sorted(ACTIVATIONS)}")
+    if norm_position not in NORM_POSITIONS:
+        raise ValueError(f"{where}: norm_position={norm_position!r}; expected one of "
+                         f"{NORM_POSITIONS}")
 
 
 def canonical_dtype(dtype: Any) -> jnp.dtype:
@@ -82,9 +114,10 @@ class MultiHeadAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Position-wise MLP: Dense(hidden) -> exact GELU -> Dense(D). [..., D] -> [..., D]."""
+    """Position-wise MLP: Dense(hidden) -> activation -> Dense(D). [..., D] -> [..., D]."""
 
     hidden_dim: int
+    activation: str = "gelu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -92,27 +125,41 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_KERNEL_INIT)
         h = nn.Dense(self.hidden_dim, name="fc1", **dense)(x)
-        h = nn.gelu(h, approximate=False)
+        h = ACTIVATIONS[self.activation](h)
         return nn.Dense(x.shape[-1], name="fc2", **dense)(h)
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). [B, T, D] -> [B, T, D]."""
+    """Transformer block. [B, T, D] -> [B, T, D].
+
+    norm_position='pre' (default; ViT, CLIP): x + Attn(LN(x)), then x + MLP(LN(x)).
+    norm_position='post' (BERT): LN(x + Attn(x)), then LN(x + MLP(x)).
+    The two LayerNorms are ``ln_attn`` and ``ln_mlp`` in both cases.
+    """
 
     num_heads: int
     mlp_ratio: float = 4.0
     causal: bool = False
+    mlp_dim: int = 0  # MLP hidden size; 0 = int(D * mlp_ratio)
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.LayerNorm(name="ln_attn", **common)(x)
+        ln_attn = nn.LayerNorm(epsilon=self.layer_norm_eps, name="ln_attn", **common)
+        ln_mlp = nn.LayerNorm(epsilon=self.layer_norm_eps, name="ln_mlp", **common)
         attn = MultiHeadAttention(self.num_heads, causal=self.causal, name="attn", **common)
-        x = x + attn(h, mask)
-        h = nn.LayerNorm(name="ln_mlp", **common)(x)
-        return x + Mlp(int(x.shape[-1] * self.mlp_ratio), name="mlp", **common)(h)
+        hidden = self.mlp_dim or int(x.shape[-1] * self.mlp_ratio)
+        mlp = Mlp(hidden, activation=self.activation, name="mlp", **common)
+        if self.norm_position == "post":
+            x = ln_attn(x + attn(x, mask))
+            return ln_mlp(x + mlp(x))
+        x = x + attn(ln_attn(x), mask)
+        return x + mlp(ln_mlp(x))
 
 
 class _ScanBlock(EncoderBlock):
@@ -123,7 +170,7 @@ class _ScanBlock(EncoderBlock):
 
 
 class TransformerStack(nn.Module):
-    """``depth`` pre-LN blocks, optionally rematerialised and/or scanned. [B, T, D] -> [B, T, D].
+    """``depth`` blocks, optionally rematerialised and/or scanned. [B, T, D] -> [B, T, D].
 
     remat: 'none' | 'full' (save nothing, recompute the block in backward) | 'dots' (save
     matmul outputs without batch dims). scan_layers: one ``nn.scan`` over stacked block params
@@ -137,11 +184,16 @@ class TransformerStack(nn.Module):
     causal: bool = False
     remat: str = "none"
     scan_layers: bool = False
+    mlp_dim: int = 0
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        check_architecture("TransformerStack", self.activation, self.norm_position)
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         block_cls = _ScanBlock if self.scan_layers else EncoderBlock
@@ -152,7 +204,8 @@ class TransformerStack(nn.Module):
             )
         kwargs = dict(
             num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, causal=self.causal,
-            dtype=self.dtype, param_dtype=self.param_dtype,
+            mlp_dim=self.mlp_dim, activation=self.activation, norm_position=self.norm_position,
+            layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
         )
         if self.scan_layers:
             stack = nn.scan(

@@ -15,15 +15,28 @@ __all__ = ["TextTransformer"]
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
+POOLINGS = ("auto", "cls", "last", "mean", "pooler")
+
+
 class TextTransformer(nn.Module):
     """Transformer text encoder.
 
     tokens [N, L] int32, attention_mask [N, L] (1 = real token, right-padded)
-    -> (pooled [N, D], token_states [N, L, D]) after the final LayerNorm.
+    -> (pooled [N, D], token_states [N, L, D]); token states come after the final LayerNorm
+    when there is one (``final_norm``).
 
-    causal=False: BERT-style bidirectional attention, pooled = token 0 (CLS).
-    causal=True: CLIP-style causal attention, pooled = last real token (index sum(mask) - 1).
+    Pooling (``pooling='auto'`` picks from ``causal``):
+      'cls'    token 0 (BERT-style, the default for causal=False);
+      'last'   the last real token, index sum(mask) - 1 (CLIP's end-of-text token, the default
+               for causal=True);
+      'mean'   mean of the real tokens (sentence-transformers, open_clip's mean pooler);
+      'pooler' tanh(Dense(token 0)): BERT's ``pooler_output``.
     Padding positions are masked as keys, so they never influence real tokens.
+
+    Architecture options mirror the importable models: ``norm_position='post'`` with
+    ``embed_norm`` (a LayerNorm on the summed embeddings), ``final_norm=False`` and
+    ``type_vocab_size`` (BERT's token-type table; every token is type 0, so row 0 is added) give
+    a BERT encoder; the defaults give a pre-LN (CLIP-style) encoder.
     """
 
     vocab_size: int = 30522
@@ -37,6 +50,14 @@ class TextTransformer(nn.Module):
     param_dtype: Any = jnp.float32
     remat: str = "none"
     scan_layers: bool = False
+    mlp_dim: int = 0
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
+    embed_norm: bool = False
+    final_norm: bool = True
+    type_vocab_size: int = 0
+    pooling: str = "auto"
 
     @nn.compact
     def __call__(
@@ -47,25 +68,44 @@ class TextTransformer(nn.Module):
                 f"tokens and attention_mask must both be [N, L]; got {tokens.shape} and "
                 f"{attention_mask.shape}"
             )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}; expected one of {POOLINGS}")
         N, L = tokens.shape
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Embed(
-            self.vocab_size, self.width, embedding_init=_EMBED_INIT, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="token_embed",
+            self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="token_embed", **common,
         )(tokens)
         pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width), self.param_dtype)
         x = x + pos[None, :L].astype(x.dtype)
+        if self.type_vocab_size:
+            types = self.param("type_embed", _EMBED_INIT, (self.type_vocab_size, self.width),
+                               self.param_dtype)
+            x = x + types[0].astype(x.dtype)
+        if self.embed_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="embed_norm", **common)(x)
         mask = attention_mask.astype(bool)
         x = TransformerStack(
             depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             causal=self.causal, remat=self.remat, scan_layers=self.scan_layers,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="encoder",
+            mlp_dim=self.mlp_dim, activation=self.activation, norm_position=self.norm_position,
+            layer_norm_eps=self.layer_norm_eps, name="encoder", **common,
         )(x, mask)
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-        if self.causal:
+        if self.final_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="norm", **common)(x)
+        pooling = self.pooling
+        if pooling == "auto":
+            pooling = "last" if self.causal else "cls"
+        if pooling == "last":
             last = jnp.maximum(mask.sum(axis=1) - 1, 0)  # [N]; empty rows fall back to 0
             pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+        elif pooling == "mean":
+            weights = mask.astype(jnp.float32)[..., None]  # [N, L, 1]
+            total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
+            pooled = (total / jnp.maximum(weights.sum(axis=1), 1.0)).astype(x.dtype)
+        elif pooling == "pooler":
+            pooled = jnp.tanh(nn.Dense(self.width, name="pooler", **common)(x[:, 0]))
         else:
             pooled = x[:, 0]
         return pooled, x

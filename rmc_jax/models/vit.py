@@ -20,12 +20,29 @@ _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class VisionTransformer(nn.Module):
-    """Pre-LN ViT. images [B, H, W, C] (C = 1 or 3, float, not normalised here)
-    -> (cls [B, D], patch_grid [B, H/P, W/P, D]), both after the final LayerNorm.
+    """ViT. images [B, H, W, C] (C = 1 or 3) -> (pooled [B, D], patch_grid [B, H/P, W/P, D]).
+
+    Both outputs come after the final LayerNorm (``final_norm``). The pooled vector is the class
+    token (``pooling='cls'``) or the mean of the patch tokens (``pooling='mean'``); the patch
+    grid never contains the class token, so region features RoIAligned from it mean the same
+    whatever the pooling.
 
     Position embeddings are learned for the grid of ``image_size`` (or, if unset, of the images
-    seen at init); other sizes (e.g. region crops scored by a teacher) bilinearly resize the
-    patch part of the table. H and W must be multiples of ``patch_size``.
+    seen at init), with one extra leading row for the class token when there is one; other sizes
+    (e.g. region crops scored by a teacher) bilinearly resize the patch part of the table.
+    H and W must be multiples of ``patch_size``.
+
+    Input normalisation: with ``pixel_mean``/``pixel_std`` empty (default) the images go in as
+    given. An imported model sets them to the per-channel statistics it was trained with (its
+    ``preprocessor_config.json`` or open_clip config); images then arrive normalised by the data
+    pipeline as (x - input_mean) / input_std with x in [0, 1], are mapped back to [0, 1],
+    replicated to ``channels`` channels if they have one (a gray radiograph as RGB), and
+    normalised as (x - pixel_mean[c]) / pixel_std[c], exactly what the imported model expects.
+
+    Architecture options (defaults = this library's own ViT = timm's ViT-B/16 layout):
+    ``activation`` / ``norm_position`` / ``layer_norm_eps`` of the blocks, ``patch_bias`` (CLIP's
+    patch embedding has none), ``pre_norm`` (CLIP's ``ln_pre`` after the embeddings),
+    ``class_token`` and ``pooling``.
     """
 
     width: int = 192
@@ -38,11 +55,45 @@ class VisionTransformer(nn.Module):
     remat: str = "none"
     scan_layers: bool = False
     image_size: int | None = None
+    mlp_dim: int = 0
+    activation: str = "gelu"
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-6
+    patch_bias: bool = True
+    pre_norm: bool = False
+    final_norm: bool = True
+    class_token: bool = True
+    pooling: str = "cls"
+    channels: int = 0  # channels the patch embedding expects; 0 = those of the input
+    pixel_mean: tuple[float, ...] = ()
+    pixel_std: tuple[float, ...] = ()
+    input_mean: float = 0.5
+    input_std: float = 0.25
+
+    def standardise(self, images: jax.Array) -> jax.Array:
+        """Pipeline-normalised images [B, H, W, C] -> the input the patch embedding expects
+        (identity unless ``pixel_mean``/``pixel_std`` are set; see the class docstring)."""
+        if not self.pixel_mean:
+            return images
+        channels = self.channels or len(self.pixel_mean)
+        if images.shape[-1] not in (1, channels):
+            raise ValueError(f"images have {images.shape[-1]} channels; this image tower takes "
+                             f"1 (replicated) or {channels}")
+        x = images.astype(jnp.float32) * self.input_std + self.input_mean  # back to [0, 1]
+        x = jnp.broadcast_to(x, x.shape[:-1] + (channels,))
+        mean = jnp.asarray(self.pixel_mean, jnp.float32)
+        std = jnp.asarray(self.pixel_std, jnp.float32)
+        return ((x - mean) / std).astype(images.dtype)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C]; got shape {images.shape}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling={self.pooling!r}; expected 'cls' or 'mean'")
+        if self.pooling == "cls" and not self.class_token:
+            raise ValueError("pooling='cls' needs class_token=True; use pooling='mean'")
+        images = self.standardise(images)
         B, H, W, C = images.shape
         P = self.patch_size
         if H % P or W % P:
@@ -51,24 +102,35 @@ class VisionTransformer(nn.Module):
                 f"resize or pad to a multiple of {P}"
             )
         h, w = H // P, W // P
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Conv(
-            self.width, (P, P), strides=(P, P), padding="VALID", dtype=self.dtype,
-            param_dtype=self.param_dtype, name="patch_embed",
+            self.width, (P, P), strides=(P, P), padding="VALID", use_bias=self.patch_bias,
+            name="patch_embed", **common,
         )(images)  # [B, h, w, D]
         x = x.reshape(B, h * w, self.width)
-        cls = self.param("cls_token", _EMBED_INIT, (1, 1, self.width), self.param_dtype)
+        extra = 1 if self.class_token else 0
+        if self.class_token:
+            cls = self.param("cls_token", _EMBED_INIT, (1, 1, self.width), self.param_dtype)
         gh, gw = (h, w) if self.image_size is None else (self.image_size // P,) * 2
-        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + 1, self.width), self.param_dtype)
+        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + extra, self.width),
+                         self.param_dtype)
         if (gh, gw) != (h, w):
-            grid = pos[0, 1:].reshape(gh, gw, self.width)
+            grid = pos[0, extra:].reshape(gh, gw, self.width)
             grid = jax.image.resize(grid, (h, w, self.width), "bilinear", antialias=False)
-            pos = jnp.concatenate([pos[:, :1], grid.reshape(1, h * w, self.width)], axis=1)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, self.width)), x], 1)
+            pos = jnp.concatenate([pos[:, :extra], grid.reshape(1, h * w, self.width)], axis=1)
+        if self.class_token:
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, self.width)), x], 1)
         x = x + pos.astype(x.dtype)
+        if self.pre_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="pre_norm", **common)(x)
         x = TransformerStack(
             depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-            remat=self.remat, scan_layers=self.scan_layers, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="encoder",
+            remat=self.remat, scan_layers=self.scan_layers, mlp_dim=self.mlp_dim,
+            activation=self.activation, norm_position=self.norm_position,
+            layer_norm_eps=self.layer_norm_eps, name="encoder", **common,
         )(x)
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-        return x[:, 0], x[:, 1:].reshape(B, h, w, self.width)
+        if self.final_norm:
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="norm", **common)(x)
+        patches = x[:, extra:]
+        pooled = x[:, 0] if self.pooling == "cls" else patches.mean(axis=1)
+        return pooled, patches.reshape(B, h, w, self.width)
