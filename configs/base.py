@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 400             # ~10 minutes with evaluation on a 2-core CPU
     c.batch_size = 32               # global batch, split over processes and devices
     c.log_every = 20
+    c.progress_bar = "auto"         # 'auto' (when stdout is a terminal), 'on' or 'off'
     c.checkpoint_every = 200
     c.keep_checkpoints = 2
     c.eval_every = 0                # 0 = only at the end
@@ -70,8 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         caption_fraction=0.5))      # captions encoded per step, as a fraction of B x R slots
 
     c.teacher = ml_collections.ConfigDict(dict(
-        source="ema",               # 'ema', 'checkpoint' (a frozen rmc_jax run) or 'none'
+        source="ema",               # 'ema', 'checkpoint' (a frozen rmc_jax run), 'hf' (a
+                                    # pretrained CLIP, see path) or 'none'
         checkpoint="",              # workdir of the run to load when source='checkpoint'
+        path="",                    # source='hf': 'hf:/dir' (CLIPModel), 'open_clip:/dir' or
+                                    # 'rmc:/dir' (converted); crops at the teacher's image size
         ema_decay=0.99,
         crop_size=64,               # region crops are resized to this many pixels
         temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
@@ -87,19 +91,44 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
         roi_output_size=4, roi_sampling_ratio=2))
 
+    # data.train: one dataset name or a weighted mixture "ms_cxr:1,mimic_cxr:3"; data.root: one
+    # path, or "ms_cxr=/path,mimic_cxr=/path" for a mixture.
     c.data = ml_collections.ConfigDict(dict(
         train="synthetic", root="", eval="synthetic", eval_root="", eval_split="test",
         train_size=0, eval_size=512,     # 0 = the source's own size
         image_size=128, max_regions=4, num_negatives=3, max_text_len=64, max_caption_len=12,
         augment=True, workers=1, tokenizer="", vocab_size=4096, max_bad_fraction=0.01))
+    # Dataset constructor options, "images_root=/data/mimic-cxr-jpg,ms_cxr.split_csv=/x.csv"
+    # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
+    c.data.source_options = ""
+    c.data.flip_probability = 0.0   # training flips swap left/right in captions and report too
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+    # Pretrained towers (rmc_jax.pretrained): 'hf:/dir' (Hugging Face CLIPModel, or a BERT-family
+    # model for the text tower), 'open_clip:/dir' (e.g. BiomedCLIP) or 'rmc:/dir' (converted by
+    # tools/convert_checkpoint.py). The model section, data.image_size and (for text) the
+    # tokenizer then follow the imported model; '' = train that tower from scratch.
+    c.init = ml_collections.ConfigDict(dict(
+        image="", text="",
+        text_pooling=""))           # BERT text towers: 'cls', 'mean' or 'pooler' ('' = its own)
 
     # Evaluation on data.eval / data.eval_split at the end (and every eval_every steps).
     c.evals = ml_collections.ConfigDict(dict(
         enabled=True,
         prompts="",                 # JSON {class: [prompts]} to replace the default prompt sets
-        batch_size=32))
+        batch_size=32,
+        region_mode="both",         # region embeddings: 'head' (RoIAlign head), 'crop' (image
+                                    # tower on the cropped box, for global models) or 'both'
+        grounding=True,             # phrase grounding (CNR, mIoU, pointing) on region captions
+        report=True,                # eval/report.md with ROC, recall@K, grounding figures
+        protocols="",               # comma-separated: chexpert_5x200, chexpert_test,
+                                    # rsna_pneumonia, ms_cxr, mimic_cxr (rmc_jax.evaluate.protocols)
+        datasets=dict(              # local copies the protocols read ('' = not available)
+            chexpert="", chexpert_5x200_csv="", chexpert_test="", rsna_pneumonia="",
+            rsna_split_csv="",
+            rsna_split="", ms_cxr="", ms_cxr_images="", ms_cxr_split="test", mimic_cxr="",
+            mimic_cxr_reports="", mimic_cxr_split="test", max_examples=0)))
 
     if variant == "global":
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0

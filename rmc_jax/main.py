@@ -54,8 +54,10 @@ def main(argv):
     if FLAGS.mode == "eval":
         if not FLAGS.workdir:
             raise app.UsageError("--mode=eval needs --workdir=DIR of a training run")
-        from rmc_jax import evaluate
+        from rmc_jax import evaluate, pretrained
 
+        # A run (or a converted model) whose towers were imported: rebuild that architecture.
+        config = pretrained.resolve_config(config, workdir=FLAGS.workdir)
         results = evaluate.evaluate_checkpoint(config, FLAGS.workdir)
         print(f"{evaluate.summary(results)}\nresults: "
               f"{os.path.abspath(os.path.join(FLAGS.workdir, 'eval', 'results.json'))}")
@@ -68,6 +70,9 @@ def main(argv):
     if result["eval"] is not None:
         print(f"results:     {os.path.abspath(os.path.join(workdir, 'eval', 'results.json'))}",
               flush=True)
+        report = os.path.join(workdir, "eval", "report.md")
+        if os.path.exists(report):
+            print(f"report:      {os.path.abspath(report)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ step, and the loop (resume, logging, preemption, non-finite handling).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -23,15 +22,16 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from rmc_jax import checkpoint as ckpt
-from rmc_jax import losses
+from rmc_jax import pretrained
+from rmc_jax import flops, losses, summaries
 from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
-from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
+from rmc_jax.data.tokenizer import tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
-TEACHER_SOURCES = ("ema", "checkpoint", "none")
+TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,6 +61,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             os.path.join(config.teacher.checkpoint, "checkpoints")):
         fail(f"teacher.checkpoint = {config.teacher.checkpoint!r} is not the workdir of an "
              "rmc_jax run (no checkpoints/ folder in it)")
+    if config.teacher.source == "hf":
+        try:
+            pretrained.teacher_model(config)
+        except (OSError, ValueError) as error:
+            fail(f"teacher.path = {config.teacher.get('path', '')!r} (teacher.source='hf' needs "
+                 f"a pretrained CLIP directory, e.g. 'hf:/path/to/clip'): {error}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
     if config.data.image_size != config.model.vision.image_size:
@@ -76,6 +82,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              f"{jax.process_count()} processes")
     if config.on_nonfinite not in ("stop", "skip"):
         fail(f"on_nonfinite = {config.on_nonfinite!r}; choose 'stop' or 'skip'")
+    if config.progress_bar not in ("auto", "on", "off"):
+        fail(f"progress_bar = {config.progress_bar!r}; choose 'auto', 'on' or 'off'")
 
 
 # =============================================================================================
@@ -87,13 +95,16 @@ def pipeline_config(config) -> pipe.PipelineConfig:
     d = config.data
     return pipe.PipelineConfig(
         image_size=d.image_size, max_regions=d.max_regions, num_negatives=d.num_negatives,
-        max_text_len=d.max_text_len, max_caption_len=d.max_caption_len, augment=d.augment)
+        max_text_len=d.max_text_len, max_caption_len=d.max_caption_len, augment=d.augment,
+        flip_probability=d.get("flip_probability", 0.0))
 
 
 def corpus(source, limit: int = 2000):
-    """Reports and captions of the first ``limit`` examples (tokenizer training text)."""
+    """Reports and captions of ``limit`` examples spread evenly over the source (tokenizer
+    training text; spread so that every part of a mixture contributes)."""
     texts = getattr(source, "texts", None)  # sources that can skip decoding images
-    for index in range(min(limit, len(source))):
+    count = min(limit, len(source))
+    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
         report, captions = texts(index) if texts else (source[index].report,
                                                        source[index].captions)
         yield report
@@ -134,21 +145,24 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
 
 
 def init_state(model: RegionCLIP, tx, config, mesh):
-    """Train state sharded on ``mesh``: {'step', 'params', 'opt_state', 'teacher'}."""
-    inputs = example_inputs(model)
+    """Train state sharded on ``mesh``: {'step', 'params', 'opt_state', 'teacher'}.
 
-    def create(key):
-        params = model.init(key, **inputs)["params"]
+    Towers named by ``config.init`` start from their pretrained weights; the rest is random."""
+    inputs = example_inputs(model)
+    imported = pretrained.initial_params(config)  # {} when nothing is imported
+
+    def create(key, imported):
+        params = pretrained.merge(model.init(key, **inputs)["params"], imported)
         state = {"step": jnp.zeros((), jnp.int32), "params": params,
                  "opt_state": tx.init(params)}
         if config.teacher.source == "ema":
             state["teacher"] = params
         return state
 
-    abstract = jax.eval_shape(create, jax.random.key(config.seed))
+    abstract = jax.eval_shape(create, jax.random.key(config.seed), imported)
     # Params, optimizer moments and teacher follow the same partition rules; scalars replicate.
     shardings = shd.param_shardings(abstract, mesh)
-    state = jax.jit(create, out_shardings=shardings)(jax.random.key(config.seed))
+    state = jax.jit(create, out_shardings=shardings)(jax.random.key(config.seed), imported)
     return state, shardings
 
 
@@ -188,7 +202,6 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     apply = functools.partial(model.apply, {"params": params})
     images, boxes, box_mask = batch["image"], batch["boxes"], batch["box_mask"]
     b, r = box_mask.shape
-    k = batch["neg_valid"].shape[-1]
     tau = apply(method=RegionCLIP.temperature)
 
     slots, box_mask = region_slots(box_mask, caption_budget(b * r, config, mesh))
@@ -225,8 +238,14 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     if config.loss.distill_weight > 0 and teacher_params is not None:
         concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
         student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
-        teacher_logits = teacher_scores(teacher_params, images, boxes, concepts, model=model,
-                                        crop_size=config.teacher.crop_size)
+        if config.teacher.source == "hf":  # a pretrained CLIP, with its own tokenizer
+            teacher_logits = teacher_scores(
+                teacher_params["params"], images, boxes, teacher_params["concepts"],
+                model=pretrained.teacher_model(config),
+                crop_size=pretrained.teacher_crop_size(config))
+        else:
+            teacher_logits = teacher_scores(teacher_params, images, boxes, concepts, model=model,
+                                            crop_size=config.teacher.crop_size)
         probs = jax.nn.softmax(teacher_logits / config.teacher.temperature, axis=-1)
         keep = box_mask & (probs.max(-1) > config.teacher.threshold)
         active = step >= config.teacher.warmup_steps
@@ -352,28 +371,6 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class MetricsWriter:
-    """JSON lines in ``<workdir>/metrics.jsonl`` and readable log lines (process 0 only)."""
-
-    def __init__(self, workdir: str):
-        self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a") if self.enabled else None
-
-    def write(self, step: int, metrics: dict, total_steps: int):
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step")
-        print(f"[step {step}/{total_steps}] {shown}", flush=True)
-
-    def close(self):
-        if self._file:
-            self._file.close()
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_at_step: int | None = None) -> dict:
     """Train (resuming from the latest checkpoint in ``workdir``) and return final metrics.
@@ -381,14 +378,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     ``stop_at_step`` ends the run early exactly as a preemption would (checkpoint, then
     return), so that an interrupted-and-resumed run can be compared with a straight one.
     """
+    config = pretrained.resolve_config(config)  # model/image size/tokenizer of config.init
     check_config(config)
     os.makedirs(workdir, exist_ok=True)
+    pretrained.save_run_config(workdir, config)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     pc, pi = jax.process_count(), jax.process_index()
 
     # ---- data -------------------------------------------------------------------------------
     train_source = data_sources.open_source(config.data.train, config.data.root, "train",
-                               config.data.train_size, config.seed, config.data.image_size)
+                               config.data.train_size, config.seed, config.data.image_size,
+                               config.data.source_options)
     tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
                                   path=config.data.tokenizer or None,
                                   corpus=corpus(train_source), vocab_size=config.data.vocab_size)
@@ -412,11 +412,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(ckpt.abstract_like(state), data_iter)
         print(f"resumed from step {int(state['step'])} in {checkpointer.directory}", flush=True)
-    frozen_teacher = load_frozen_teacher(config, state, mesh)
+    frozen_teacher = load_frozen_teacher(config, state, mesh,
+                                         concept_prompts(train_source.label_names))
     train_step = make_train_step(model, tx, schedule, config, mesh, state_sharding)
 
     # ---- loop -------------------------------------------------------------------------------
-    writer = MetricsWriter(workdir)
+    progress = {"auto": None, "on": True, "off": False}[config.progress_bar]
+    writer = summaries.SummaryWriter(workdir, config.total_steps, enabled=pi == 0,
+                                     progress=progress)
+    flops_per_step, peak = None, flops.peak_flops()
     step = int(state["step"])
     pending, last_metrics = None, {}
     bad_total = read_total = regions_cut = 0
@@ -429,9 +433,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             bad_total, read_total = bad_total + bad, read_total + bad + len(local["image"])
             _check_bad_fraction(bad_total, read_total, config.data.max_bad_fraction)
             batch = shd.global_batch(local, mesh)
+            if flops_per_step is None:  # compile once, explicitly, to read XLA's FLOP count
+                train_step = train_step.lower(state, batch, concepts, frozen_teacher).compile()
+                flops_per_step = ((flops.compiled_flops(train_step) or 0.0)
+                                  * jax.local_device_count())
             state, metrics = train_step(state, batch, concepts, frozen_teacher)
             step += 1
             window_steps += 1
+            writer.tick(step)
             # Read the previous step's metrics: the host never waits on the step just queued.
             if pending is not None:
                 last_metrics = _check_finite(pending, config, checkpointer)
@@ -441,8 +450,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 pending = None
                 elapsed = time.perf_counter() - window_start
                 last_metrics["examples_per_second"] = window_steps * config.batch_size / elapsed
+                utilisation = flops.mfu(flops_per_step, window_steps / elapsed, peak)
+                if utilisation is not None:
+                    last_metrics["mfu"] = utilisation
                 last_metrics["regions_beyond_max_regions"] = regions_cut
-                writer.write(step, last_metrics, config.total_steps)
+                writer.write(step, last_metrics)
                 window_start, window_steps = time.perf_counter(), 0
             checkpointer.save(step, state, data_iter)
             if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
@@ -453,9 +465,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 if checkpointer.latest_step() != step:
                     checkpointer.save(step, state, data_iter, force=True)
                 checkpointer.close()
+                writer.message(f"preempted at step {step}: checkpoint saved in "
+                               f"{checkpointer.directory}")
                 writer.close()
-                print(f"preempted at step {step}: checkpoint saved in {checkpointer.directory}",
-                      flush=True)
                 sys.exit(143)
     if pending is not None:
         last_metrics = _check_finite(pending, config, checkpointer)
@@ -481,8 +493,7 @@ def run_evaluation(config, workdir, model, state, tokenizer, writer, step) -> di
     params = jax.device_get(params)
     results = evaluate.evaluate(model, params, config, tokenizer, workdir,
                                 batch_size=config.evals.batch_size)
-    if writer.enabled:
-        print(f"[eval at step {step}] {evaluate.summary(results)}", flush=True)
+    writer.message(f"[eval at step {step}] {evaluate.summary(results)}")
     return results
 
 
@@ -509,8 +520,11 @@ def _check_finite(pending, config, checkpointer) -> dict:
     return metrics
 
 
-def load_frozen_teacher(config, state, mesh):
-    """Params of a finished run used as a fixed teacher (teacher.source='checkpoint')."""
+def load_frozen_teacher(config, state, mesh, prompts=()):
+    """Params of a finished run used as a fixed teacher (teacher.source='checkpoint'), or a
+    pretrained CLIP's params and its encoding of the concept ``prompts`` (source='hf')."""
+    if config.teacher.source == "hf" and config.loss.distill_weight > 0:
+        return pretrained.teacher_inputs(config, prompts, mesh)
     if config.teacher.source != "checkpoint" or config.loss.distill_weight == 0:
         return None
     other = ckpt.Checkpointer(config.teacher.checkpoint, 1, 1)

@@ -52,16 +52,21 @@ ABLATIONS = ("roi_nodistill", "roi_noneg")
     pytest.param(v, marks=pytest.mark.slow) if v in ABLATIONS else v
     for v in VARIANTS if v != "smoke"])
 def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
-    result = train.train(smoke(variant, **{"evals.enabled": True}), str(tmp_path))
+    # The report's figures are drawn once (for roi); its contents are tested with evaluation.
+    result = train.train(smoke(variant, **{"evals.enabled": True,
+                                           "evals.report": variant == "roi"}), str(tmp_path))
     metrics = result["metrics"]
     assert np.isfinite(metrics["total"]) and metrics["bad_examples"] == 0
     expected_terms = {"global"} | ({"roi", "neg", "distill"} if variant == "roi" else set())
     assert expected_terms <= set(metrics)
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert [x["step"] for x in lines] == [2, 4]
+    assert all(0 < x["mfu"] < 1 and x["examples_per_second"] > 0 for x in lines), lines
+    assert len(os.listdir(tmp_path / "tensorboard")) == 1  # TensorBoard event file
     assert os.path.isdir(tmp_path / "checkpoints" / "4")
     assert os.path.isfile(tmp_path / "tokenizer.json")
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert os.path.isfile(tmp_path / "eval" / "report.md") == (variant == "roi")
     for key in ("zeroshot/auroc_mean", "retrieval/image_to_report_R@1",
                 "retrieval/report_to_image_median_rank", "regions/region_to_caption_R@1",
                 "regions/caption_to_region_semantic_R@5", "hard_negatives/accuracy_mean"):
@@ -230,6 +235,7 @@ def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
         timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert os.path.isfile(tmp_path / "eval" / "report.md")
     assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results
 
 

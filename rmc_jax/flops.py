@@ -1,0 +1,83 @@
+"""Model FLOPs utilisation: FLOPs per step from XLA's cost analysis over a peak FLOP/s.
+
+MFU = (FLOPs one training step executes on all devices) × (steps per second) / (peak FLOP/s of
+the devices). The numerator comes from the compiled step's HLO cost analysis. XLA counts a
+``while``/``scan`` body once, so with ``scan_layers=True`` (or a scanned loss backend) the
+figure is an underestimate. The peak is the vendor's dense figure for known accelerators, and
+on CPU it is measured: the best of a few large matmuls on this host.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense peak FLOP/s per chip in bf16 (the precision MFU is usually quoted in).
+_ACCELERATOR_PEAKS = {
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v5": 459e12,
+    "tpu v6 lite": 918e12,
+    "tpu v6e": 918e12,
+    "a100": 312e12,
+    "h100": 989e12,
+    "h200": 989e12,
+    "b200": 2250e12,
+}
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a ``jax.stages.Compiled`` per device, or None if XLA has no count."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # some backends do not implement cost analysis
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def measure_matmul_peak(dtype=jnp.float32, size: int = 1024, repeats: int = 8,
+                        device=None) -> float:
+    """Best FLOP/s of a ``[size, size] @ [size, size]`` matmul on ``device``."""
+    device = device or jax.devices()[0]
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    a = jax.device_put(jax.random.normal(key_a, (size, size), dtype), device)
+    b = jax.device_put(jax.random.normal(key_b, (size, size), dtype), device)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def peak_flops(devices=None) -> float:
+    """Peak FLOP/s of ``devices`` together (all local devices by default).
+
+    Known accelerators: vendor bf16 dense peak × number of devices. CPU: simulated devices
+    share the host's cores, so the peak is one measured f32 matmul figure for the host.
+    """
+    devices = list(devices or jax.local_devices())
+    kind = devices[0].device_kind.lower()
+    if devices[0].platform == "cpu":
+        return measure_matmul_peak(device=devices[0])
+    for name, peak in _ACCELERATOR_PEAKS.items():
+        if name in kind:
+            return peak * len(devices)
+    dtype = jnp.bfloat16 if devices[0].platform in ("tpu", "gpu") else jnp.float32
+    return measure_matmul_peak(dtype, size=4096, device=devices[0]) * len(devices)
+
+
+def mfu(flops_per_step: float | None, steps_per_second: float, peak: float) -> float | None:
+    """Fraction of ``peak`` that ``flops_per_step`` at ``steps_per_second`` achieves."""
+    if not flops_per_step or not peak:
+        return None
+    return flops_per_step * steps_per_second / peak
