@@ -35,7 +35,6 @@ def read_scalars(logdir):
 
 
 def test_event_file_is_read_by_tensorboard(tmp_path):
-    pytest.importorskip("tensorboard")
     writer = summaries.EventFileWriter(str(tmp_path))
     writer.scalars(1, {"loss": 2.5, "loss/global": 1.25})
     writer.scalars(20, {"loss": 0.125, "lr": 3e-4})
