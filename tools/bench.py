@@ -1,0 +1,660 @@
+"""Training-step throughput, MFU and a PyTorch comparison, measured side by side.
+
+Every contestant (the rmc_jax train step under some XLA flags / allocator environment, or the
+PyTorch reference ``tools/torch_reference.py`` in some precision) runs in its own worker
+process, built and compiled once. The parent then asks the workers, one at a time, to run
+``--steps`` training steps, in rounds, rotating the order each round (A B C, B C A, ...), so
+that the load of this shared machine drifts over all contestants alike; only one worker
+computes at any moment. It reports per contestant the median examples/s over rounds, and per
+round the ratio of each contestant to the first one of its group (min / median / max).
+
+    python tools/bench.py                       # base config: global + roi, JAX vs PyTorch
+    python tools/bench.py --groups flags        # XLA flags / allocator settings, JAX only
+    python tools/bench.py --groups flags --xla_flags "xla_cpu_use_xnnpack=false"
+    python tools/bench.py --groups threads      # thread counts / OpenMP wait policy
+    python tools/bench.py --groups patches      # model-code variants (erf GELU, attention)
+    python tools/bench.py --groups vits --rounds 3 --steps 1
+    python tools/bench.py --groups eval         # images/s and texts/s embedded
+    python tools/bench.py --write               # also replace the groups' tables in
+                                                # BENCHMARKS.md (between their markers)
+
+FLOPs per step come from XLA's cost analysis of the compiled step, cross-checked by an
+analytic count of the matmuls (``analytic_flops``). MFU divides FLOPs/step x steps/s by the
+best FLOP/s of a large f32 (and bf16) matmul measured by ``rmc_jax.flops.measure_matmul_peak``
+in the same run. The step never reads the input pipeline: a fixed random batch with the
+shapes, masks and region counts of the pipeline's batches (``tools/bench_data.py`` measures
+the pipeline).
+
+Workers are ordinary processes of this file (``--worker SPEC``) talking JSON over stdin/out;
+each sets ``torch.set_num_threads`` to the number of cores XLA uses (all of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+# Allocator settings compared by the 'flags' group. glibc: keep freed memory in the heap
+# (no trimming, large buffers from the heap rather than fresh mmap'd pages that fault on
+# first touch). jemalloc: used only if a shared library is found.
+GLIBC_TUNED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296",
+               "MALLOC_TOP_PAD_": "268435456"}
+ALLOCATOR_LIBRARIES = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                       "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                       "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
+
+MODELS = {
+    # configs/base.py defaults: ViT 192 x 4 (3 heads), patch 16 at 128 px; text 192 x 4.
+    "base": {},
+    # ViT-S/16 at 224 px, with a text tower of the same size.
+    "vits": {"width": 384, "depth": 12, "num_heads": 6, "image_size": 224},
+}
+
+
+# =============================================================================================
+# Analytic FLOP count
+# =============================================================================================
+
+
+def _layer_flops(tokens: int, width: int, mlp: int) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one transformer block on one sequence."""
+    projections = 2 * tokens * (3 * width * width + width * width + 2 * width * mlp)
+    attention = 2 * 2 * tokens * tokens * width  # QK^T and AV
+    return projections + attention
+
+
+def _tower_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
+    return depth * _layer_flops(tokens, width, int(width * mlp_ratio))
+
+
+def analytic_flops(config, batch_size: int) -> float:
+    """Matmul FLOPs of one training step (forward x 3 for the trained parts, x 1 for the
+    no-gradient teacher), from the config's shapes. Element-wise work and the losses'
+    [B, B] logits are left out (a few percent at these sizes)."""
+    v, t, m, d = config.model.vision, config.model.text, config.model, config.data
+    b = batch_size
+    patches = (v.image_size // v.patch_size) ** 2
+    image = (2 * patches * v.patch_size ** 2 * v.channels * v.width
+             + _tower_flops(patches + 1, v.width, v.depth, v.mlp_ratio)
+             + 2 * v.width * m.embed_dim)
+
+    def text(length):
+        return _tower_flops(length, t.width, t.depth, t.mlp_ratio) + 2 * t.width * m.embed_dim
+
+    trained = b * (image + text(d.max_text_len))
+    teacher = 0.0
+    if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
+        slots = math.ceil(b * d.max_regions * config.loss.caption_fraction)
+        trained += slots * (1 + d.num_negatives) * text(d.max_caption_len)
+        trained += b * d.max_regions * (2 * v.width * v.width + 2 * v.width * m.embed_dim)
+    if config.loss.distill_weight > 0:
+        concepts = 24
+        trained += concepts * text(d.max_caption_len)
+        crop_patches = (config.teacher.crop_size // v.patch_size) ** 2
+        teacher = b * d.max_regions * (
+            2 * crop_patches * v.patch_size ** 2 * v.channels * v.width
+            + _tower_flops(crop_patches + 1, v.width, v.depth, v.mlp_ratio)
+            + 2 * v.width * m.embed_dim) + concepts * text(d.max_caption_len)
+    return 3 * trained + teacher
+
+
+# =============================================================================================
+# Workers
+# =============================================================================================
+
+
+def bench_config(variant: str, model: str, dtype: str, batch_size: int):
+    """configs/base.py:<variant> with the model size and compute dtype of a contestant."""
+    sys.path.insert(0, ROOT)
+    from configs.base import get_config
+
+    size = MODELS[model]
+    arg = variant + (f",res={size['image_size']}" if "image_size" in size else "")
+    config = get_config(arg)
+    config.batch_size = batch_size
+    for tower in (config.model.vision, config.model.text):
+        for key in ("width", "depth", "num_heads"):
+            if key in size:
+                tower[key] = size[key]
+        tower.dtype = dtype
+    return config
+
+
+def random_batch(config, seed: int = 0) -> dict:
+    """NumPy batch with the pipeline's keys and shapes; 1-3 real regions per image."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    d, b = config.data, config.batch_size
+    r, k, s = d.max_regions, d.num_negatives, d.image_size
+    box_mask = np.arange(r)[None, :] < rng.integers(1, 4, b)[:, None]
+    xy = rng.uniform(0, 0.6, (b, r, 2))
+    wh = rng.uniform(0.1, 0.4, (b, r, 2))
+    vocab = config.model.text.vocab_size
+    ones = lambda *shape: np.ones(shape, np.int32)  # noqa: E731
+    return {
+        "image": rng.standard_normal((b, s, s, 1)).astype(np.float32),
+        "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+        "box_mask": box_mask,
+        "text_ids": rng.integers(5, vocab, (b, d.max_text_len)).astype(np.int32),
+        "text_mask": ones(b, d.max_text_len),
+        "caption_ids": rng.integers(5, vocab, (b, r, d.max_caption_len)).astype(np.int32),
+        "caption_mask": ones(b, r, d.max_caption_len),
+        "neg_ids": rng.integers(5, vocab, (b, r, k, d.max_caption_len)).astype(np.int32),
+        "neg_mask": ones(b, r, k, d.max_caption_len),
+        "neg_valid": np.broadcast_to(box_mask[..., None], (b, r, k)).copy(),
+        "caption_hash": rng.integers(0, 2**30, (b, r)).astype(np.int32),
+        "labels": rng.integers(0, 2, (b, 9)).astype(np.float32),
+        "label_mask": np.ones((b, 9), bool),
+    }
+
+
+def _erf_gelu(x):
+    """Exact GELU as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's formula); ``jax.nn.gelu`` uses
+    erfc, which XLA's CPU backend evaluates about 2.5x slower than erf."""
+    import jax
+    import numpy as np
+
+    return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
+def _bnth_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+                    **unused):
+    """Softmax attention computed in the [B, N, T, H] layout with batched matmuls (same
+    result as ``jax.nn.dot_product_attention``'s XLA path, whose einsums over [B, T, N, H]
+    compile to slower transposes and dots on the CPU backend)."""
+    import jax
+    import jax.numpy as jnp
+
+    if bias is not None or unused.get("query_seq_lengths") is not None:
+        raise NotImplementedError("bench patch: bias / sequence lengths not supported")
+    h = query.shape[-1]
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))          # [B, N, T, H]
+    logits = (q * jnp.asarray(scale or h ** -0.5, q.dtype)) @ jnp.swapaxes(k, -1, -2)
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    if is_causal:
+        t, s = logits.shape[-2:]
+        logits = jnp.where(jnp.tril(jnp.ones((t, s), bool)), logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.swapaxes(probs @ v, 1, 2)
+
+
+def apply_patches(names):
+    """Experimental model-code changes measured by the 'patched' contestants (this worker
+    process only): 'erf_gelu' (GELU via erf) and 'bnth_attention' (attention layout)."""
+    import jax
+
+    from rmc_jax.models import layers
+
+    if "erf_gelu" in names:
+        layers.ACTIVATIONS["gelu"] = _erf_gelu
+    if "bnth_attention" in names:
+        jax.nn.dot_product_attention = _bnth_attention
+
+
+def jax_worker(spec: dict):
+    """Build and compile the rmc_jax train step; return (run(n) -> seconds per step, info)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    apply_patches(spec.get("patches", ()))
+
+    from rmc_jax import flops
+    from rmc_jax import sharding as shd
+    from rmc_jax import train as trainer
+
+    config = bench_config(spec["variant"], spec["model"], spec["dtype"], spec["batch"])
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+    model = trainer.build_model(config.model)
+    tx, schedule = trainer.make_optimizer(config)
+    state, state_sharding = trainer.init_state(model, tx, config, mesh)
+    step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding)
+    batch = shd.global_batch(random_batch(config), mesh)
+    rng = np.random.default_rng(1)
+    concepts = (jnp.asarray(rng.integers(5, config.model.text.vocab_size,
+                                         (24, config.data.max_caption_len)), jnp.int32),
+                jnp.ones((24, config.data.max_caption_len), jnp.int32))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, concepts, None).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            holder["state"], metrics = compiled(holder["state"], batch, concepts, None)
+            jax.block_until_ready((holder["state"], metrics))
+            times.append(time.perf_counter() - t0)
+        return times, float(metrics["loss"]) if "loss" in metrics else None
+
+    run(2)  # first calls: allocation, page faults
+    info = {"compile_s": compile_s,
+            "xla_flops": (flops.compiled_flops(compiled) or 0.0) * jax.local_device_count(),
+            "analytic_flops": analytic_flops(config, config.batch_size),
+            "parameters": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+            "threads": os.cpu_count()}
+    return run, info
+
+
+def embed_worker(spec: dict):
+    """Evaluation throughput: the jitted ``encode_image`` ([B, S, S, 1] images) or
+    ``encode_text`` ([B, max_text_len] report tokens) of the model; one call embeds B items."""
+    import jax
+    import jax.numpy as jnp
+
+    from rmc_jax.models import RegionCLIP, build_model, init_params
+
+    config = bench_config("global", spec["model"], spec["dtype"], spec["batch"])
+    model = build_model(config.model)
+    params = init_params(model, jax.random.key(0))
+    batch = random_batch(config)
+    if spec["what"] == "image":
+        inputs = (jnp.asarray(batch["image"]),)
+        method = RegionCLIP.encode_image
+    else:
+        inputs = (jnp.asarray(batch["text_ids"]), jnp.asarray(batch["text_mask"]))
+        method = RegionCLIP.encode_text
+    encode = jax.jit(lambda p, *x: model.apply({"params": p}, *x, method=method))
+    start = time.perf_counter()
+    jax.block_until_ready(encode(params, *inputs))
+
+    def run(n):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            jax.block_until_ready(encode(params, *inputs))
+            times.append(time.perf_counter() - t0)
+        return times, None
+
+    run(2)
+    return run, {"compile_s": time.perf_counter() - start}
+
+
+def torch_worker(spec: dict):
+    """Build the PyTorch reference step; return (run(n) -> seconds per step, info)."""
+    import torch
+
+    sys.path.insert(0, ROOT)
+    from tools import torch_reference as ref
+
+    torch.set_num_threads(spec.get("threads") or os.cpu_count())
+    size = MODELS[spec["model"]]
+    dims = ref.Dims(
+        image_size=size.get("image_size", 128),
+        **{k: size[k] for k in ("width", "depth", "num_heads") if k in size},
+        **{f"text_{k}": size[k] for k in ("width", "depth") if k in size},
+        **({"text_heads": size["num_heads"]} if "num_heads" in size else {}))
+    start = time.perf_counter()
+    step, info = ref.make_step(spec["batch"], variant=spec["variant"],
+                               precision=spec["dtype"], compile=spec.get("compile", False),
+                               dims=dims)
+
+    def run(n):
+        times, loss = [], None
+        for _ in range(n):
+            t0 = time.perf_counter()
+            loss = step()
+            times.append(time.perf_counter() - t0)
+        return times, loss
+
+    run(2)  # includes torch.compile's compilation when enabled
+    info.pop("dims", None)
+    info.update(compile_s=time.perf_counter() - start, threads=torch.get_num_threads())
+    return run, info
+
+
+def matmul_worker(spec: dict):
+    """Best f32 / bf16 matmul FLOP/s of XLA on this host (run() re-measures)."""
+    import jax.numpy as jnp
+
+    from rmc_jax import flops
+
+    def run(n):
+        peaks = {name: flops.measure_matmul_peak(dtype, size=spec.get("size", 2048),
+                                                 repeats=max(3, n))
+                 for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16))}
+        return [0.0], peaks
+
+    return run, {}
+
+
+def worker_main(spec: dict):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    build = {"jax": jax_worker, "torch": torch_worker, "matmul": matmul_worker,
+             "embed": embed_worker}[spec["engine"]]
+    run, info = build(spec)
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        times, extra = run(int(command[1]))
+        print("DONE " + json.dumps({"times": times, "extra": extra}), flush=True)
+
+
+class Worker:
+    """One contestant in its own process (env applied before JAX / PyTorch start)."""
+
+    def __init__(self, label: str, spec: dict, env: dict | None = None):
+        self.label, self.spec, self.env = label, spec, env or {}
+        full_env = dict(os.environ)
+        for key, value in self.env.items():
+            if key == "XLA_FLAGS":
+                value = (full_env.get("XLA_FLAGS", "") + " " + value).strip()
+            full_env[key] = value
+        # "cpus": run the worker under taskset (e.g. "0": one core, so XLA's thread pool,
+        # sized from the affinity mask, has one thread).
+        prefix = ["taskset", "-c", spec["cpus"]] if spec.get("cpus") else []
+        self.process = subprocess.Popen(
+            prefix + [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
+        self.info = self._expect("READY")
+        self.rates: list[float] = []
+        self.extra = None
+
+    def _expect(self, tag: str):
+        for line in self.process.stdout:
+            if line.startswith(tag + " "):
+                return json.loads(line[len(tag) + 1:])
+        raise RuntimeError(f"worker {self.label!r} exited ({self.process.wait()}) "
+                           f"before {tag}")
+
+    def run(self, steps: int) -> float:
+        self.process.stdin.write(f"run {steps}\n")
+        self.process.stdin.flush()
+        out = self._expect("DONE")
+        self.extra = out["extra"]
+        return statistics.median(out["times"])
+
+    def close(self):
+        try:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=30)
+        except Exception:  # already gone
+            self.process.kill()
+
+
+# =============================================================================================
+# Groups of contestants
+# =============================================================================================
+
+
+def _jax(variant, model="base", dtype="float32", batch=32, patches=()):
+    return {"engine": "jax", "variant": variant, "model": model, "dtype": dtype, "batch": batch,
+            "patches": list(patches)}
+
+
+PATCHES = ("erf_gelu", "bnth_attention")
+
+
+def _torch(variant, model="base", dtype="float32", batch=32, compile=False, threads=0):
+    return {"engine": "torch", "variant": variant, "model": model, "dtype": dtype,
+            "batch": batch, "compile": compile, "threads": threads}
+
+
+def allocator_library() -> str | None:
+    for path in ALLOCATOR_LIBRARIES + tuple(filter(None, [os.environ.get("BENCH_PRELOAD")])):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
+    """name -> [(label, worker spec, environment)]; the first entry is the ratios' base."""
+    tuned = dict(GLIBC_TUNED)
+    out = {}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+    for variant in ("global", "roi"):
+        rows = [("rmc_jax f32", _jax(variant), {}),
+                ("rmc_jax f32, glibc malloc tuned", _jax(variant), tuned),
+                ("rmc_jax f32, erf GELU (patched)", _jax(variant, patches=PATCHES[:1]), {}),
+                ("rmc_jax bf16", _jax(variant, dtype="bfloat16"), {}),
+                ("PyTorch f32 eager, 2 threads", _torch(variant), {}),
+                ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE", _torch(variant),
+                 passive),
+                ("PyTorch f32 eager, 1 thread", _torch(variant, threads=1), {}),
+                ("PyTorch bf16 autocast eager, 1 thread",
+                 _torch(variant, dtype="bfloat16", threads=1), {})]
+        if args.torch_compile:
+            rows.append(("PyTorch f32 torch.compile, 1 thread",
+                         _torch(variant, compile=True, threads=1), {}))
+        out[f"base-{variant}"] = rows
+    out["vits"] = [("rmc_jax f32", _jax("global", "vits"), {}),
+                   ("rmc_jax f32, erf GELU (patched)", _jax("global", "vits", patches=PATCHES[:1]),
+                    {}),
+                   ("rmc_jax bf16", _jax("global", "vits", "bfloat16"), {}),
+                   ("PyTorch f32 eager, 1 thread", _torch("global", "vits", threads=1), {}),
+                   ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+                    _torch("global", "vits"), passive),
+                   ("PyTorch bf16 autocast eager, 1 thread",
+                    _torch("global", "vits", "bfloat16", threads=1), {})]
+    flags = [("default", {}),
+             ("glibc malloc tuned", tuned),
+             ("--xla_cpu_use_xnnpack=true", {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
+             ("--xla_cpu_experimental_xnn_fusion_type=dot",
+              {"XLA_FLAGS": "--xla_cpu_experimental_xnn_fusion_type=dot"}),
+             ("--xla_cpu_experimental_onednn_fusion_type=dot",
+              {"XLA_FLAGS": "--xla_cpu_experimental_onednn_fusion_type=dot"}),
+             ("--xla_cpu_multi_thread_eigen=false",
+              {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})]
+    if args.xla_flags:  # explicit sets replace the default list
+        sets = [" ".join("--" + f.lstrip("-") for f in flag_set.split())
+                for flag_set in args.xla_flags]
+        flags = [("default", {})] + [(f, {"XLA_FLAGS": f}) for f in sets]
+    library = allocator_library()
+    if library and not args.xla_flags:
+        flags.append((f"LD_PRELOAD={os.path.basename(library)}", {"LD_PRELOAD": library}))
+    out["flags"] = [(f"rmc_jax f32, {name}", _jax(args.flags_variant), env)
+                    for name, env in flags]
+    out["eval"] = [(f"rmc_jax {what}s embedded, {model}",
+                    {"engine": "embed", "what": what, "model": model, "dtype": "float32",
+                     "batch": 32, "variant": "global"}, {})
+                   for model in ("base", "vits") for what in ("image", "text")]
+    one_core = dict(_jax(args.flags_variant), cpus="0")
+    out["threads"] = [("rmc_jax f32", _jax(args.flags_variant), {}),
+                      ("rmc_jax f32, taskset -c 0 (1 thread)", one_core, {}),
+                      ("rmc_jax f32, --xla_cpu_multi_thread_eigen=false", _jax(args.flags_variant),
+                       {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}),
+                      ("PyTorch f32 eager, 1 thread", _torch(args.flags_variant, threads=1), {}),
+                      ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+                       _torch(args.flags_variant), {"OMP_WAIT_POLICY": "PASSIVE"})]
+    out["patches"] = [("rmc_jax f32", _jax(args.flags_variant), {}),
+                      ("rmc_jax f32, erf GELU", _jax(args.flags_variant, patches=PATCHES[:1]), {}),
+                      ("rmc_jax f32, [B,N,T,H] attention",
+                       _jax(args.flags_variant, patches=PATCHES[1:]), {}),
+                      ("rmc_jax f32, both", _jax(args.flags_variant, patches=PATCHES), {}),
+                      ("PyTorch f32 eager, 1 thread", _torch(args.flags_variant, threads=1), {})]
+    return out
+
+
+# =============================================================================================
+# Main
+# =============================================================================================
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
+                        help="base-global, base-roi, vits, flags, threads, patches, eval")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="keep contestants whose label contains one of these strings")
+    parser.add_argument("--flags_variant", default="global")
+    parser.add_argument("--xla_flags", nargs="*", default=None,
+                        help="'flags' group: compare these XLA flag sets with the default; each a "
+                             "space-separated string of flags written without their leading "
+                             "'--' (e.g. 'xla_cpu_use_xnnpack=false')")
+    parser.add_argument("--torch_compile", action="store_true",
+                        help="add torch.compile contestants (minutes of compilation)")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    parser.add_argument("--output", help="also write the raw results here (JSON)")
+    return parser.parse_args(argv)
+
+
+def _fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def run_group(name, rows, args, peaks):
+    workers = []
+    try:
+        for label, spec, env in rows:
+            if args.only and not any(s in label for s in args.only):
+                continue
+            started = time.perf_counter()
+            workers.append(Worker(label, spec, env))
+            print(f"  [{name}] ready: {label} ({time.perf_counter() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
+        ratios = {w.label: [] for w in workers[1:]}
+        for round_index in range(args.rounds):
+            shift = round_index % len(workers)
+            seconds = {}
+            for w in workers[shift:] + workers[:shift]:
+                seconds[w.label] = w.run(args.steps)
+                w.rates.append(w.spec["batch"] / seconds[w.label])
+            base = workers[0]
+            for w in workers[1:]:
+                ratios[w.label].append(w.rates[-1] / base.rates[-1])
+            print(f"  [{name}] round {round_index + 1}: " + ", ".join(
+                f"{w.label} {w.rates[-1]:.1f}" for w in workers), file=sys.stderr, flush=True)
+    finally:
+        for w in workers:
+            w.close()
+    results = []
+    for w in workers:
+        rate = statistics.median(w.rates)
+        xla, analytic = w.info.get("xla_flops"), w.info.get("analytic_flops")
+        flops = xla or (0.0 if w.spec["engine"] == "embed" else analytic_flops(
+            bench_config(w.spec["variant"], w.spec["model"], w.spec["dtype"], w.spec["batch"]),
+            w.spec["batch"]))
+        steps_per_s = rate / w.spec["batch"]
+        results.append({
+            "label": w.label, "spec": w.spec, "env": w.env, "rates": w.rates,
+            "median": rate, "ratio": ratios.get(w.label), "info": w.info,
+            "flops": flops, "analytic_flops": analytic,
+            "mfu_f32": flops * steps_per_s / peaks["float32"] if peaks else None,
+            "mfu_bf16": flops * steps_per_s / peaks["bfloat16"] if peaks else None,
+            "gflops_per_s": flops * steps_per_s / 1e9})
+    return results
+
+
+def markdown(name, results, args) -> str:
+    spec = results[0]["spec"]
+    size = {"base": "ViT 192x4, patch 16, 128 px; text 192x4",
+            "vits": "ViT-S/16 (384x12, 6 heads), 224 px; text 384x12"}[spec["model"]]
+    lines = [f"**{name}** — `configs/base.py:{spec['variant']}`, {size}, batch {spec['batch']}; "
+             f"{args.rounds} rounds x {args.steps} steps, ratios against "
+             f"\"{results[0]['label']}\" in the same round.", "",
+             "| contestant | ex/s median (min–max) | ratio per round min / median / max "
+             "| GFLOP/step (XLA / analytic) | GFLOP/s | MFU vs f32 peak | MFU vs bf16 peak |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = ("1 (base)" if r["ratio"] is None else
+                 f"{min(r['ratio']):.2f} / {statistics.median(r['ratio']):.2f} / "
+                 f"{max(r['ratio']):.2f}")
+        if r["spec"]["engine"] == "embed":  # items embedded per second; no FLOP count
+            lines.append(f"| {r['label']} | {r['median']:.1f} ({min(r['rates']):.1f}–"
+                         f"{max(r['rates']):.1f}) | {ratio} | – | – | – | – |")
+            continue
+        xla = r["info"].get("xla_flops")
+        gflops = (f"{xla / 1e9:.1f} / {r['analytic_flops'] / 1e9:.1f}" if xla else
+                  f"– / {r['flops'] / 1e9:.1f}")
+        lines.append(
+            f"| {r['label']} | {r['median']:.1f} ({min(r['rates']):.1f}–{max(r['rates']):.1f}) "
+            f"| {ratio} | {gflops} | {r['gflops_per_s']:.0f} | {_fmt(r['mfu_f32'] and 100 * r['mfu_f32'], '.0f')}% "
+            f"| {_fmt(r['mfu_bf16'] and 100 * r['mfu_bf16'], '.0f')}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(json.loads(args.worker))
+    table = groups(args)
+    unknown = set(args.groups) - set(table)
+    if unknown:
+        raise SystemExit(f"unknown groups {sorted(unknown)}; choose from {sorted(table)}")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = os.getloadavg()
+    peak_worker = Worker("matmul", {"engine": "matmul", "size": 2048})
+    peaks = {k: 0.0 for k in ("float32", "bfloat16")}
+
+    def measure_peaks():
+        peak_worker.run(5)
+        for key, value in peak_worker.extra.items():
+            peaks[key] = max(peaks[key], value)
+
+    measure_peaks()
+    print(f"matmul peak: f32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s", file=sys.stderr, flush=True)
+    all_results = {}
+    for name in args.groups:
+        all_results[name] = run_group(name, table[name], args, None)
+    measure_peaks()  # again at the end: the best of both is the machine's peak
+    peak_worker.close()
+    for results in all_results.values():
+        for r in results:
+            steps_per_s = r["median"] / r["spec"]["batch"]
+            r["mfu_f32"] = r["flops"] * steps_per_s / peaks["float32"]
+            r["mfu_bf16"] = r["flops"] * steps_per_s / peaks["bfloat16"]
+
+    import jax
+    import torch
+
+    header = (f"`python tools/bench.py --groups {' '.join(args.groups)} --rounds {args.rounds} "
+              f"--steps {args.steps}`, {started:%Y-%m-%d %H:%M} UTC; {platform.machine()}, "
+              f"{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}, "
+              f"Python {platform.python_version()}; "
+              f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
+              f"Matmul peak (XLA, 2048², best of the run): f32 "
+              f"{peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s.")
+    blocks = {name: header + "\n\n" + markdown(name, results, args)
+              for name, results in all_results.items()}
+    text = "\n".join(blocks.values())
+    print(text)
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump({"peaks": peaks, "groups": all_results, "header": header}, handle,
+                      indent=1, default=str)
+    if args.write:
+        for name, block in blocks.items():
+            write_benchmarks(name, block)
+
+
+def write_benchmarks(group: str, text: str, path: str = os.path.join(ROOT, "BENCHMARKS.md")):
+    """Replace the text between the markers of ``group`` in BENCHMARKS.md (appended at the end
+    of the file when the markers are absent); the rest of the file is left as it is."""
+    begin, end = f"<!-- bench.py {group}: begin -->", f"<!-- bench.py {group}: end -->"
+    with open(path, encoding="utf-8") as handle:
+        content = handle.read()
+    block = f"{begin}\n{text.strip()}\n{end}"
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        content = head + block + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(content)
+
+
+if __name__ == "__main__":
+    main()
