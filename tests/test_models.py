@@ -523,3 +523,17 @@ def test_smaller_images_interpolate_position_embeddings(model, params):
     zero_pos = jax.tree.map(lambda x: x, variables)
     zero_pos["params"]["pos_embed"] = jnp.zeros_like(table)
     assert not np.allclose(small, vit.apply(zero_pos, jnp.zeros((1, 4, 4, 1)))[0])
+
+
+def test_exact_gelu_is_flax_exact_gelu():
+    from rmc_jax.models.layers import exact_gelu
+
+    x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float32)
+    # 1 + erf(x / sqrt 2) cancels for very negative x (as in PyTorch's formula): the absolute
+    # error is float32's eps times |x| / 2, under 1e-6 on [-8, 8]; elsewhere 1e-6 relative.
+    np.testing.assert_allclose(exact_gelu(x), jax.nn.gelu(x, approximate=False),
+                               rtol=1e-6, atol=1e-6)
+    g = jax.vmap(jax.grad(exact_gelu))(x)
+    np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, False)))(x),
+                               rtol=1e-5, atol=1e-6)
+    assert exact_gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmc_jax.models.layers import REMAT_POLICIES, canonical_dtype, check_architecture
+from rmc_jax.models.layers import (REMAT_POLICIES, canonical_dtype, check_architecture,
+                                    exact_gelu)
 from rmc_jax.models.roi import roi_align
 from rmc_jax.models.text import POOLINGS, TextTransformer
 from rmc_jax.models.vit import VisionTransformer
@@ -264,7 +265,7 @@ class _PostPool(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
         h = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x + nn.gelu(h, approximate=False)
+        return x + exact_gelu(h)
 
 
 class _MlpProjection(nn.Module):
@@ -277,7 +278,7 @@ class _MlpProjection(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(use_bias=self.use_bias, dtype=jnp.float32, param_dtype=jnp.float32)
-        h = nn.gelu(nn.Dense(self.hidden_dim, name="fc1", **dense)(x), approximate=False)
+        h = exact_gelu(nn.Dense(self.hidden_dim, name="fc1", **dense)(x))
         return nn.Dense(self.features, name="fc2", **dense)(h)
 
 

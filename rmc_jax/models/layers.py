@@ -49,13 +49,19 @@ REMAT_POLICIES = {
 _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """GELU with the exact normal CDF, written with ``erf`` (as PyTorch does): the same function
+    as ``nn.gelu(x, approximate=False)``, whose ``erfc`` form XLA runs ~2.5x slower on CPU."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 def _quick_gelu(x: jax.Array) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 
 # activation name -> function (the names used by Hugging Face / open_clip configs, normalised).
 ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu": exact_gelu,
     "quick_gelu": _quick_gelu,
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
 }
