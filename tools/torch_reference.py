@@ -370,7 +370,7 @@ def make_step(batch_size: int = 32, image_size: int = 128, *, variant: str = "gl
                 with torch.no_grad():
                     torch._foreach_mul_(teacher_params, 0.99)
                     torch._foreach_add_(teacher_params, params, alpha=0.01)
-        return float(loss)
+        return float(loss.detach())
 
     info = {"parameters": sum(p.numel() for p in params), "dims": dataclasses.asdict(d)}
     return step, info
