@@ -22,8 +22,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from rmc_jax import checkpoint as ckpt
-from rmc_jax import pretrained
-from rmc_jax import flops, losses, summaries
+from rmc_jax import flops, losses, pretrained, summaries
 from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
