@@ -33,7 +33,8 @@ import numpy as np
 from rmc_jax.models import ModelConfig, model_config
 from rmc_jax.pretrained import hf_bert, hf_clip, open_clip
 from rmc_jax.pretrained.common import Imported
-from rmc_jax.pretrained.mapping import Table, export_tensors, flatten, unstack_blocks
+from rmc_jax.pretrained.mapping import (Table, export_tensors, flatten, temperature_table,
+                                       unstack_blocks)
 from rmc_jax.pretrained.safetensors_io import write_safetensors
 
 __all__ = ["EXPORT_FORMATS", "export", "export_run"]
@@ -102,7 +103,7 @@ def _write_hf_clip(model, flat, dst, tokenizer) -> list[str]:
     table = Table()
     table.extend(hf_clip.vision_table(model.vision, model.embed_dim))
     table.extend(hf_clip.text_table(model.text, model.embed_dim))
-    table.extend(hf_clip.temperature_table())
+    table.extend(temperature_table())
     tensors = export_tensors(table, flat, "as a Hugging Face CLIPModel")
     os.makedirs(dst, exist_ok=True)
     files = [write_safetensors(os.path.join(dst, "model.safetensors"), tensors,
@@ -140,7 +141,7 @@ def _write_open_clip(model, flat, dst, tokenizer) -> list[str]:
     table = Table()
     table.extend(open_clip.vision_table(imp))
     table.extend(open_clip.text_table(imp))
-    table.extend(open_clip.temperature_table())
+    table.extend(temperature_table())
     tensors = export_tensors(table, flat, "as an open_clip model")
     os.makedirs(dst, exist_ok=True)
     files = [write_safetensors(os.path.join(dst, "open_clip_model.safetensors"), tensors)]

@@ -130,12 +130,6 @@ def text_table(c: TextConfig, embed_dim: int, prefix: str = "text_model.") -> Ta
     return t
 
 
-def temperature_table() -> Table:
-    t = Table()
-    t.copy("log_inv_temperature", "logit_scale", ())
-    return t
-
-
 # ---------------------------------------------------------------------------------------------
 # Export: the config files of a CLIPModel directory
 # ---------------------------------------------------------------------------------------------

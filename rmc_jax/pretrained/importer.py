@@ -26,7 +26,7 @@ from rmc_jax.models import ModelConfig, model_config
 from rmc_jax.pretrained import converted, hf_bert, hf_clip, open_clip
 from rmc_jax.pretrained.common import TOWERS, Imported, read_json
 from rmc_jax.pretrained.mapping import (Table, check_against, flatten, import_tensors,
-                                        stack_blocks)
+                                        stack_blocks, temperature_table)
 from rmc_jax.pretrained.safetensors_io import load_weights
 
 __all__ = ["FORMATS", "RUN_CONFIG_FILE", "parse_spec", "detect_format", "describe", "load",
@@ -94,7 +94,7 @@ def _tables(imp: Imported, towers, tensors) -> tuple[Imported, Table, dict]:
             table.extend(hf_clip.text_table(imp.text, imp.text_embed_dim))
         else:
             table.skip(r"^(text_model\.|text_projection\.)", "text tower (not requested)")
-        temperature = hf_clip.temperature_table()
+        temperature = temperature_table()
     elif imp.format == "hf_bert":
         tensors = hf_bert.rename_legacy(tensors)
         table.extend(hf_bert.text_table(imp.text, hf_bert.detect_prefix(tensors)))
@@ -107,7 +107,7 @@ def _tables(imp: Imported, towers, tensors) -> tuple[Imported, Table, dict]:
                 table.extend(build(imp))
             else:
                 table.skip(regex[tower], f"{tower} tower (not requested)")
-        temperature = open_clip.temperature_table()
+        temperature = temperature_table()
     if temperature is not None:
         if both:
             table.extend(temperature)

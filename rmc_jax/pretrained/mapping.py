@@ -114,6 +114,14 @@ class Table:
 # ---------------------------------------------------------------------------------------------
 
 
+def temperature_table() -> Table:
+    """The learnable temperature: HF CLIPModel and open_clip both store log(1/tau) as
+    ``logit_scale``."""
+    t = Table()
+    t.copy("log_inv_temperature", "logit_scale", ())
+    return t
+
+
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     out = {}
     for key, value in tree.items():

@@ -307,12 +307,6 @@ def text_table(imp: Imported) -> Table:
     return t
 
 
-def temperature_table() -> Table:
-    t = Table()
-    t.copy("log_inv_temperature", "logit_scale", ())
-    return t
-
-
 def tower_prefixes(imp: Imported) -> dict[str, str]:
     """Regex per tower matching all of its tensors (to skip the tower that was not asked for)."""
     text = r"^text\." if imp.text is not None and imp.text.norm_position == "post" else \
