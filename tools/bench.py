@@ -15,6 +15,8 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups patches      # model-code variants (erf GELU, attention)
     python tools/bench.py --groups vits --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
+    python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base and ViT-S/16,
+                                                # batch 256 (experiments/device_check.sh)
     python tools/bench.py --write               # also replace the groups' tables in
                                                 # BENCHMARKS.md (between their markers)
 
@@ -463,6 +465,16 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
         flags.append((f"LD_PRELOAD={os.path.basename(library)}", {"LD_PRELOAD": library}))
     out["flags"] = [(f"rmc_jax f32, {name}", _jax(args.flags_variant), env)
                     for name, env in flags]
+    # GPU / TPU (experiments/device_check.sh): JAX only, batches sized for an accelerator.
+    b = args.accelerator_batch
+    out["accelerator"] = [("rmc_jax bf16, base roi", _jax("roi", dtype="bfloat16", batch=b), {}),
+                          ("rmc_jax f32, base roi", _jax("roi", batch=b), {}),
+                          ("rmc_jax bf16, base global",
+                           _jax("global", dtype="bfloat16", batch=b), {}),
+                          ("rmc_jax bf16, ViT-S/16 roi",
+                           _jax("roi", "vits", "bfloat16", batch=max(1, b // 4)), {}),
+                          ("rmc_jax bf16, ViT-S/16 global",
+                           _jax("global", "vits", "bfloat16", batch=max(1, b // 4)), {})]
     out["eval"] = [(f"rmc_jax {what}s embedded, {model}",
                     {"engine": "embed", "what": what, "model": model, "dtype": "float32",
                      "batch": 32, "variant": "global"}, {})
@@ -493,7 +505,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
-                        help="base-global, base-roi, vits, flags, threads, patches, eval")
+                        help="base-global, base-roi, vits, flags, threads, patches, eval, accelerator")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
     parser.add_argument("--only", nargs="*", default=None,
@@ -505,6 +517,11 @@ def parse_args(argv=None):
                              "'--' (e.g. 'xla_cpu_use_xnnpack=false')")
     parser.add_argument("--torch_compile", action="store_true",
                         help="add torch.compile contestants (minutes of compilation)")
+    parser.add_argument("--accelerator_batch", type=int, default=256,
+                        help="'accelerator' group: batch of the base config (ViT-S: a quarter)")
+    parser.add_argument("--matmul_size", type=int, default=0,
+                        help="side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 on an "
+                             "accelerator)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     parser.add_argument("--output", help="also write the raw results here (JSON)")
     return parser.parse_args(argv)
@@ -595,7 +612,8 @@ def main(argv=None):
         raise SystemExit(f"unknown groups {sorted(unknown)}; choose from {sorted(table)}")
     started = datetime.datetime.now(datetime.timezone.utc)
     load_start = os.getloadavg()
-    peak_worker = Worker("matmul", {"engine": "matmul", "size": 2048})
+    peak_worker = Worker("matmul", {"engine": "matmul", "size": args.matmul_size or
+                                    (8192 if "accelerator" in args.groups else 2048)})
     peaks = {k: 0.0 for k in ("float32", "bfloat16")}
 
     def measure_peaks():
@@ -618,14 +636,21 @@ def main(argv=None):
             r["mfu_bf16"] = r["flops"] * steps_per_s / peaks["bfloat16"]
 
     import jax
-    import torch
 
+    try:
+        import torch
+        torch_version = f"torch {torch.__version__}"
+    except ImportError:  # accelerator images without PyTorch: JAX-only groups still run
+        torch_version = "no torch"
+    device = jax.devices()[0]
+    accelerator = "" if device.platform == "cpu" else (
+        f"{jax.device_count()} x {device.device_kind} ({device.platform}), ")
     header = (f"`python tools/bench.py --groups {' '.join(args.groups)} --rounds {args.rounds} "
-              f"--steps {args.steps}`, {started:%Y-%m-%d %H:%M} UTC; {platform.machine()}, "
-              f"{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}, "
-              f"Python {platform.python_version()}; "
+              f"--steps {args.steps}`, {started:%Y-%m-%d %H:%M} UTC; {accelerator}"
+              f"{platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__}, "
+              f"{torch_version}, Python {platform.python_version()}; "
               f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
-              f"Matmul peak (XLA, 2048², best of the run): f32 "
+              f"Matmul peak (XLA, {peak_worker.spec['size']}², best of the run): f32 "
               f"{peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s.")
     blocks = {name: header + "\n\n" + markdown(name, results, args)
               for name, results in all_results.items()}
