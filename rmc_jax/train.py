@@ -91,11 +91,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def pipeline_config(config) -> pipe.PipelineConfig:
-    d = config.data
-    return pipe.PipelineConfig(
-        image_size=d.image_size, max_regions=d.max_regions, num_negatives=d.num_negatives,
-        max_text_len=d.max_text_len, max_caption_len=d.max_caption_len, augment=d.augment,
-        flip_probability=d.get("flip_probability", 0.0))
+    return pipe.PipelineConfig.from_data_config(config.data)
 
 
 def corpus(source, limit: int = 2000):

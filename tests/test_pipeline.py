@@ -1,6 +1,9 @@
 """Transforms and the Grain pipeline: shapes, box consistency, determinism, resumable iterators,
 per-process slicing and bad input."""
 
+import dataclasses
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -12,6 +15,7 @@ from rmc_jax.data.captions import PERTURBATION_TYPES
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.images import ImageDecodeError
+from rmc_jax.data.sources.reports import model_text
 from rmc_jax.data.tokenizer import train_wordpiece
 
 CAPTIONS = ["small nodule in the right upper zone", "moderate left pleural effusion",
@@ -305,7 +309,7 @@ def test_flip_probability_one_mirrors_image_boxes_text_and_sides(tokenizer):
     np.testing.assert_array_equal(flipped["caption_hash"][2:], plain["caption_hash"][2:])
     ids, _ = tokenizer.with_max_len(12)(mirrored)
     np.testing.assert_array_equal(flipped["caption_ids"], ids)
-    report, _ = tokenizer([transforms.mirror_laterality(example.report)])
+    report, _ = tokenizer([model_text(transforms.mirror_laterality(example.report))])
     assert "left upper zone nodule. Right effusion. Bilateral" in \
         transforms.mirror_laterality(example.report)
     np.testing.assert_array_equal(flipped["text_ids"], report[0])
@@ -353,3 +357,31 @@ def test_flip_is_deterministic_under_the_seed_and_eval_never_flips(tokenizer):
     (evaluation,) = batches(TinySource(), tokenizer, 1, cfg=config(flip_probability=1.0),
                             train=False)
     assert left not in evaluation["caption_hash"]
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ("impression_findings", "Right effusion. Small right nodule."),
+    ("findings_impression", "Small right nodule. Right effusion."),
+    ("impression", "Right effusion."),
+    ("full", "INDICATION: cough. FINDINGS: Small right nodule. IMPRESSION: Right effusion."),
+])
+def test_report_sections_choose_the_text_the_tower_reads(tokenizer, sections, expected):
+    example = dataclasses.replace(
+        _flip_example(), report="INDICATION: cough.\nFINDINGS: Small right nodule.\n"
+                                "IMPRESSION: Right effusion.")
+    out = _prepare(example, tokenizer, report_sections=sections)
+    ids, mask = tokenizer([expected])
+    np.testing.assert_array_equal(out["text_ids"], ids[0])
+    np.testing.assert_array_equal(out["text_mask"], mask[0])
+    with pytest.raises(ValueError, match="report_sections"):
+        config(report_sections="impression_first")
+
+
+def test_pipeline_config_from_the_run_config():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from configs.base import get_config
+    data = get_config("smoke").data
+    cfg = pipe.PipelineConfig.from_data_config(data, augment=False)
+    assert (cfg.image_size, cfg.max_text_len, cfg.report_sections) == (
+        data.image_size, data.max_text_len, data.report_sections)
+    assert cfg.augment is False and cfg.num_negatives == data.num_negatives

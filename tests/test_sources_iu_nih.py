@@ -14,6 +14,7 @@ from rmc_jax.data import schema
 from rmc_jax.data.sources import SourceError, get_source
 from rmc_jax.data.sources import iu_xray as iu_module
 from rmc_jax.data.sources.iu_xray import LABEL_NAMES, IUXray, mesh_finding, parse_report
+from rmc_jax.data.sources.reports import model_text
 from rmc_jax.data.sources.nih import NIH_LABELS, NIHChestXray14, read_nih_csv, repair_header
 
 FID = schema.FINDINGS.index
@@ -44,19 +45,19 @@ def test_iu_xml_reports_images_and_labels(iu_root):
                    "CXR3_IM-1384-2001", "CXR10_IM-0002-1001"]
     first, second = source[0], source[1]
     assert first.report == second.report == (
-        "The cardiac silhouette and mediastinum size are within normal limits. There is no "
-        "pulmonary edema. Normal chest x-XXXX.")
+        "FINDINGS: The cardiac silhouette and mediastinum size are within normal limits. There "
+        "is no pulmonary edema.\nIMPRESSION: Normal chest x-XXXX.")
     assert first.image.shape == (48, 40) and first.num_regions == 0
     assert first.labels[LABEL_NAMES.index("no_finding")] == 1 and first.labels.sum() == 1
     assert first.label_mask.all()
     cardio = source[2]
-    assert cardio.report == ("Borderline cardiomegaly. Left basilar opacity. Small right "
-                             "effusion. Borderline cardiomegaly.")          # CDATA findings
+    assert model_text(cardio.report) == ("Borderline cardiomegaly. Left basilar opacity. "
+                                         "Small right effusion. Borderline cardiomegaly.")
     positives = {LABEL_NAMES[i] for i in np.flatnonzero(cardio.labels)}
     assert positives == {"cardiomegaly", "lung_opacity", "pleural_effusion"}
     assert cardio.label_mask.all() and cardio.labels[LABEL_NAMES.index("atelectasis")] == 0
     unindexed = source[3]
-    assert unindexed.report == "No acute cardiopulmonary abnormality."   # empty FINDINGS
+    assert unindexed.report == "IMPRESSION: No acute cardiopulmonary abnormality."
     assert not unindexed.label_mask.any()
     granuloma = source[4]
     assert {LABEL_NAMES[i] for i in np.flatnonzero(granuloma.labels)} == \

@@ -101,6 +101,34 @@ def test_report_text_fallbacks():
     assert reports.report_text(text, fallback="none") == ""
 
 
+def test_model_text_orders_and_selects_sections():
+    text = ("EXAMINATION: Chest PA.\nINDICATION: Cough.\nFINDINGS: Small left effusion. "
+            "Heart size is normal.\n\nIMPRESSION: Small left effusion.")
+    findings, impression = "Small left effusion. Heart size is normal.", "Small left effusion."
+    assert reports.model_text(text, "findings_impression") == f"{findings} {impression}"
+    assert reports.model_text(text, "impression_findings") == f"{impression} {findings}"
+    assert reports.model_text(text, "impression") == impression
+    assert reports.model_text(text, "full") == (
+        "EXAMINATION: Chest PA. INDICATION: Cough. FINDINGS: Small left effusion. Heart size "
+        "is normal. IMPRESSION: Small left effusion.")
+    # Without an impression the findings stand in; without headers the text is used whole.
+    assert reports.model_text("FINDINGS: Clear lungs.", "impression") == "Clear lungs."
+    assert reports.model_text("Lungs  are clear.\nNo effusion.", "impression_findings") == \
+        "Lungs are clear. No effusion."
+    assert reports.model_text("INDICATION: cough\nCONCLUSION: Normal.", "impression") == \
+        "Normal."
+    # What sources store: the two sections under their headers, administrative ones dropped.
+    assert reports.study_text(text) == f"FINDINGS: {findings}\nIMPRESSION: {impression}"
+    assert reports.sectioned_text("", " Clear.  ") == "IMPRESSION: Clear."
+    assert reports.study_text("INDICATION: cough\nCONCLUSION: Normal.") == "IMPRESSION: Normal."
+    assert reports.study_text("Lungs are clear.") == "Lungs are clear."
+    for name in fx.MIMIC_REPORTS:  # the default choice reads exactly what report_text gives
+        assert reports.model_text(reports.study_text(fx.MIMIC_REPORTS[name])) == \
+            reports.report_text(fx.MIMIC_REPORTS[name])
+    with pytest.raises(ValueError, match="impression_first"):
+        reports.model_text(text, "impression_first")
+
+
 def test_phrase_attributes():
     assert reports.parse_side("Right lower lobe pneumonia") == "right"
     assert reports.parse_side("bibasilar atelectasis") == "bilateral"
@@ -130,8 +158,10 @@ def test_mimic_train_split_frontal_views(mimic):
     assert isinstance(example, Example) and example.validate() is example
     assert example.example_id == "d1-pa" and example.view == "PA" and example.source == "mimic_cxr"
     assert example.image.dtype == np.uint8 and example.image.shape == (24, 20)
-    assert example.report.startswith("There is no focal consolidation") and \
-        example.report.endswith("No acute cardiopulmonary process.")
+    assert example.report == (  # the two sections under their headers, nothing else
+        "FINDINGS: There is no focal consolidation, pleural effusion or pneumothorax. "
+        "Bilateral nodular opacities. Heart size: normal.\n"
+        "IMPRESSION: No acute cardiopulmonary process.")
     assert example.boxes.shape == (0, 4) and example.captions == ()
     assert example.labels[L("Lung Opacity")] == 1 and example.label_mask[L("Lung Opacity")]
     assert example.labels[L("Pleural Effusion")] == 0 and example.label_mask[L("Pleural Effusion")]
@@ -152,7 +182,7 @@ def test_mimic_uncertain_policy(mimic, policy, value, known):
     assert example.example_id == "d3-ap"
     assert example.labels[L("Edema")] == value and example.label_mask[L("Edema")] == known
     assert example.labels[L("Atelectasis")] == 1
-    assert example.report == "Left lower lobe atelectasis."
+    assert example.report == "IMPRESSION: Left lower lobe atelectasis."
 
 
 def test_mimic_validation_alias_negbio_and_test_without_labels(mimic):
@@ -160,10 +190,10 @@ def test_mimic_validation_alias_negbio_and_test_without_labels(mimic):
         (example,) = list(_mimic(mimic, split=split, labeler="negbio"))
         assert example.example_id == "d4-pa"
         assert example.labels[L("Pneumonia")] == 1 and example.label_mask[L("Pneumonia")]
-        assert example.report == "Small right pleural effusion."
+        assert reports.model_text(example.report) == "Small right pleural effusion."
     (example,) = list(_mimic(mimic, split="test"))
     assert example.example_id == "d5-ap" and not example.label_mask.any()  # not in label file
-    assert example.report == "Lungs are clear. No effusion."
+    assert example.report == "Lungs are clear. No effusion."  # no headers: the whole text
     assert len(_mimic(mimic, split="all", views="all")) == 5
 
 

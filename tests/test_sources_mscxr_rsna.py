@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from fixtures import cxr_formats_a as fx  # noqa: E402
 
 from rmc_jax.data.schema import FINDINGS, SIDES, ZONES, SIZES, finding_id  # noqa: E402
-from rmc_jax.data.sources import SourceError, get_source  # noqa: E402
+from rmc_jax.data.sources import SourceError, get_source, reports  # noqa: E402
 from rmc_jax.data.sources.dicom import load_dicom, read_dicom  # noqa: E402
 from rmc_jax.data.sources.images import ImageDecodeError  # noqa: E402
 from rmc_jax.data.sources.ms_cxr import MSCXR, xywh_to_xyxy  # noqa: E402
@@ -103,7 +103,7 @@ def test_ms_cxr_splits_and_reports(mscxr):
     assert example.example_id == "ms2" and example.captions == ("Enlarged cardiac silhouette",)
     assert example.finding_ids.tolist() == [finding_id("Cardiomegaly")]
     np.testing.assert_allclose(example.boxes, [[0.3, 0.4, 0.7, 0.9]], atol=1e-6)
-    assert example.report == "Small right pleural effusion."  # study s52000001 of MIMIC reports
+    assert reports.model_text(example.report) == "Small right pleural effusion."  # s52000001
     source = MSCXR(mscxr / "ms-cxr", split="all", reports_root=mscxr / "reports")
     assert len(source) == 2 and source[0].report.endswith("No acute cardiopulmonary process.")
     assert len(MSCXR(mscxr / "ms-cxr", split="validation")) == 0

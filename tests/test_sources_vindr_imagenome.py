@@ -12,6 +12,7 @@ import pytest
 from fixtures import cxr_formats_b as fx
 from rmc_jax.data import schema
 from rmc_jax.data.sources import SourceError, get_source
+from rmc_jax.data.sources.reports import model_text
 from rmc_jax.data.sources.imagenome import (ChestImaGenome, attribute_finding,
                                             flatten_attributes, region_position)
 from rmc_jax.data.sources.vindr import (VINDR_CLASSES, VinDrCXR, box_position, merge_reader_boxes,
@@ -290,8 +291,9 @@ def test_imagenome_options(imagenome, tmp_path):
                                 exclude_gold=False, use_original_coords=False)
         assert len(source) == 2
         example = source[0].validate()
-    assert example.report == ("Patchy opacity in the right upper lobe. Small left pleural "
-                              "effusion. Right upper lobe pneumonia.")
+    assert model_text(example.report) == ("Patchy opacity in the right upper lobe. Small left "
+                                          "pleural effusion. Right upper lobe pneumonia.")
+    assert model_text(example.report, "impression") == "Right upper lobe pneumonia."
     np.testing.assert_allclose(example.boxes[0], np.array([10, 10, 50, 50]) / 224, atol=1e-6)
     nested = tmp_path / "nested"
     fx.write_imagenome(str(nested / "ig"), str(nested / "mimic"), nested=True)

@@ -35,6 +35,7 @@ from rmc_jax.data import transforms
 from rmc_jax.data.captions import PERTURBATION_TYPES, hard_negatives
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.images import ImageDecodeError
+from rmc_jax.data.sources.reports import REPORT_SECTIONS, model_text
 from rmc_jax.data.tokenizer import Tokenizer
 
 
@@ -55,8 +56,25 @@ class PipelineConfig:
     # Training only: mirror image and boxes with this probability, swapping left/right in the
     # captions, the report and side_ids with them (independent of ``augment``).
     flip_probability: float = 0.0
+    # Which report sections the text tower reads, in order (``reports.REPORT_SECTIONS``).
+    report_sections: str = "findings_impression"
+
+    @classmethod
+    def from_data_config(cls, data, **overrides) -> "PipelineConfig":
+        """The pipeline settings of a run's ``config.data`` section (``overrides`` win)."""
+        fields = dict(
+            image_size=data.image_size, max_regions=data.max_regions,
+            num_negatives=data.num_negatives, max_text_len=data.max_text_len,
+            max_caption_len=data.max_caption_len, augment=data.augment,
+            flip_probability=data.get("flip_probability", 0.0),
+            report_sections=data.get("report_sections", cls.report_sections))
+        fields.update(overrides)
+        return cls(**fields)
 
     def __post_init__(self):
+        if self.report_sections not in REPORT_SECTIONS:
+            raise ValueError(f"PipelineConfig.report_sections = {self.report_sections!r}; "
+                             f"expected one of {REPORT_SECTIONS}")
         if not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"PipelineConfig.flip_probability = {self.flip_probability} must "
                              "be in [0, 1]")
@@ -126,7 +144,7 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
     keep_index = np.flatnonzero(keep)[:r_max]
     boxes = boxes[keep_index]
     captions = [example.captions[i] for i in keep_index]
-    report = example.report
+    report = model_text(example.report, config.report_sections)
     attributes = {name: getattr(example, name)[keep_index]
                   for name in ("finding_ids", "side_ids", "zone_ids", "size_ids")}
 

@@ -85,11 +85,9 @@ class _Context:
     def __init__(self, model, params, config, tokenizer, batch_size: int):
         self.config, self.tokenizer, self.batch_size = config, tokenizer, batch_size
         self.caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-        self.pipeline = pipe.PipelineConfig(
-            image_size=config.data.image_size, max_regions=config.data.max_regions,
-            num_negatives=max(config.data.num_negatives, 4),
-            max_text_len=config.data.max_text_len,
-            max_caption_len=config.data.max_caption_len, augment=False)
+        self.pipeline = pipe.PipelineConfig.from_data_config(
+            config.data, num_negatives=max(config.data.num_negatives, 4), augment=False,
+            flip_probability=0.0)
         self.encoders = Encoders(model, params)
         prompts = _option(config, "prompts", "")
         self.prompts = load_prompts(prompts) if prompts else None

@@ -40,7 +40,7 @@ the caption's wording for regions with a finding.
 Labels (``label_names`` = schema.FINDINGS): 1 when any region asserts the finding ('yes'), 0 when
 regions only deny it ('no'), unknown (mask False) when no region mentions it.
 
-Report: the MIMIC-CXR report's FINDINGS + IMPRESSION when ``reports_root`` (a mimic-cxr-reports
+Report: the MIMIC-CXR report's FINDINGS and IMPRESSION (``reports.study_text``) when ``reports_root`` (a mimic-cxr-reports
 folder with ``files/p1X/p<subject>/s<study>.txt``) is given and the file exists, else the scene
 graph's distinct phrases in order of appearance.
 
@@ -288,7 +288,7 @@ class ChestImaGenome(Source):
             files = files if os.path.isdir(files) else self.reports_root
             path = os.path.join(files, f"p{subject[:2]}", f"p{subject}", f"s{study}.txt")
             if subject and study and os.path.isfile(path):
-                return report_lib.report_text(report_lib.read_report(path))
+                return report_lib.study_text(report_lib.read_report(path))
         return " ".join(dict.fromkeys(phrases))
 
     def _box(self, obj: dict, width: int, height: int):

@@ -23,8 +23,8 @@ A report XML (``<eCitation>``) holds, among other elements::
 
 Elements are found by tag and ``Label`` attribute, never by position. Every parentImage of a
 report becomes one Example (``example_id`` = the image id) sharing the report, which is
-FINDINGS + IMPRESSION joined by a space (anonymisation tokens such as 'XXXX' are kept as they
-are). Reports without images are skipped. There are no boxes.
+'FINDINGS: ...\nIMPRESSION: ...' (``reports.sectioned_text``; anonymisation tokens such as
+'XXXX' are kept as they are). Reports without images are skipped. There are no boxes.
 
 Labels (``label_names`` = schema.FINDINGS + ('no_finding',)): each MeSH ``major`` term
 ('Head/qualifier/qualifier', e.g. 'Opacity/lung/base/left/mild') is mapped to a canonical finding
@@ -50,6 +50,7 @@ import numpy as np
 
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
+from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
 from rmc_jax.data.sources.base import Source, SourceError
 from rmc_jax.data.sources.images import read_image
@@ -254,7 +255,7 @@ class IUXray(Source):
         index = self._position(index)
         report_index, image_id = self.items[index]
         report = self.reports[report_index]
-        text = " ".join(part for part in (report["findings"], report["impression"]) if part)
+        text = report_lib.sectioned_text(report["findings"], report["impression"])
         return Example(
             example_id=image_id, image=read_image(self.image_path(index)), report=text,
             labels=report["labels"].copy(), label_mask=report["label_mask"].copy(),

@@ -11,8 +11,8 @@ Official layout under ``root`` (the ``mimic-cxr-jpg/2.x.0`` folder)::
 (plain ``.csv`` is accepted as well). Reports come from ``mimic-cxr-reports.zip`` extracted as
 ``files/p10/p10000032/s50414267.txt`` under ``reports_root`` (default: ``root``; the ``files``
 folder itself is accepted too). The ``p1X`` folder is 'p' + the first two digits of the subject
-id. Several images of a study share its report; the report is the FINDINGS + IMPRESSION text
-(see ``reports.report_text``).
+id. Several images of a study share its report; the report is its FINDINGS and IMPRESSION
+under their headers (``reports.study_text``; the pipeline's ``report_sections`` picks from them).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class MimicCXR(Source):
         path = self.report_path(index)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
-        return report_lib.report_text(report_lib.read_report(path))
+        return report_lib.study_text(report_lib.read_report(path))
 
     def __getitem__(self, index: int) -> Example:
         index = self._position(index)

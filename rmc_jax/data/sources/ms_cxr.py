@@ -65,7 +65,7 @@ class MSCXR(Source):
       csv: the CSV file (default: the newest MS_CXR_Local_Alignment_v*.csv in root).
       images_root: MIMIC-CXR-JPG root that ``path`` is relative to (default ``root``).
       reports_root: optional mimic-cxr-reports root; when given the Example's report is the
-        study's FINDINGS + IMPRESSION, else ''.
+        study's FINDINGS and IMPRESSION (``reports.study_text``), else ''.
       check_files: check at construction that the first image exists.
 
     ``label_names`` are the MS-CXR categories (plus any other category in the CSV, in order of
@@ -168,7 +168,7 @@ class MSCXR(Source):
         path = report_path(self.reports_root, match.group(1), match.group(2))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
-        return report_lib.report_text(report_lib.read_report(path))
+        return report_lib.study_text(report_lib.read_report(path))
 
     def __getitem__(self, index: int) -> Example:
         record = self.records[index]

@@ -25,6 +25,13 @@ API:
 * ``report_text(text, fallback='last')``: findings + impression; when both are missing,
   ``fallback='last'`` gives the last non-administrative section (as the official MIMIC-CXR
   sectioning does), 'none' gives ''.
+* ``sectioned_text(findings, impression)`` / ``study_text(text)``: what sources put in
+  ``Example.report``: 'FINDINGS: ...\nIMPRESSION: ...' (the sections present), so that the
+  pipeline can still choose and order them; a report without either is ``report_text``'s
+  fallback, unlabelled.
+* ``model_text(text, sections)``: the text the text tower reads: 'findings_impression',
+  'impression_findings' (impression first, so a length limit cuts findings, not the summary),
+  'impression' (CheXzero) or 'full'; a report without section headers is used whole.
 * ``read_report(path)``: a report file's text (UTF-8, undecodable bytes replaced).
 * ``parse_side``, ``parse_zone``, ``parse_size``: region attributes named in a phrase.
 """
@@ -101,7 +108,7 @@ def findings_impression(text: str) -> tuple[str, str]:
 
 
 def report_text(text: str, fallback: str = "last") -> str:
-    """Findings and impression joined by a space, the text used as the image's report.
+    """Findings and impression joined by a space (``model_text``'s default choice).
 
     When the report has neither section, ``fallback='last'`` returns the last section that is not
     administrative (indication, comparison, technique, ...), possibly the unlabelled preamble;
@@ -121,6 +128,47 @@ def report_text(text: str, fallback: str = "last") -> str:
         if name not in _ADMINISTRATIVE and sections[name]:
             return sections[name]
     return ""
+
+
+def sectioned_text(findings: str, impression: str) -> str:
+    """'FINDINGS: f\nIMPRESSION: i' with the sections that are not empty ('' if neither)."""
+    parts = [f"{name}: {clean_text(body)}" for name, body in
+             (("FINDINGS", findings), ("IMPRESSION", impression)) if clean_text(body)]
+    return "\n".join(parts)
+
+
+def study_text(text: str) -> str:
+    """A free-text report as ``Example.report``: its findings and impression under their
+    headers (``sectioned_text``); without either, ``report_text``'s fallback section."""
+    findings, impression = findings_impression(text)
+    return sectioned_text(findings, impression) or report_text(text)
+
+
+REPORT_SECTIONS = ("findings_impression", "impression_findings", "impression", "full")
+
+
+def model_text(text: str, sections: str = "findings_impression") -> str:
+    """The part of a report the text tower reads, whitespace collapsed.
+
+    'findings_impression' and 'impression_findings' join the two sections in that order,
+    'impression' keeps the impression alone (as CheXzero trains), 'full' keeps every section
+    with its header. When the chosen sections are missing the report falls back as in
+    ``report_text``; text without section headers (sources that already give findings +
+    impression) is returned whole.
+    """
+    if sections not in REPORT_SECTIONS:
+        raise ValueError(f"report sections {sections!r}; expected one of {REPORT_SECTIONS}")
+    if sections == "full":
+        return clean_text(text)
+    parts = split_sections(text)
+    if list(parts) == [""]:
+        return parts[""]
+    findings, impression = parts.get("findings", ""), parts.get("impression", "")
+    chosen = {"findings_impression": (findings, impression),
+              "impression_findings": (impression, findings),
+              "impression": (impression or findings,)}[sections]
+    joined = " ".join(part for part in chosen if part)
+    return joined or report_text(text)
 
 
 def read_report(path: str | os.PathLike) -> str:
