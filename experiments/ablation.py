@@ -31,6 +31,7 @@ REPO = os.path.dirname(HERE)
 # (metric, label, higher is better) shown in the table, in order; missing metrics show "-".
 TABLE = (
     ("zeroshot/auroc_mean", "zero-shot AUROC (mean)", True),
+    ("zeroshot/auroc_mean_posneg", "zero-shot AUROC (CheXzero pos/neg prompts)", True),
     ("zeroshot/accuracy_single_label", "zero-shot accuracy (single-label)", True),
     ("retrieval/image_to_report_R@5", "image->report R@5", True),
     ("retrieval/report_to_image_R@5", "report->image R@5", True),
@@ -175,8 +176,10 @@ def main():
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
-    per_run = {v: {str(s): run(v, s, options.args, options.runs) for s in seeds}
-               for v in variants}
+    per_run = {v: {} for v in variants}
+    for s in seeds:  # seed-major: a sweep cut short still has every variant
+        for v in variants:
+            per_run[v][str(s)] = run(v, s, options.args, options.runs)
     summary = aggregate(per_run)
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, "ablation.json"), "w") as f:
