@@ -2,6 +2,7 @@
 
     python experiments/ablation.py                      # 5 variants x 3 seeds, default budget
     python experiments/ablation.py --seeds=0,1 --args=steps=200 --runs=/tmp/ablation
+    python experiments/ablation.py --readme             # also put the table into README.md
 
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
@@ -170,6 +171,8 @@ def main():
     parser.add_argument("--runs", default=os.path.join(REPO, "runs", "ablation"),
                         help="parent of the runs' workdirs")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--readme", action="store_true",
+                        help="also put the table into README.md (between its ablation markers)")
     options = parser.parse_args()
     seeds = [int(s) for s in options.seeds.split(",")]
     variants = [v for v in options.variants.split(",") if v]
@@ -188,7 +191,18 @@ def main():
     table = markdown(summary, per_run, options.args, seeds)
     with open(os.path.join(options.out, "ablation.md"), "w") as f:
         f.write(table)
+    if options.readme:
+        write_readme(table)
     print(table)
+
+
+def write_readme(table: str, path: str = os.path.join(REPO, "README.md")) -> None:
+    """The table (its title dropped, headings one level down) between README's markers."""
+    sys.path.insert(0, REPO)
+    from tools.markdown_block import replace_block
+
+    body = table.split("\n", 1)[1] if table.startswith("# ") else table
+    replace_block(path, "ablation.py", body.replace("\n## ", "\n#### "))
 
 
 if __name__ == "__main__":

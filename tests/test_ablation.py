@@ -49,3 +49,19 @@ def test_markdown_table_lists_variants_and_missing_metrics():
     assert "| zero-shot AUROC (mean) | 0.810 ± 0.014 | 0.930 ± 0.014 |" in text
     assert "| region->caption semantic R@1 (crop) | 0.320 ± 0.028 | - |" in text
     assert "hard negatives: zone" not in text  # no run reports it
+
+
+def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n\n## Next\n")
+    table = ablation.markdown(ablation.aggregate(fake_runs()), fake_runs(), "steps=10", [0, 1])
+    ablation.write_readme(table, str(readme))
+    first = readme.read_text()
+    assert first.startswith("# Title\n\nintro\n\n## Next\n")
+    assert "<!-- ablation.py: begin -->" in first and "<!-- ablation.py: end -->" in first
+    assert "# Ablation on the embedded" not in first and "#### Targets" in first
+    assert "| zero-shot AUROC (mean) | 0.810 ± 0.014 | 0.930 ± 0.014 |" in first
+    ablation.write_readme(table.replace("0.930", "0.999"), str(readme))  # rerun: replaced
+    second = readme.read_text()
+    assert second.count("<!-- ablation.py: begin -->") == 1 and "0.999" in second
+    assert second.startswith("# Title\n\nintro\n\n## Next\n")

@@ -666,19 +666,11 @@ def main(argv=None):
 
 
 def write_benchmarks(group: str, text: str, path: str = os.path.join(ROOT, "BENCHMARKS.md")):
-    """Replace the text between the markers of ``group`` in BENCHMARKS.md (appended at the end
-    of the file when the markers are absent); the rest of the file is left as it is."""
-    begin, end = f"<!-- bench.py {group}: begin -->", f"<!-- bench.py {group}: end -->"
-    with open(path, encoding="utf-8") as handle:
-        content = handle.read()
-    block = f"{begin}\n{text.strip()}\n{end}"
-    if begin in content and end in content:
-        head, rest = content.split(begin, 1)
-        content = head + block + rest.split(end, 1)[1]
-    else:
-        content = content.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(content)
+    """Replace the group's block in BENCHMARKS.md (appended when its markers are absent)."""
+    sys.path.insert(0, ROOT)
+    from tools.markdown_block import replace_block
+
+    replace_block(path, f"bench.py {group}", text)
 
 
 if __name__ == "__main__":
