@@ -12,7 +12,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups flags        # XLA flags / allocator settings, JAX only
     python tools/bench.py --groups flags --xla_flags "xla_cpu_use_xnnpack=false"
     python tools/bench.py --groups threads      # thread counts / OpenMP wait policy
-    python tools/bench.py --groups patches      # model-code variants (erf GELU, attention)
+    python tools/bench.py --groups patches      # model-code variants (attention layout)
     python tools/bench.py --groups vits --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
     python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base and ViT-S/16,
@@ -161,15 +161,6 @@ def random_batch(config, seed: int = 0) -> dict:
     }
 
 
-def _erf_gelu(x):
-    """Exact GELU as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's formula); ``jax.nn.gelu`` uses
-    erfc, which XLA's CPU backend evaluates about 2.5x slower than erf."""
-    import jax
-    import numpy as np
-
-    return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
-
-
 def _bnth_attention(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
                     **unused):
     """Softmax attention computed in the [B, N, T, H] layout with batched matmuls (same
@@ -195,13 +186,10 @@ def _bnth_attention(query, key, value, bias=None, mask=None, *, scale=None, is_c
 
 def apply_patches(names):
     """Experimental model-code changes measured by the 'patched' contestants (this worker
-    process only): 'erf_gelu' (GELU via erf) and 'bnth_attention' (attention layout)."""
+    process only): 'bnth_attention' (attention layout). (The erf form of the exact GELU,
+    measured here first, is now the library's own: ``layers.exact_gelu``.)"""
     import jax
 
-    from rmc_jax.models import layers
-
-    if "erf_gelu" in names:
-        layers.ACTIVATIONS["gelu"] = _erf_gelu
     if "bnth_attention" in names:
         jax.nn.dot_product_attention = _bnth_attention
 
@@ -403,7 +391,7 @@ def _jax(variant, model="base", dtype="float32", batch=32, patches=()):
             "patches": list(patches)}
 
 
-PATCHES = ("erf_gelu", "bnth_attention")
+PATCHES = ("bnth_attention",)
 
 
 def _torch(variant, model="base", dtype="float32", batch=32, compile=False, threads=0):
@@ -426,7 +414,6 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
     for variant in ("global", "roi"):
         rows = [("rmc_jax f32", _jax(variant), {}),
                 ("rmc_jax f32, glibc malloc tuned", _jax(variant), tuned),
-                ("rmc_jax f32, erf GELU (patched)", _jax(variant, patches=PATCHES[:1]), {}),
                 ("rmc_jax bf16", _jax(variant, dtype="bfloat16"), {}),
                 ("PyTorch f32 eager, 2 threads", _torch(variant), {}),
                 ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE", _torch(variant),
@@ -439,8 +426,6 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
                          _torch(variant, compile=True, threads=1), {}))
         out[f"base-{variant}"] = rows
     out["vits"] = [("rmc_jax f32", _jax("global", "vits"), {}),
-                   ("rmc_jax f32, erf GELU (patched)", _jax("global", "vits", patches=PATCHES[:1]),
-                    {}),
                    ("rmc_jax bf16", _jax("global", "vits", "bfloat16"), {}),
                    ("PyTorch f32 eager, 1 thread", _torch("global", "vits", threads=1), {}),
                    ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
@@ -488,10 +473,8 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
                       ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
                        _torch(args.flags_variant), {"OMP_WAIT_POLICY": "PASSIVE"})]
     out["patches"] = [("rmc_jax f32", _jax(args.flags_variant), {}),
-                      ("rmc_jax f32, erf GELU", _jax(args.flags_variant, patches=PATCHES[:1]), {}),
                       ("rmc_jax f32, [B,N,T,H] attention",
-                       _jax(args.flags_variant, patches=PATCHES[1:]), {}),
-                      ("rmc_jax f32, both", _jax(args.flags_variant, patches=PATCHES), {}),
+                       _jax(args.flags_variant, patches=PATCHES), {}),
                       ("PyTorch f32 eager, 1 thread", _torch(args.flags_variant, threads=1), {})]
     return out
 
