@@ -16,8 +16,8 @@ from tools import run_summary  # noqa: E402
 
 def test_device_check_script_runs_on_cpu(tmp_path):
     env = dict(os.environ, ALLOW_CPU="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
-               BATCH="4", ROUNDS="1", STEPS="1", BENCH_ONLY="f32, base roi",
-               MATMUL_SIZE="256", TRAIN_SECONDS="300", TRAIN_STEPS="30", WORKERS="0",
+               BATCH="4", ROUNDS="1", STEPS="1", BENCH_ONLY="bf16, base global",
+               MATMUL_SIZE="256", TRAIN_SECONDS="300", TRAIN_STEPS="20", WORKERS="0",
                TRAIN_CONFIG="configs/base.py:smoke", XLA_FLAGS="")  # one CPU device
     result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "device_check.sh")],
                             env=env, cwd=str(tmp_path), capture_output=True, text=True,
@@ -27,9 +27,9 @@ def test_device_check_script_runs_on_cpu(tmp_path):
     assert "backend cpu" in (out / "devices.txt").read_text()
     bench = json.loads((out / "bench.json").read_text())
     (row,) = bench["groups"]["accelerator"]
-    assert row["label"] == "rmc_jax f32, base roi" and row["spec"]["batch"] == 4
+    assert row["label"] == "rmc_jax bf16, base global" and row["spec"]["batch"] == 4
     assert row["median"] > 0 and 0 < row["mfu_f32"] < 1.5
-    assert "| rmc_jax f32, base roi |" in (out / "bench.md").read_text()
+    assert "| rmc_jax bf16, base global |" in (out / "bench.md").read_text()
     summary = (out / "train_summary.txt").read_text()
     assert summary.startswith("trainer: ") and "examples/s median" in summary
 
