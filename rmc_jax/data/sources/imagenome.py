@@ -40,9 +40,9 @@ the caption's wording for regions with a finding.
 Labels (``label_names`` = schema.FINDINGS): 1 when any region asserts the finding ('yes'), 0 when
 regions only deny it ('no'), unknown (mask False) when no region mentions it.
 
-Report: the MIMIC-CXR report's FINDINGS and IMPRESSION (``reports.study_text``) when ``reports_root`` (a mimic-cxr-reports
-folder with ``files/p1X/p<subject>/s<study>.txt``) is given and the file exists, else the scene
-graph's distinct phrases in order of appearance.
+Report: the MIMIC-CXR report's FINDINGS and IMPRESSION (``reports.study_text``) when
+``reports_root`` (a mimic-cxr-reports folder with ``files/p1X/p<subject>/s<study>.txt``) is
+given and the file exists, else the scene graph's distinct phrases in order of appearance.
 
 Splits: 'train', 'valid' ('val', 'validate' accepted), 'test'. Images listed in
 ``images_to_avoid.csv`` (the gold standard) are excluded when ``exclude_gold`` (default); images

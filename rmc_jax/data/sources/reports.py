@@ -120,9 +120,13 @@ def report_text(text: str, fallback: str = "last") -> str:
     findings, impression = sections.get("findings", ""), sections.get("impression", "")
     if findings or impression:
         return " ".join(part for part in (findings, impression) if part)
-    if fallback == "none":
-        return ""
-    if list(sections) == [""]:  # no headers at all: the whole text is the report
+    return "" if fallback == "none" else _last_description(sections)
+
+
+def _last_description(sections: dict[str, str]) -> str:
+    """A report without findings and impression: its whole text when it has no headers, else
+    its last non-administrative section ('' if none)."""
+    if list(sections) == [""]:
         return sections[""]
     for name in reversed(list(sections)):
         if name not in _ADMINISTRATIVE and sections[name]:
@@ -132,16 +136,16 @@ def report_text(text: str, fallback: str = "last") -> str:
 
 def sectioned_text(findings: str, impression: str) -> str:
     """'FINDINGS: f\nIMPRESSION: i' with the sections that are not empty ('' if neither)."""
-    parts = [f"{name}: {clean_text(body)}" for name, body in
-             (("FINDINGS", findings), ("IMPRESSION", impression)) if clean_text(body)]
-    return "\n".join(parts)
+    bodies = (("FINDINGS", clean_text(findings)), ("IMPRESSION", clean_text(impression)))
+    return "\n".join(f"{name}: {body}" for name, body in bodies if body)
 
 
 def study_text(text: str) -> str:
     """A free-text report as ``Example.report``: its findings and impression under their
     headers (``sectioned_text``); without either, ``report_text``'s fallback section."""
-    findings, impression = findings_impression(text)
-    return sectioned_text(findings, impression) or report_text(text)
+    sections = split_sections(text)
+    return (sectioned_text(sections.get("findings", ""), sections.get("impression", ""))
+            or _last_description(sections))
 
 
 REPORT_SECTIONS = ("findings_impression", "impression_findings", "impression", "full")
@@ -161,14 +165,11 @@ def model_text(text: str, sections: str = "findings_impression") -> str:
     if sections == "full":
         return clean_text(text)
     parts = split_sections(text)
-    if list(parts) == [""]:
-        return parts[""]
     findings, impression = parts.get("findings", ""), parts.get("impression", "")
     chosen = {"findings_impression": (findings, impression),
               "impression_findings": (impression, findings),
               "impression": (impression or findings,)}[sections]
-    joined = " ".join(part for part in chosen if part)
-    return joined or report_text(text)
+    return " ".join(part for part in chosen if part) or _last_description(parts)
 
 
 def read_report(path: str | os.PathLike) -> str:
