@@ -90,10 +90,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # =============================================================================================
 
 
-def pipeline_config(config) -> pipe.PipelineConfig:
-    return pipe.PipelineConfig.from_data_config(config.data)
-
-
 def corpus(source, limit: int = 2000):
     """Reports and captions of ``limit`` examples spread evenly over the source (tokenizer
     training text; spread so that every part of a mixture contributes)."""
@@ -391,7 +387,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         raise ValueError(f"invalid config: the tokenizer has {tokenizer.vocab_size} tokens but "
                          f"model.text.vocab_size = {config.model.text.vocab_size}")
     caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-    dataset = pipe.make_dataset(train_source, pipeline_config(config), tokenizer,
+    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
+    dataset = pipe.make_dataset(train_source, pipeline_config, tokenizer,
                                 batch_size=config.batch_size // pc, seed=config.seed, train=True,
                                 process_index=pi, process_count=pc,
                                 caption_tokenizer=caption_tokenizer)

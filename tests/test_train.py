@@ -91,7 +91,8 @@ def _fixed_batch_setup(config, mesh):
     source = train.data_sources.open_source("synthetic", "", "train", 16, 0, 32)
     tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512, max_len=32)
     captions = tokenizer.with_max_len(config.data.max_caption_len)
-    dataset = train.pipe.make_dataset(source, train.pipeline_config(config), tokenizer,
+    pipeline_config = train.pipe.PipelineConfig.from_data_config(config.data)
+    dataset = train.pipe.make_dataset(source, pipeline_config, tokenizer,
                                       batch_size=8, seed=0, train=True,
                                       caption_tokenizer=captions)
     full = next(iter(dataset))

@@ -144,7 +144,8 @@ def step_rate(config, source, tokenizer, steps: int) -> tuple[list[float], float
 
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-    dataset = pipe.make_dataset(source, trainer.pipeline_config(config), tokenizer,
+    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
+    dataset = pipe.make_dataset(source, pipeline_config, tokenizer,
                                 batch_size=config.batch_size, seed=config.seed, train=True,
                                 caption_tokenizer=caption_tokenizer)
     local = next(iter(dataset))
@@ -185,6 +186,7 @@ def main(argv=None):
 
     from configs.base import get_config
     from rmc_jax import train as trainer
+    from rmc_jax.data import pipeline as pipe
     from rmc_jax.data.sources import get_source, open_source
     from rmc_jax.data.sources.ms_cxr import MSCXR
     from rmc_jax.data.tokenizer import train_wordpiece
@@ -196,7 +198,7 @@ def main(argv=None):
     started = time.perf_counter()
     tokenizer = train_wordpiece(trainer.corpus(synthetic, limit=1000), d.vocab_size,
                                 d.max_text_len)
-    base = trainer.pipeline_config(config)
+    base = pipe.PipelineConfig.from_data_config(config.data)
     print(f"# Input pipeline vs training step ({platform.machine()}, {os.cpu_count()} CPU "
           f"cores, jax {jax.__version__} on {jax.default_backend()}, Python "
           f"{platform.python_version()}); load average at start "
