@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Accelerator check: train-step examples/s and MFU on a GPU (or TPU) host, in 3-5 minutes.
+# Accelerator check: train-step examples/s and MFU on a GPU (or TPU) host. On one H200 the full
+# set of contestants takes about 10 minutes, most of it compiling (40-115 s per contestant):
+# BENCH_ONLY="bf16, base" keeps the two base-config bf16 ones (about 5 minutes with the trainer).
 #
 #   bash experiments/device_check.sh                 # prints the tables, writes $OUT
 #

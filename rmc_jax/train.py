@@ -425,10 +425,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             bad_total, read_total = bad_total + bad, read_total + bad + len(local["image"])
             _check_bad_fraction(bad_total, read_total, config.data.max_bad_fraction)
             batch = shd.global_batch(local, mesh)
-            if flops_per_step is None:  # compile once, explicitly, to read XLA's FLOP count
-                train_step = train_step.lower(state, batch, concepts, frozen_teacher).compile()
-                flops_per_step = ((flops.compiled_flops(train_step) or 0.0)
-                                  * jax.local_device_count())
+            if flops_per_step is None:  # lower and compile once, explicitly, to count FLOPs
+                lowered = train_step.lower(state, batch, concepts, frozen_teacher)
+                # The whole program's count; this process's devices run their share of it.
+                flops_per_step = (flops.cost_flops(lowered) or 0.0) / jax.process_count()
+                train_step = lowered.compile()
             state, metrics = train_step(state, batch, concepts, frozen_teacher)
             step += 1
             window_steps += 1

@@ -88,7 +88,21 @@ def test_progress_bar_eta_and_redraw():
 def test_mfu_arithmetic_and_flop_count():
     compiled = __import__("jax").jit(jnp.matmul).lower(
         jnp.ones((64, 32)), jnp.ones((32, 16))).compile()
-    assert flops.compiled_flops(compiled) == pytest.approx(2 * 64 * 32 * 16)
+    assert flops.cost_flops(compiled) == pytest.approx(2 * 64 * 32 * 16)
     assert flops.mfu(1e9, 2.0, 4e9) == pytest.approx(0.5)
     assert flops.mfu(None, 2.0, 4e9) is None
     assert flops.measure_matmul_peak(size=128, repeats=2) > 0
+
+
+def test_flop_count_of_a_sharded_step_covers_all_devices():
+    """MFU counts the whole program: a batch-sharded matmul over 8 devices counts 8 devices'
+    FLOPs when lowered, while the compiled, partitioned module counts one device's share."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    x = jax.device_put(jnp.ones((64, 32)), NamedSharding(mesh, PartitionSpec("data")))
+    lowered = jax.jit(jnp.matmul).lower(x, jnp.ones((32, 16)))
+    assert flops.cost_flops(lowered) == pytest.approx(2 * 64 * 32 * 16, rel=1e-3)
+    per_device = flops.cost_flops(lowered.compile())
+    assert per_device == pytest.approx(2 * 64 * 32 * 16 / jax.device_count(), rel=1e-3)

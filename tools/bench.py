@@ -20,7 +20,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --write               # also replace the groups' tables in
                                                 # BENCHMARKS.md (between their markers)
 
-FLOPs per step come from XLA's cost analysis of the compiled step, cross-checked by an
+FLOPs per step come from XLA's cost analysis of the lowered step, cross-checked by an
 analytic count of the matmuls (``analytic_flops``). MFU divides FLOPs/step x steps/s by the
 best FLOP/s of a large f32 (and bf16) matmul measured by ``rmc_jax.flops.measure_matmul_peak``
 in the same run. The step never reads the input pipeline: a fixed random batch with the
@@ -218,7 +218,8 @@ def jax_worker(spec: dict):
                                          (24, config.data.max_caption_len)), jnp.int32),
                 jnp.ones((24, config.data.max_caption_len), jnp.int32))
     start = time.perf_counter()
-    compiled = step.lower(state, batch, concepts, None).compile()
+    lowered = step.lower(state, batch, concepts, None)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -233,7 +234,7 @@ def jax_worker(spec: dict):
 
     run(2)  # first calls: allocation, page faults
     info = {"compile_s": compile_s,
-            "xla_flops": (flops.compiled_flops(compiled) or 0.0) * jax.local_device_count(),
+            "xla_flops": flops.cost_flops(lowered) or 0.0,
             "analytic_flops": analytic_flops(config, config.batch_size),
             "parameters": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
             "threads": os.cpu_count()}
