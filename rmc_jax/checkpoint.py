@@ -9,6 +9,7 @@ Grain's JSON handler.
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
@@ -46,9 +47,29 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
+            self._check_input_workers(step, data_iterator)
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
+
+    def _check_input_workers(self, step: int, data_iterator) -> None:
+        """Fail with the fix when the saved input position came from a pipeline with another
+        number of worker processes: each worker reads its own slice of the data, so the
+        order of examples (and the saved state's layout) depends on that number."""
+        path = os.path.join(self.directory, str(step), "data",
+                            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+        if not os.path.exists(path):
+            return
+        with open(path) as handle:
+            saved = input_workers(json.load(handle))
+        current = input_workers(data_iterator.get_state())
+        if saved != current:
+            raise ValueError(
+                f"cannot resume the input pipeline from {path}: it was saved with "
+                f"data.workers={saved} and this run has data.workers={current}. Each worker "
+                f"reads its own slice of the data, so the order of examples depends on the "
+                f"number of workers: resume with --config.data.workers={saved}, or train in "
+                f"a new workdir")
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
@@ -66,3 +87,10 @@ def abstract_like(tree):
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         tree)
+
+
+def input_workers(iterator_state: dict) -> int:
+    """Number of input worker processes (``data.workers``) of a pipeline, read from its Grain
+    iterator state: ``prefetch`` interleaves one iterator per worker; 0 without workers."""
+    per_worker = iterator_state.get("iterators_in_use_states")
+    return len(per_worker) if isinstance(per_worker, list) else 0

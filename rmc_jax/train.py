@@ -417,7 +417,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     pending, last_metrics = None, {}
     bad_total = read_total = regions_cut = 0
     window_start, window_steps = time.perf_counter(), 0
-    with _Preemption() as preemption:
+    # Closing the iterator stops its worker processes and frees the shared memory of the
+    # batches they had ready, at the end of the run, on preemption and on errors alike.
+    with pipe.closing(data_iter), _Preemption() as preemption:
         while step < config.total_steps:
             local = next(data_iter)
             bad = int(local.pop("replaced").sum())
@@ -431,6 +433,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 flops_per_step = (flops.cost_flops(lowered) or 0.0) / jax.process_count()
                 train_step = lowered.compile()
             state, metrics = train_step(state, batch, concepts, frozen_teacher)
+            del local, batch  # the step holds what it needs; the input buffers can be reused
             step += 1
             window_steps += 1
             writer.tick(step)
@@ -462,10 +465,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                f"{checkpointer.directory}")
                 writer.close()
                 sys.exit(143)
-    if pending is not None:
-        last_metrics = _check_finite(pending, config, checkpointer)
-    if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, data_iter, force=True)
+        if pending is not None:
+            last_metrics = _check_finite(pending, config, checkpointer)
+        if checkpointer.latest_step() != step:
+            checkpointer.save(step, state, data_iter, force=True)
     checkpointer.close()
     results = None
     if config.evals.enabled and step >= config.total_steps:

@@ -83,6 +83,9 @@ def test_resume_is_bit_identical(tmp_path):
     resumed = train.train(smoke(total_steps=6, **{"data.workers": 1}), str(tmp_path / "b"))
     for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Another worker count reads the data in another order: refused, with the fix.
+    with pytest.raises(ValueError, match=r"--config\.data\.workers=1"):
+        train.train(smoke(total_steps=8, **{"data.workers": 0}), str(tmp_path / "b"))
 
 
 def _fixed_batch_setup(config, mesh):
@@ -197,6 +200,8 @@ def test_unknown_config_key_fails_on_the_command_line(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+    """A preemption signals the whole process group, input workers included: the trainer
+    saves, stops its workers in order and leaves no shared memory behind."""
     import signal
     import subprocess
     import time
@@ -205,21 +210,23 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     command = [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
                "--config.total_steps=100000", "--config.checkpoint_every=100000",
                "--config.log_every=1", "--config.evals.enabled=False", f"--workdir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command + ["--config.data.workers=2"], cwd=root,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 143, output[-2000:]
     assert "preempted at step" in output
+    assert "leaked" not in output and "Traceback" not in output, output[-2000:]
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert saved and saved[-1] >= 3
     rerun = subprocess.run(command[:4] + ["--config.total_steps=%d" % (saved[-1] + 1),
                                           "--config.evals.enabled=False",
-                                          f"--workdir={tmp_path}"],
+                                          "--config.data.workers=2", f"--workdir={tmp_path}"],
                            cwd=root, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resumed from step {saved[-1]}" in rerun.stdout

@@ -23,8 +23,10 @@ L = max_text_len, C = labels, S = image size):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import signal
 import warnings
 from typing import Sequence
 
@@ -236,4 +238,26 @@ def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:
 
     if not flags.FLAGS.is_parsed():  # called from a notebook or test, not from an absl app:
         flags.FLAGS.mark_as_parsed()  # Grain's worker options read absl flags (defaults)
-    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                               worker_init_fn=_leave_sigterm_to_the_trainer)
+
+
+def _leave_sigterm_to_the_trainer(worker_index: int, worker_count: int) -> None:
+    """Input workers ignore SIGTERM. A preemption signals the whole process group; the trainer
+    then saves a checkpoint and closes the iterator, which stops the workers in order and
+    frees the shared memory of their ready batches (a worker killed by the signal would leave
+    it behind)."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def closing(iterator):
+    """Close a batch iterator on exit (end of run, preemption, error): stops its worker
+    processes and frees the shared memory of the batches in flight, which a process that
+    exits without closing leaves to Python's resource tracker ("leaked shared_memory
+    objects")."""
+    try:
+        yield iterator
+    finally:
+        iterator.close()
