@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import os
 import platform
 import statistics
@@ -115,20 +114,15 @@ def pipeline_rate(source, pipeline_config, tokenizer, *, batch_size, workers, wa
 
     dataset = pipe.make_dataset(source, pipeline_config, tokenizer, batch_size=batch_size,
                                 seed=seed, train=True)
-    iterator = iter(pipe.prefetch(dataset, workers))
-    for _ in range(warmup):
-        next(iterator)
     rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(batches):
+    with pipe.closing(iter(pipe.prefetch(dataset, workers))) as iterator:
+        for _ in range(warmup):
             next(iterator)
-        rates.append(batches * batch_size / (time.perf_counter() - start))
-    close = getattr(iterator, "close", None)
-    if close:
-        close()
-    del iterator
-    gc.collect()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(iterator)
+            rates.append(batches * batch_size / (time.perf_counter() - start))
     return rates
 
 
