@@ -51,12 +51,14 @@ def cost_flops(stage) -> float | None:
 
 def measure_matmul_peak(dtype=jnp.float32, size: int = 1024, repeats: int = 8,
                         device=None) -> float:
-    """Best FLOP/s of a ``[size, size] @ [size, size]`` matmul on ``device``."""
+    """Best FLOP/s of a ``[size, size] @ [size, size]`` matmul on ``device``; 16-bit operands
+    accumulate in float32, as the model's matmuls do (``layers.low_precision_dot_general``)."""
     device = device or jax.devices()[0]
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.device_put(jax.random.normal(key_a, (size, size), dtype), device)
     b = jax.device_put(jax.random.normal(key_b, (size, size), dtype), device)
-    matmul = jax.jit(jnp.matmul)
+    accumulate = jnp.float32 if jnp.dtype(dtype).itemsize == 2 else None
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=accumulate))
     matmul(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):

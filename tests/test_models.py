@@ -537,3 +537,58 @@ def test_exact_gelu_is_flax_exact_gelu():
     np.testing.assert_allclose(g, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, False)))(x),
                                rtol=1e-5, atol=1e-6)
     assert exact_gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def _bf16(a):
+    """NumPy float32 copy of ``a`` rounded to bfloat16 (as the model rounds activations)."""
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
+
+
+def test_dense_in_float32_is_flax_dense_exactly():
+    import flax.linen as nn
+
+    from rmc_jax.models.layers import Dense
+
+    x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+    ours, flax_dense = Dense(8), nn.Dense(8)
+    params = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, flax_dense.init(jax.random.key(1), x))
+    np.testing.assert_array_equal(ours.apply(params, x), flax_dense.apply(params, x))
+
+    def loss(module):
+        return lambda p, v: jnp.sum(jnp.sin(module.apply(p, v)))
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                    jax.tree.leaves(jax.grad(loss(flax_dense), argnums=(0, 1))(params, x))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dense_in_bfloat16_accumulates_in_float32_forward_and_backward():
+    """bf16 operands, float32 sums: the output is the float32 product of the bf16-rounded
+    operands plus the bias, rounded once; the input gradient likewise; the kernel and bias
+    gradients are float32 sums never rounded to 16 bits (a bf16-rounded one would be off by
+    ~1e-3 relative, 100x the tolerance)."""
+    from rmc_jax.models.layers import Dense
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (4, 33, 96))
+    layer = Dense(80, dtype=jnp.bfloat16)
+    params = layer.init(k2, x)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(k3, p.shape), params)
+    kernel, bias = (np.asarray(params["params"][k]) for k in ("kernel", "bias"))
+    y = layer.apply(params, x)
+    assert y.dtype == jnp.bfloat16
+    xb, kb = _bf16(x), _bf16(kernel)
+    expected = xb @ kb + bias
+    np.testing.assert_allclose(np.asarray(y, np.float32), _bf16(expected), rtol=8e-3, atol=1e-6)
+
+    cotangent = jax.random.normal(k3, y.shape)
+    grads_p, grad_x = jax.vjp(lambda p, v: layer.apply(p, v), params, x)[1](
+        cotangent.astype(jnp.bfloat16))
+    gb = _bf16(cotangent)
+    assert grad_x.dtype == jnp.float32  # the caller's dtype; its values are bf16-rounded
+    np.testing.assert_allclose(grad_x, _bf16(gb @ kb.T), rtol=8e-3, atol=1e-6)
+    assert grads_p["params"]["kernel"].dtype == jnp.float32
+    np.testing.assert_allclose(grads_p["params"]["kernel"],
+                               np.einsum("btk,btn->kn", xb, gb), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grads_p["params"]["bias"], gb.sum((0, 1)), rtol=1e-5, atol=1e-4)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from rmc_jax.models.layers import (REMAT_POLICIES, canonical_dtype, check_architecture,
-                                    exact_gelu)
+                                    Dense, exact_gelu)
 from rmc_jax.models.roi import roi_align
 from rmc_jax.models.text import POOLINGS, TextTransformer
 from rmc_jax.models.vit import VisionTransformer
@@ -264,7 +264,7 @@ class _PostPool(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-        h = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        h = Dense(x.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
         return x + exact_gelu(h)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ACTIVATIONS",
     "NORM_POSITIONS",
     "REMAT_POLICIES",
+    "Dense",
     "MultiHeadAttention",
     "Mlp",
     "EncoderBlock",
@@ -51,8 +52,66 @@ _KERNEL_INIT = nn.initializers.xavier_uniform()
 
 def exact_gelu(x: jax.Array) -> jax.Array:
     """GELU with the exact normal CDF, written with ``erf`` (as PyTorch does): the same function
-    as ``nn.gelu(x, approximate=False)``, whose ``erfc`` form XLA runs ~2.5x slower on CPU."""
-    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+    as ``nn.gelu(x, approximate=False)``, whose ``erfc`` form XLA runs ~2.5x slower on CPU.
+    16-bit inputs are evaluated in float32 and rounded back: more exact, and on CPU faster than
+    XLA's bf16 ``erf`` (forward+backward 2.4x)."""
+    y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (0.5 * y * (1.0 + jax.lax.erf(y * 0.7071067811865476))).astype(x.dtype)
+
+
+@jax.custom_vjp
+def _low_precision_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """``x [..., K] @ kernel [K, N] + bias [N]`` with 16-bit operands accumulated in float32:
+    x is in the compute dtype, kernel and bias in float32 (the parameters); the product is
+    rounded to x's dtype after the bias is added."""
+    y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                            preferred_element_type=jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def _low_precision_dense_forward(x, kernel, bias):
+    return _low_precision_dense(x, kernel, bias), (x, kernel, bias)
+
+
+def _low_precision_dense_backward(residuals, grad):
+    """The gradient matmuls take 16-bit operands and accumulate in float32, as the forward
+    does (plain autodiff would run them on float32 operands, at the float32 rate). The
+    parameter gradients stay float32: nothing rounds them to 16 bits."""
+    x, kernel, bias = residuals
+    g = grad.astype(x.dtype)
+    grad_x = jax.lax.dot_general(g, kernel.astype(x.dtype), (((g.ndim - 1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32).astype(x.dtype)
+    leading = tuple(range(x.ndim - 1))
+    grad_kernel = jax.lax.dot_general(x, g, ((leading, leading), ((), ())),
+                                      preferred_element_type=jnp.float32).astype(kernel.dtype)
+    grad_bias = None
+    if bias is not None:
+        grad_bias = jnp.sum(grad.astype(jnp.float32), axis=leading).astype(bias.dtype)
+    return grad_x, grad_kernel, grad_bias
+
+
+_low_precision_dense.defvjp(_low_precision_dense_forward, _low_precision_dense_backward)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters, initialisers and names) whose 16-bit compute keeps the
+    matmul operands in 16 bits and accumulates in float32, forward and backward, with the bias
+    added before rounding. XLA's CPU backend runs bf16 x bf16 -> f32 matmuls on the bf16
+    dot-product units (about 2.5x its f32 rate here) but bf16 -> bf16 ones on a slow path
+    (below its f32 rate), and turns bf16 bias-gradient sums into slow tree reductions; on
+    GPU/TPU the matmul units accumulate in float32 either way. float32 is plain ``nn.Dense``."""
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if jnp.dtype(self.dtype or inputs.dtype).itemsize != 2 or self.dot_general is not None:
+            return super().__call__(inputs)
+        kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        return _low_precision_dense(inputs.astype(self.dtype), kernel, bias)
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:
@@ -105,7 +164,7 @@ class MultiHeadAttention(nn.Module):
         if D % self.num_heads:
             raise ValueError(f"width {D} is not divisible by num_heads {self.num_heads}")
         head_dim = D // self.num_heads
-        qkv = nn.Dense(
+        qkv = Dense(
             3 * D, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_KERNEL_INIT,
             name="qkv",
         )(x)
@@ -113,7 +172,7 @@ class MultiHeadAttention(nn.Module):
         q, k, v = (t.squeeze(2) for t in (q, k, v))  # [B, T, N, H]
         key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]  # [B,1,1,T]
         y = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=self.causal)
-        return nn.Dense(
+        return Dense(
             D, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_KERNEL_INIT,
             name="out",
         )(y.reshape(B, T, D))
@@ -130,9 +189,9 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_KERNEL_INIT)
-        h = nn.Dense(self.hidden_dim, name="fc1", **dense)(x)
+        h = Dense(self.hidden_dim, name="fc1", **dense)(x)
         h = ACTIVATIONS[self.activation](h)
-        return nn.Dense(x.shape[-1], name="fc2", **dense)(h)
+        return Dense(x.shape[-1], name="fc2", **dense)(h)
 
 
 class EncoderBlock(nn.Module):

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmc_jax.models.layers import TransformerStack
+from rmc_jax.models.layers import Dense, TransformerStack
 
 __all__ = ["TextTransformer"]
 
@@ -105,7 +105,7 @@ class TextTransformer(nn.Module):
             total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
             pooled = (total / jnp.maximum(weights.sum(axis=1), 1.0)).astype(x.dtype)
         elif pooling == "pooler":
-            pooled = jnp.tanh(nn.Dense(self.width, name="pooler", **common)(x[:, 0]))
+            pooled = jnp.tanh(Dense(self.width, name="pooler", **common)(x[:, 0]))
         else:
             pooled = x[:, 0]
         return pooled, x
