@@ -187,6 +187,27 @@ def test_bad_configs_fail_before_compiling(tmp_path, override, message):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+def test_config_arguments_after_the_variant():
+    config = get_config("global,steps=10,res=64,dtype=bfloat16,lr=1e-3")
+    assert (config.total_steps, config.data.image_size, config.model.vision.image_size) == \
+        (10, 64, 64)
+    assert config.model.vision.dtype == config.model.text.dtype == "bfloat16"
+    assert config.optimizer.learning_rate == 1e-3 and config.loss.roi_weight == 0.0
+    with pytest.raises(ValueError, match="KEY=VALUE with KEY in"):
+        get_config("roi,precision=bf16")
+
+
+def test_bfloat16_training_runs_with_float32_state(tmp_path):
+    """dtype=bfloat16 end to end: parameters, optimizer state and losses stay float32."""
+    config = smoke(**{"model.vision.dtype": "bfloat16", "model.text.dtype": "bfloat16",
+                      "evals.enabled": False})
+    result = train.train(config, str(tmp_path))
+    assert np.isfinite(result["metrics"]["total"])
+    assert {x.dtype for x in jax.tree.leaves(result["state"]["params"])} == {np.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(result["state"]["opt_state"])
+            if jnp.issubdtype(x.dtype, jnp.floating)} == {np.dtype("float32")}
+
+
 def test_unknown_config_key_fails_on_the_command_line(tmp_path):
     import subprocess
 

@@ -13,7 +13,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups flags --xla_flags "xla_cpu_use_xnnpack=false"
     python tools/bench.py --groups threads      # thread counts / OpenMP wait policy
     python tools/bench.py --groups patches      # model-code variants (attention layout)
-    python tools/bench.py --groups vits --rounds 3 --steps 1
+    python tools/bench.py --groups vits vits-roi --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
     python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base and ViT-S/16,
                                                 # batch 256 (experiments/device_check.sh)
@@ -421,18 +421,23 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
                  passive),
                 ("PyTorch f32 eager, 1 thread", _torch(variant, threads=1), {}),
                 ("PyTorch bf16 autocast eager, 1 thread",
-                 _torch(variant, dtype="bfloat16", threads=1), {})]
+                 _torch(variant, dtype="bfloat16", threads=1), {}),
+                ("PyTorch bf16 autocast eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+                 _torch(variant, dtype="bfloat16"), passive)]
         if args.torch_compile:
             rows.append(("PyTorch f32 torch.compile, 1 thread",
                          _torch(variant, compile=True, threads=1), {}))
         out[f"base-{variant}"] = rows
-    out["vits"] = [("rmc_jax f32", _jax("global", "vits"), {}),
-                   ("rmc_jax bf16", _jax("global", "vits", "bfloat16"), {}),
-                   ("PyTorch f32 eager, 1 thread", _torch("global", "vits", threads=1), {}),
-                   ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
-                    _torch("global", "vits"), passive),
-                   ("PyTorch bf16 autocast eager, 1 thread",
-                    _torch("global", "vits", "bfloat16", threads=1), {})]
+    for name, variant in (("vits", "global"), ("vits-roi", "roi")):
+        out[name] = [("rmc_jax f32", _jax(variant, "vits"), {}),
+                     ("rmc_jax bf16", _jax(variant, "vits", "bfloat16"), {}),
+                     ("PyTorch f32 eager, 1 thread", _torch(variant, "vits", threads=1), {}),
+                     ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+                      _torch(variant, "vits"), passive),
+                     ("PyTorch bf16 autocast eager, 1 thread",
+                      _torch(variant, "vits", "bfloat16", threads=1), {}),
+                     ("PyTorch bf16 autocast eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+                      _torch(variant, "vits", "bfloat16"), passive)]
     flags = [("default", {}),
              ("glibc malloc tuned", tuned),
              ("--xla_cpu_use_xnnpack=true", {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
@@ -489,7 +494,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
-                        help="base-global, base-roi, vits, flags, threads, patches, eval, accelerator")
+                        help="base-global, base-roi, vits, vits-roi, flags, threads, patches, eval, "
+                             "accelerator")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
     parser.add_argument("--only", nargs="*", default=None,
