@@ -592,3 +592,30 @@ def test_dense_in_bfloat16_accumulates_in_float32_forward_and_backward():
     np.testing.assert_allclose(grads_p["params"]["kernel"],
                                np.einsum("btk,btn->kn", xb, gb), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(grads_p["params"]["bias"], gb.sum((0, 1)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_attention_matches_float32_attention_on_the_same_inputs(causal):
+    """The 16-bit attention (float32 sums, custom backward) against jax.nn's float32 attention
+    on the bf16-rounded inputs: outputs and q/k/v gradients within bf16 rounding, padded keys
+    ignored."""
+    from rmc_jax.models.layers import dot_product_attention
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v, g = (jax.random.normal(key, (3, 11, 2, 8)).astype(jnp.bfloat16) for key in keys)
+    mask = (jnp.arange(11) < jnp.asarray([11, 7, 4])[:, None])[:, None, None, :]
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+
+    ours, grads = jax.vjp(lambda *x: dot_product_attention(*x, mask, causal), q, k, v)
+    f32 = tuple(x.astype(jnp.float32) for x in (q, k, v))
+    expected, expected_grads = jax.vjp(reference, *f32)
+    assert ours.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(ours, np.float32), expected, rtol=2e-2, atol=1e-2)
+    for got, want in zip(grads(g), expected_grads(g.astype(jnp.float32))):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2e-2, atol=2e-2)
+    # Keys past each sequence's length get no attention and no gradient.
+    grad_k = np.asarray(grads(g)[1], np.float32)
+    assert np.all(grad_k[1, 7:] == 0) and np.all(grad_k[2, 4:] == 0)
