@@ -27,7 +27,7 @@ _ARGUMENTS = {
     "seed": (("seed",), int),
     "lr": (("optimizer.learning_rate",), float),
     # Compute dtype of both towers: 'bfloat16' runs the matmuls in bf16 with float32
-    # accumulation (parameters, optimizer and losses stay float32); about 1.5-1.8x the float32
+    # accumulation (parameters, optimizer and losses stay float32); about 1.9x the float32
     # step on CPUs with AVX512-BF16/AMX (BENCHMARKS.md), and the usual choice on GPU/TPU.
     "dtype": (("model.vision.dtype", "model.text.dtype"), str),
 }

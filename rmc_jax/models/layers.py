@@ -106,13 +106,15 @@ class Dense(nn.Dense):
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if jnp.dtype(self.dtype or inputs.dtype).itemsize != 2 or self.dot_general is not None:
+        dtype = self.dtype or inputs.dtype
+        if (jnp.dtype(dtype).itemsize != 2 or self.dot_general is not None
+                or self.dot_general_cls is not None):
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
                             self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        return _low_precision_dense(inputs.astype(self.dtype), kernel, bias)
+        return _low_precision_dense(inputs.astype(dtype), kernel, bias)
 
 
 def _quick_gelu(x: jax.Array) -> jax.Array:
@@ -165,7 +167,7 @@ def _attention_forward(q, k, v, key_mask, causal):
     probs = jax.nn.softmax(_attention_logits(q, k, key_mask, causal), axis=-1)  # float32
     out = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
-    return out.astype(q.dtype), (q, k, v, key_mask, probs)
+    return out.astype(q.dtype), (q, k, v, probs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -180,7 +182,7 @@ def _low_precision_attention(q, k, v, key_mask, causal):
 
 
 def _low_precision_attention_backward(causal, residuals, grad):
-    q, k, v, key_mask, probs = residuals
+    q, k, v, probs = residuals
     dtype = q.dtype
     grad = grad.astype(dtype)
     grad_v = jnp.einsum("bnts,btnh->bsnh", probs.astype(dtype), grad,
@@ -195,8 +197,7 @@ def _low_precision_attention_backward(causal, residuals, grad):
     return grad_q, grad_k, grad_v, None
 
 
-_low_precision_attention.defvjp(lambda q, k, v, m, c: _attention_forward(q, k, v, m, c),
-                                _low_precision_attention_backward)
+_low_precision_attention.defvjp(_attention_forward, _low_precision_attention_backward)
 
 
 def dot_product_attention(q, k, v, key_mask=None, causal: bool = False) -> jax.Array:
