@@ -52,7 +52,7 @@ def cost_flops(stage) -> float | None:
 def measure_matmul_peak(dtype=jnp.float32, size: int = 1024, repeats: int = 8,
                         device=None) -> float:
     """Best FLOP/s of a ``[size, size] @ [size, size]`` matmul on ``device``; 16-bit operands
-    accumulate in float32, as the model's matmuls do (``layers.low_precision_dot_general``)."""
+    accumulate in float32, as the model's matmuls do (``layers.Dense``)."""
     device = device or jax.devices()[0]
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.device_put(jax.random.normal(key_a, (size, size), dtype), device)

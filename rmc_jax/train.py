@@ -433,7 +433,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 flops_per_step = (flops.cost_flops(lowered) or 0.0) / jax.process_count()
                 train_step = lowered.compile()
             state, metrics = train_step(state, batch, concepts, frozen_teacher)
-            del local, batch  # the step holds what it needs; the input buffers can be reused
+            # The step holds what it needs. Dropping the batch here lets Grain free its shared
+            # memory; a batch still referenced when the run ends leaks its segments.
+            del local, batch
             step += 1
             window_steps += 1
             writer.tick(step)

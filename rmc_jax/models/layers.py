@@ -60,6 +60,11 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return (0.5 * y * (1.0 + jax.lax.erf(y * 0.7071067811865476))).astype(x.dtype)
 
 
+def _is_16_bit(dtype: Dtype) -> bool:
+    """bfloat16 or float16: the compute dtypes whose matmuls accumulate in float32 here."""
+    return jnp.dtype(dtype).itemsize == 2
+
+
 @jax.custom_vjp
 def _low_precision_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
     """``x [..., K] @ kernel [K, N] + bias [N]`` with 16-bit operands accumulated in float32:
@@ -107,7 +112,7 @@ class Dense(nn.Dense):
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         dtype = self.dtype or inputs.dtype
-        if (jnp.dtype(dtype).itemsize != 2 or self.dot_general is not None
+        if (not _is_16_bit(dtype) or self.dot_general is not None
                 or self.dot_general_cls is not None):
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
@@ -203,7 +208,7 @@ _low_precision_attention.defvjp(_attention_forward, _low_precision_attention_bac
 def dot_product_attention(q, k, v, key_mask=None, causal: bool = False) -> jax.Array:
     """Multi-head softmax attention, [B, T, N, H] -> [B, T, N, H]: ``jax.nn``'s for float32,
     ``_low_precision_attention`` (float32 sums) for 16-bit inputs."""
-    if jnp.dtype(q.dtype).itemsize == 2:
+    if _is_16_bit(q.dtype):
         return _low_precision_attention(q, k, v, key_mask, causal)
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
 
