@@ -74,3 +74,53 @@ def test_analytic_flops_match_xla_cost_analysis():
     assert xla is not None
     # At the smoke size, element-wise work is a larger share than at the benchmarked sizes.
     assert 0.7 < analytic / xla < 1.1
+
+
+# The product each (kind, operands) of tools/bench_matmul.py must compute, as an einsum over its
+# operands: rmc_jax's layouts (kernel [K, N]) and PyTorch's (Linear weight [N, K]).
+_JAX_PRODUCTS = {"forward": "btk,kn->btn", "input grad": "btn,kn->btk",
+                 "weight grad": "btk,btn->kn", "attention logits": "btnh,bsnh->bnts",
+                 "attention probs x values": "bnts,bsnh->btnh"}
+_TORCH_PRODUCTS = {"forward": "btk,nk->btn", "input grad": "btn,nk->btk",
+                   "weight grad": "btn,btk->nk", "attention logits": "bnth,bnsh->bnts",
+                   "attention probs x values": "bnts,bnsh->bnth"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matmul_bench_runs_the_products_it_names(dtype):
+    """Each benchmarked matmul is the product its name and FLOP count say, in both frameworks
+    (a wrong contraction would time a different kernel)."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    matmul = _load("bench_matmul")
+    cases = [(kind, (2, 3, 4, 5)) for kind in matmul.PASSES]
+    cases += [(kind, (2, 3, 2, 4)) for kind in matmul.ATTENTION]
+    for kind, shape in cases:
+        for build, products in ((matmul._jax_matmul, _JAX_PRODUCTS),
+                                (matmul._torch_matmul, _TORCH_PRODUCTS)):
+            function, operands = build(kind, shape, dtype)
+            result = function(*operands)
+            as_numpy = [np.asarray(x.float() if isinstance(x, torch.Tensor) else
+                                   np.asarray(x, np.float32), np.float64) for x in operands]
+            got = np.asarray(result.float() if isinstance(result, torch.Tensor) else
+                             np.asarray(result, np.float32), np.float64)
+            if build is matmul._torch_matmul and kind == "weight grad":
+                got = got.reshape(shape[3], shape[2])
+            want = np.einsum(products[kind], *as_numpy)
+            np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max(),
+                                       err_msg=f"{build.__name__} {kind} {dtype}")
+
+
+@pytest.mark.parametrize("model", ["base", "vits"])
+def test_matmul_bench_layer_flops_match_the_analytic_count(model):
+    """One layer's forward matmuls (bench_matmul.py) x depth = the analytic image-tower count
+    (bench.py's MFU cross-check): both describe the same model."""
+    bench, matmul = _load("bench"), _load("bench_matmul")
+    config = bench.bench_config("global", model, "float32", 4)
+    v = config.model.vision
+    forward = [m for m in matmul.layer_matmuls(model, 4)
+               if m["kind"] in ("forward",) + matmul.ATTENTION]
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    analytic = 4 * bench._tower_flops(tokens, v.width, v.depth, v.mlp_ratio)
+    assert sum(m["flops"] for m in forward) * v.depth == pytest.approx(analytic, rel=1e-12)

@@ -61,6 +61,8 @@ MODELS = {
     # ViT-S/16 at 224 px, with a text tower of the same size.
     "vits": {"width": 384, "depth": 12, "num_heads": 6, "image_size": 224},
 }
+MODEL_DESCRIPTIONS = {"base": "ViT 192x4, patch 16, 128 px; text 192x4",
+                      "vits": "ViT-S/16 (384x12, 6 heads), 224 px; text 384x12"}
 
 
 # =============================================================================================
@@ -329,7 +331,11 @@ def worker_main(spec: dict):
     warnings.filterwarnings("ignore")
     build = {"jax": jax_worker, "torch": torch_worker, "matmul": matmul_worker,
              "embed": embed_worker}[spec["engine"]]
-    run, info = build(spec)
+    serve(*build(spec))
+
+
+def serve(run, info: dict):
+    """A worker's side of the protocol: READY once, then one DONE per ``run N`` line."""
     print("READY " + json.dumps(info), flush=True)
     for line in sys.stdin:
         command = line.split()
@@ -340,9 +346,12 @@ def worker_main(spec: dict):
 
 
 class Worker:
-    """One contestant in its own process (env applied before JAX / PyTorch start)."""
+    """One contestant in its own process (env applied before JAX / PyTorch start): ``script``
+    run with ``--worker SPEC`` (this file by default), whose worker prints ``READY info`` once
+    built and ``DONE {"times", "extra"}`` after each ``run N`` on its stdin."""
 
-    def __init__(self, label: str, spec: dict, env: dict | None = None):
+    def __init__(self, label: str, spec: dict, env: dict | None = None,
+                 script: str = os.path.abspath(__file__)):
         self.label, self.spec, self.env = label, spec, env or {}
         full_env = dict(os.environ)
         for key, value in self.env.items():
@@ -353,7 +362,7 @@ class Worker:
         # sized from the affinity mask, has one thread).
         prefix = ["taskset", "-c", spec["cpus"]] if spec.get("cpus") else []
         self.process = subprocess.Popen(
-            prefix + [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+            prefix + [sys.executable, script, "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
         self.info = self._expect("READY")
         self.rates: list[float] = []
@@ -566,8 +575,7 @@ def run_group(name, rows, args, peaks):
 
 def markdown(name, results, args) -> str:
     spec = results[0]["spec"]
-    size = {"base": "ViT 192x4, patch 16, 128 px; text 192x4",
-            "vits": "ViT-S/16 (384x12, 6 heads), 224 px; text 384x12"}[spec["model"]]
+    size = MODEL_DESCRIPTIONS[spec["model"]]
     lines = [f"**{name}** — `configs/base.py:{spec['variant']}`, {size}, batch {spec['batch']}; "
              f"{args.rounds} rounds x {args.steps} steps, ratios against "
              f"\"{results[0]['label']}\" in the same round.", "",
