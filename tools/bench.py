@@ -660,15 +660,15 @@ def main(argv=None):
                       indent=1, default=str)
     if args.write:
         for name, block in blocks.items():
-            write_benchmarks(name, block)
+            write_benchmarks(f"bench.py {name}", block)
 
 
-def write_benchmarks(group: str, text: str, path: str = os.path.join(ROOT, "BENCHMARKS.md")):
-    """Replace the group's block in BENCHMARKS.md (appended when its markers are absent)."""
+def write_benchmarks(key: str, text: str, path: str = os.path.join(ROOT, "BENCHMARKS.md")):
+    """Replace the block ``key`` in BENCHMARKS.md (appended when its markers are absent)."""
     sys.path.insert(0, ROOT)
     from tools.markdown_block import replace_block
 
-    replace_block(path, f"bench.py {group}", text)
+    replace_block(path, key, text)
 
 
 if __name__ == "__main__":

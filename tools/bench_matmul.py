@@ -49,8 +49,11 @@ PEAK_REFERENCE = {"name": "2048 x 2048 square (the MFU peak)", "kind": "forward"
 
 def layer_matmuls(model: str, batch: int = 32) -> list[dict]:
     """The matmuls of one image-tower layer of ``bench.MODELS[model]`` at ``batch``:
-    [{"name", "kind", "shape", "flops"}]. Shapes: (B, T, K, N) for a projection (activations
-    [B, T, K], kernel [K, N]); (B, T, heads, head_dim) for the attention."""
+    [{"name", "kind", "shape", "flops", "per_step"}]. Shapes: (B, T, K, N) for a projection
+    (activations [B, T, K], kernel [K, N]); (B, T, heads, head_dim) for the attention.
+    ``per_step``: how often one forward+backward runs a matmul of that shape (a projection's
+    passes once each; the attention's forward matmuls three times, its backward runs two more
+    of each shape)."""
     config = bench.bench_config("global", model, "float32", batch)
     v = config.model.vision
     tokens = (v.image_size // v.patch_size) ** 2 + 1
@@ -61,11 +64,12 @@ def layer_matmuls(model: str, batch: int = 32) -> list[dict]:
                                           (width, hidden), (hidden, width))):
         for kind in PASSES:
             out.append({"name": f"{name} {kind}", "kind": kind, "shape": (batch, tokens, k, n),
-                        "flops": 2.0 * batch * tokens * k * n})
+                        "flops": 2.0 * batch * tokens * k * n, "per_step": 1})
     attention = (batch, tokens, heads, width // heads)
     for name in ATTENTION:
         out.append({"name": name, "kind": name, "shape": attention,
-                    "flops": 2.0 * batch * heads * tokens * tokens * (width // heads)})
+                    "flops": 2.0 * batch * heads * tokens * tokens * (width // heads),
+                    "per_step": 3})
     return out
 
 
@@ -126,6 +130,11 @@ def _torch_matmul(kind, shape, dtype):
                                                                    normal(b, t, k))
 
 
+def _key(model: str | None, matmul: dict, dtype: str) -> str:
+    """Results key of one measured matmul (the peak reference belongs to no model)."""
+    return f"{model or 'peak'}|{matmul['name']}|{dtype}"
+
+
 def matmul_worker(spec: dict):
     """Build every (model, matmul, dtype) once; run(n) times each n times -> median seconds."""
     import warnings
@@ -141,12 +150,12 @@ def matmul_worker(spec: dict):
 
         build, sync = _jax_matmul, jax.block_until_ready
     cases = {}
-    for model in spec["models"]:
-        for matmul in layer_matmuls(model, spec["batch"]) + [PEAK_REFERENCE]:
-            for dtype in spec["dtypes"]:
-                function, operands = build(matmul["kind"], matmul["shape"], dtype)
-                sync(function(*operands))  # compile / first-touch
-                cases[f"{model}|{matmul['name']}|{dtype}"] = (function, operands)
+    matmuls = [(model, m) for model in spec["models"] for m in layer_matmuls(model, spec["batch"])]
+    for model, matmul in matmuls + [(None, PEAK_REFERENCE)]:
+        for dtype in spec["dtypes"]:
+            function, operands = build(matmul["kind"], matmul["shape"], dtype)
+            sync(function(*operands))  # compile / first-touch
+            cases[_key(model, matmul, dtype)] = (function, operands)
 
     def run(n):
         seconds = {}
@@ -214,50 +223,35 @@ def measure(args) -> dict[str, dict[str, float]]:
             for label, rounds in per_round.items()}
 
 
-def _layer_seconds(seconds: dict, model: str, dtype: str, matmuls: list[dict]) -> float:
-    """One layer's forward+backward matmul time: the projections' three passes each, the
-    attention's forward matmuls three times (its backward runs two of each shape)."""
-    total = 0.0
-    for matmul in matmuls:
-        repeat = 3 if matmul["kind"] in ATTENTION else 1
-        total += repeat * seconds[f"{model}|{matmul['name']}|{dtype}"]
-    return total
-
-
 def markdown(args, results: dict) -> str:
     labels = list(results)
+    pairs = [(labels[i], labels[i + 1]) for i in range(0, len(labels), 2)]
+    header = ("| matmul | shape | dtype | " + " | ".join(labels) + " | "
+              + " | ".join(f"ratio, {a.split(', ')[1]}" for a, _ in pairs) + " |")
     lines = []
     for model in args.models:
         matmuls = layer_matmuls(model, args.batch)
-        layer_flops = sum((3 if m["kind"] in ATTENTION else 1) * m["flops"] for m in matmuls)
         lines += ["", f"**{model}** ({bench.MODEL_DESCRIPTIONS[model]}; batch "
                   f"{args.batch}): GFLOP/s per matmul, median over rounds; the ratio is "
-                  "rmc_jax / PyTorch at the same thread count.", ""]
-        header = "| matmul | shape | dtype | " + " | ".join(labels)
-        pairs = [(labels[i], labels[i + 1]) for i in range(0, len(labels), 2)]
-        header += " | " + " | ".join(f"ratio, {a.split(', ')[1]}" for a, _ in pairs) + " |"
-        lines += [header, "|---|---|---|" + "---:|" * (len(labels) + len(pairs))]
+                  "rmc_jax / PyTorch at the same thread count.", "",
+                  header, "|---|---|---|" + "---:|" * (len(labels) + len(pairs))]
         for dtype in args.dtypes:
-            for matmul in matmuls + [{"name": "layer, forward+backward", "flops": layer_flops},
-                                     PEAK_REFERENCE]:
-                if matmul is PEAK_REFERENCE:
-                    rate = {label: matmul["flops"] / results[label][
-                        f"{model}|{matmul['name']}|{dtype}"] / 1e9 for label in labels}
-                    shape, name = "2048×2048×2048", f"*{matmul['name']}*"
-                elif "shape" in matmul:
-                    rate = {label: matmul["flops"] / results[label][
-                        f"{model}|{matmul['name']}|{dtype}"] / 1e9 for label in labels}
-                    shape = "×".join(map(str, matmul["shape"]))
-                    name = matmul["name"]
-                else:
-                    rate = {label: layer_flops / _layer_seconds(results[label], model, dtype,
-                                                                 matmuls) / 1e9
-                            for label in labels}
-                    shape, name = "", f"**{matmul['name']}**"
-                row = f"| {name} | {shape} | {dtype} | " + " | ".join(
-                    f"{rate[label]:.0f}" for label in labels)
-                row += " | " + " | ".join(f"{rate[a] / rate[b]:.2f}×" for a, b in pairs) + " |"
-                lines.append(row)
+            rows = [(m["name"], "×".join(map(str, m["shape"])), m["flops"],
+                     {label: results[label][_key(model, m, dtype)] for label in labels})
+                    for m in matmuls]
+            # One layer's forward+backward: every matmul as often as a step runs it.
+            rows.append(("**layer, forward+backward**", "",
+                         sum(m["per_step"] * m["flops"] for m in matmuls),
+                         {label: sum(m["per_step"] * results[label][_key(model, m, dtype)]
+                                     for m in matmuls) for label in labels}))
+            rows.append((f"*{PEAK_REFERENCE['name']}*", "2048×2048×2048", PEAK_REFERENCE["flops"],
+                         {label: results[label][_key(None, PEAK_REFERENCE, dtype)]
+                          for label in labels}))
+            for name, shape, flops, seconds in rows:
+                rate = {label: flops / seconds[label] / 1e9 for label in labels}
+                lines.append(f"| {name} | {shape} | {dtype} | "
+                             + " | ".join(f"{rate[label]:.0f}" for label in labels) + " | "
+                             + " | ".join(f"{rate[a] / rate[b]:.2f}×" for a, b in pairs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -283,10 +277,7 @@ def main(argv=None):
     text = header + "\n" + markdown(args, results)
     print(text)
     if args.write:
-        sys.path.insert(0, bench.ROOT)
-        from tools.markdown_block import replace_block
-
-        replace_block(os.path.join(bench.ROOT, "BENCHMARKS.md"), "bench_matmul.py", text)
+        bench.write_benchmarks("bench_matmul.py", text)
 
 
 if __name__ == "__main__":
