@@ -9,8 +9,10 @@ Variants:
   smoke         seconds: a tiny model for tests
 
 Arguments after the variant override common knobs, e.g. ``roi,steps=200,batch=32,res=128``
-(also ``seed``, ``lr`` and ``dtype=bfloat16`` for both towers' compute); any key can also be
-set on the command line: ``--config.optimizer.learning_rate=3e-4``.
+(also ``seed``, ``lr`` and ``dtype`` for both towers' compute: ``auto``, the default, is
+bfloat16 on GPUs, TPUs and CPUs with bf16 units and float32 elsewhere; ``float32`` reproduces
+results exactly across machines); any key can also be set on the command line:
+``--config.optimizer.learning_rate=3e-4``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _ARGUMENTS = {
     # Compute dtype of both towers: 'bfloat16' runs the matmuls in bf16 with float32
     # accumulation (parameters, optimizer and losses stay float32); about 1.9x the float32
     # step on CPUs with AVX512-BF16/AMX (BENCHMARKS.md), and the usual choice on GPU/TPU.
+    # 'auto' (the default) picks it where it is the faster one, float32 elsewhere.
     "dtype": (("model.vision.dtype", "model.text.dtype"), str),
 }
 
@@ -96,10 +99,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=128, channels=1, patch_size=16, width=192, depth=4, num_heads=3,
-                    mlp_ratio=4.0, dtype="float32", remat="none", scan_layers=False,
+                    mlp_ratio=4.0, dtype="auto", remat="none", scan_layers=False,
                     pooling="cls"),          # 'cls' or 'mean' (of the patch tokens)
         text=dict(vocab_size=4096, width=192, depth=4, num_heads=3, mlp_ratio=4.0, max_len=64,
-                  causal=False, dtype="float32", remat="none", scan_layers=False,
+                  causal=False, dtype="auto", remat="none", scan_layers=False,
                   pooling="auto"),           # 'auto' (cls), 'cls', 'mean', 'last', 'pooler'
         embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
         roi_output_size=4, roi_sampling_ratio=2))
@@ -159,8 +162,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "smoke":
         c.total_steps, c.batch_size, c.log_every = 6, 8, 2
         c.checkpoint_every, c.optimizer.warmup_steps, c.teacher.warmup_steps = 3, 2, 0
-        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
-        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2,
+                              dtype="float32")   # the same numbers on every machine
+        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
+                            dtype="float32")
         c.model.embed_dim = 16
         c.model.roi_output_size = 2
         c.teacher.crop_size = 16

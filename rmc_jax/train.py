@@ -28,6 +28,7 @@ from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
+from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
@@ -83,6 +84,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fail(f"on_nonfinite = {config.on_nonfinite!r}; choose 'stop' or 'skip'")
     if config.progress_bar not in ("auto", "on", "off"):
         fail(f"progress_bar = {config.progress_bar!r}; choose 'auto', 'on' or 'off'")
+
+
+def resolve_compute_dtypes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with each tower's ``dtype='auto'`` replaced by this backend's faster compute
+    dtype (``layers.fast_compute_dtype``), so the run's model_config.json records what ran."""
+    towers = [t for t in ("vision", "text") if config.model[t].dtype == AUTO_DTYPE]
+    if not towers:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for tower in towers:
+            config.model[tower].dtype = fast_compute_dtype()
+    print(f"compute dtype 'auto' of the {' and '.join(towers)} tower(s): "
+          f"{fast_compute_dtype()} on this {jax.default_backend()}", flush=True)
+    return config
 
 
 # =============================================================================================
@@ -371,6 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return), so that an interrupted-and-resumed run can be compared with a straight one.
     """
     config = pretrained.resolve_config(config)  # model/image size/tokenizer of config.init
+    config = resolve_compute_dtypes(config)
     check_config(config)
     os.makedirs(workdir, exist_ok=True)
     pretrained.save_run_config(workdir, config)

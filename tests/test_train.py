@@ -21,8 +21,10 @@ from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
 
 def smoke(variant="roi", **overrides):
     config = get_config(f"{variant},steps=4" if variant != "smoke" else "smoke")
-    config.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
-    config.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+    config.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2,
+                               dtype="float32")
+    config.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
+                             dtype="float32")
     config.model.embed_dim, config.model.roi_output_size = 16, 2
     config.teacher.update(crop_size=16, warmup_steps=0)
     config.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
@@ -283,3 +285,19 @@ def test_checkpoint_from_one_device_restores_on_eight_and_back(tmp_path):
     back = train.train(smoke(total_steps=5, **one), str(tmp_path))
     assert int(back["state"]["step"]) == 5
     assert len(back["state"]["params"]["image_proj"]["kernel"].sharding.device_set) == 1
+
+
+def test_auto_dtype_resolves_to_the_backends_faster_one(monkeypatch):
+    from configs.base import get_config as base_config
+    from rmc_jax.models import layers
+
+    config = base_config("roi")
+    assert config.model.vision.dtype == config.model.text.dtype == "auto"
+    assert base_config("smoke").model.vision.dtype == "float32"  # tests: same numbers anywhere
+    for units, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(layers, "_cpu_has_bf16_units", lambda units=units: units)
+        resolved = train.resolve_compute_dtypes(config)
+        assert resolved.model.vision.dtype == resolved.model.text.dtype == expected
+        assert config.model.vision.dtype == "auto"  # a copy; the user's config is untouched
+    pinned = base_config("roi,dtype=float32")
+    assert train.resolve_compute_dtypes(pinned) is pinned
