@@ -31,6 +31,9 @@ from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
+# 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
+# from label overlap (losses.medclip_contrastive_loss).
+GLOBAL_LOSSES = ("clip", "medclip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +69,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         except (OSError, ValueError) as error:
             fail(f"teacher.path = {config.teacher.get('path', '')!r} (teacher.source='hf' needs "
                  f"a pretrained CLIP directory, e.g. 'hf:/path/to/clip'): {error}")
+    if config.loss.global_loss not in GLOBAL_LOSSES:
+        fail(f"loss.global_loss = {config.loss.global_loss!r}; choose one of {GLOBAL_LOSSES}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
     if config.data.image_size != config.model.vision.image_size:
@@ -181,13 +186,6 @@ def _roi_loss(regions, captions, mask, ids, temperature, **backend):
                                        **backend)
 
 
-def label_affinity(labels, label_mask):
-    """MedCLIP soft targets [B, B]: cosine similarity of known label vectors, 1 on the diagonal."""
-    y = jnp.where(label_mask, labels, 0.0)
-    y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-6)
-    return jnp.maximum(y @ y.T, jnp.eye(y.shape[0]))
-
-
 def batch_losses(params, teacher_params, batch, concepts, step, *, model, config, mesh):
     """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives."""
     apply = functools.partial(model.apply, {"params": params})
@@ -199,9 +197,12 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     image_emb, grid = apply(images, method=RegionCLIP.image_features)
     report_emb = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
     terms = {}
-    if config.loss.soft_targets:
-        terms["global"] = losses.soft_target_contrastive_loss(
-            image_emb, report_emb, label_affinity(batch["labels"], batch["label_mask"]), tau)
+    if config.loss.global_loss == "medclip":
+        # MedCLIP's soft targets from label overlap; the report's labels are its image's. Dense
+        # on the global batch (XLA partitions it on a multi-device mesh), as in MedCLIP.
+        labels = losses.medclip_labels(batch["labels"], batch["label_mask"])
+        terms["global"] = losses.medclip_contrastive_loss(image_emb, report_emb, labels, labels,
+                                                          tau)
     else:
         terms["global"] = _contrastive(mesh, config, losses.global_contrastive_loss,
                                        image_emb, report_emb, tau)
