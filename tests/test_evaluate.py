@@ -129,10 +129,10 @@ def test_zero_shot_on_positive_only_labels_skips_with_a_reason(tmp_path):
     assert results["zeroshot/classes"] == 0 and results["zeroshot/classes_skipped"] == 3
     assert "roc" not in raw and not list(tmp_path.glob("roc_*.png"))
     text = open(path).read()
-    assert "## Notes" in text and ("no AUROC for 3 of 3 classes, which need a known positive and "
-                                   "a known negative example: nodule (no negative example), "
-                                   "pneumothorax (no negative example), edema (no known label)"
-                                   ) in text
+    assert "## Notes" in text and ("no AUROC for 3 of 3 classes (an AUROC needs a known "
+                                   "positive and a known negative example): nodule (no negative "
+                                   "example), pneumothorax (no negative example), edema (no "
+                                   "known label)") in text
     # One class with both kinds of example: scored, the others still named.
     known[:2, 1] = True
     raw = {}

@@ -137,8 +137,8 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     results[f"{prefix}/classes_skipped"] = float(len(skipped))
     if skipped and raw is not None:
         raw.setdefault("notes", []).append(
-            f"`{prefix}`: no AUROC for {len(skipped)} of {len(label_names)} classes, which need "
-            f"a known positive and a known negative example: {', '.join(skipped)}.")
+            f"`{prefix}`: no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
+            f"needs a known positive and a known negative example): {', '.join(skipped)}.")
     if curves and raw is not None:
         raw.setdefault("roc", {})[prefix] = curves
     if scored:
