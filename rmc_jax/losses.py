@@ -1,4 +1,5 @@
-"""The four training losses of region-aware CLIP, as pure JAX functions other code can import.
+"""The four training losses of region-aware CLIP (and the MedCLIP baseline's loss), as pure JAX
+functions other code can import.
 
 Every loss takes **L2-normalised** embeddings (similarity s(a, b) = a . b), a temperature
 tau > 0, and returns a float32 scalar: the mean over valid items. Logits are computed in
