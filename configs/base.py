@@ -3,7 +3,7 @@
 Variants:
   roi           full objective: global + ROI + negative-caption + distillation (1 / 1 / 1 / 0.5)
   global        CLIP baseline: global image-report loss only
-  medclip       MedCLIP-style baseline: global loss with soft targets from label overlap
+  medclip       MedCLIP baseline: MedCLIP's own soft-target global loss (label overlap)
   roi_nodistill ablation: roi without the distillation term
   roi_noneg     ablation: roi without the negative-caption term
   smoke         seconds: a tiny model for tests
@@ -68,7 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=5e-4, warmup_steps=40, end_learning_rate_factor=0.02, weight_decay=0.05,
-        b1=0.9, b2=0.98, grad_clip_norm=1.0))
+        b1=0.9, b2=0.98, grad_clip_norm=1.0,
+        # Per tower (train.TOWER_RULES: 'image' = image encoder + image projection, 'text' = text
+        # encoder + text projection; the region head and temperature keep learning_rate):
+        tower_lr="",                # peak rates, same warmup/cosine shape: 'text=1e-4,image=5e-4'
+        freeze=""))                 # locked towers (LiT): 'image', 'text' or 'image,text'
 
     # Masked-language-model warm start of the text tower on the training reports
     # before the contrastive stage (rmc_jax.text_pretrain; cached in <workdir>/text_pretrain).
@@ -78,7 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict(dict(
         global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
-        soft_targets=False,         # MedCLIP-style label-overlap targets for the global loss
+        global_loss="clip",         # 'clip' (InfoNCE) or 'medclip' (MedCLIP's soft targets from
+                                    # label overlap, losses.medclip_contrastive_loss)
         backend="gather",           # 'gather' or 'ring' for the sharded contrastive losses
         chunk_size=0,               # >0: tiled contrastive losses (memory linear in batch)
         multi_positive_captions=True,
@@ -154,7 +159,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
     elif variant == "medclip":
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
-        c.loss.soft_targets = True
+        c.loss.global_loss = "medclip"
     elif variant == "roi_nodistill":
         c.loss.distill_weight = 0.0
     elif variant == "roi_noneg":
