@@ -59,10 +59,16 @@ class Prefix:
     def __len__(self):
         return self.size
 
-    def __getitem__(self, index):
+    def _position(self, index: int) -> int:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} examples")
-        return self.source[index % self.size]
+        return index % self.size
+
+    def __getitem__(self, index):
+        return self.source[self._position(index)]
+
+    def texts(self, index):
+        return self.source.texts(self._position(index))
 
     def __getattr__(self, name):
         return getattr(self.source, name)

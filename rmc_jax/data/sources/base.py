@@ -16,7 +16,12 @@ class Source(abc.ABC):
     """Random-access view of one dataset split as Examples.
 
     Subclasses parse the index files in ``__init__`` (failing early with SourceError) and
-    decode images lazily in ``__getitem__``.
+    decode images lazily in ``__getitem__``. ``texts(i)`` gives example i's ``(report,
+    captions)`` without decoding its image, for building a tokenizer from a corpus: it equals
+    ``(src[i].report, src[i].captions)`` whenever ``src[i]`` can be read, and an image file
+    that is missing or corrupt does not make it fail (a broken text file, such as a scene graph
+    or a report, does). Sources whose captions depend on the image's size read only its header
+    (VinDr-CXR, Chest ImaGenome); without one they describe the regions without it.
     """
 
     name: str = ""
@@ -27,6 +32,10 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def __getitem__(self, index: int) -> Example: ...
+
+    @abc.abstractmethod
+    def texts(self, index: int) -> tuple[str, tuple[str, ...]]:
+        """(report, captions) of example ``index`` without decoding its image."""
 
     def _position(self, index: int) -> int:
         """``index`` (negative counts from the end) as a position in [0, len), or IndexError."""

@@ -228,8 +228,12 @@ class CheXpert(Source):
     def __len__(self) -> int:
         return len(self.records)
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        self._position(index)
+        return "", ()  # CheXpert ships labels, no report text
+
     def __getitem__(self, index: int) -> Example:
-        record = self.records[index]
+        record = self.records[self._position(index)]
         example_id = os.path.splitext(_strip_prefix(record["path"]))[0]
         return Example(example_id=example_id, image=read_image(record["file"]), report="",
                        labels=record["labels"].copy(), label_mask=record["mask"].copy(),
@@ -351,8 +355,12 @@ class CheXpert5x200(Source):
     def class_index(self, index: int) -> int:
         return COMPETITION_LABELS.index(self.records[index]["label"])
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        self._position(index)
+        return "", ()
+
     def __getitem__(self, index: int) -> Example:
-        record = self.records[index]
+        record = self.records[self._position(index)]
         labels = np.zeros(len(COMPETITION_LABELS), np.float32)
         labels[COMPETITION_LABELS.index(record["label"])] = 1.0
         return Example(example_id=os.path.splitext(_strip_prefix(record["path"]))[0],

@@ -63,7 +63,7 @@ from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
 from rmc_jax.data.sources.base import Source, SourceError
-from rmc_jax.data.sources.images import read_image
+from rmc_jax.data.sources.images import ImageDecodeError, image_size, read_image
 from rmc_jax.data.sources.vindr import normalise_xyxy
 
 LAYOUT = ("Chest ImaGenome layout: <root>/silver_dataset/scene_graph/<dicom_id>_SceneGraph.json "
@@ -291,9 +291,11 @@ class ChestImaGenome(Source):
                 return report_lib.study_text(report_lib.read_report(path))
         return " ".join(dict.fromkeys(phrases))
 
-    def _box(self, obj: dict, width: int, height: int):
+    def _box(self, obj: dict, size):
+        """(pixel xyxy, (width, height) of its space) of a scene-graph object, or (None, None);
+        the space of ``original_*`` boxes is the image's ``size`` (None when unknown)."""
         if self.use_original_coords and all(obj.get(k) is not None for k in _ORIGINAL_KEYS):
-            return [float(obj[k]) for k in _ORIGINAL_KEYS], (width, height)
+            return [float(obj[k]) for k in _ORIGINAL_KEYS], size
         if all(obj.get(k) is not None for k in _RESIZED_KEYS):
             return [float(obj[k]) for k in _RESIZED_KEYS], (RESIZED, RESIZED)
         return None, None
@@ -301,12 +303,12 @@ class ChestImaGenome(Source):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
+    def _content(self, index: int, graph: dict, size, count: bool) -> dict:
+        """Every Example field but the image, from the scene graph and the image's
+        ``size`` = (width, height); size None (unknown): regions are kept unless their box is
+        inverted or empty in its own coordinates. ``count``: record clipped and dropped boxes
+        (warning once per image)."""
         record = self.records[index]
-        graph = self.scene_graph(index)
-        image = read_image(self.image_path(index, graph))
-        height, width = image.shape
         objects = {}
         for obj in graph.get("objects") or ():
             objects.setdefault(str(obj.get("bbox_name", "")).strip().lower(), obj)
@@ -337,7 +339,7 @@ class ChestImaGenome(Source):
             obj = objects.get(bbox_name.lower())
             if not phrases or obj is None:
                 continue
-            box, space = self._box(obj, width, height)
+            box, space = self._box(obj, size)
             if box is None:
                 continue
             pixel.append(box)
@@ -351,13 +353,15 @@ class ChestImaGenome(Source):
         clipped = dropped = 0
         for space in dict.fromkeys(spaces):
             rows = [i for i, s in enumerate(spaces) if s == space]
-            out, kept, c, d = normalise_xyxy([pixel[i] for i in rows], space[0], space[1],
-                                             f"Chest ImaGenome {self.scene_graph_path(index)}",
-                                             warn=record["dicom_id"] not in self._box_counts)
+            out, kept, c, d = normalise_xyxy(
+                [pixel[i] for i in rows], *(space or (None, None)),
+                f"Chest ImaGenome {self.scene_graph_path(index)}",
+                warn=count and record["dicom_id"] not in self._box_counts)
             boxes[np.array(rows)[kept]] = out
             keep[np.array(rows)[kept]] = True
             clipped, dropped = clipped + c, dropped + d
-        self._box_counts[record["dicom_id"]] = (clipped, dropped)
+        if count:
+            self._box_counts[record["dicom_id"]] = (clipped, dropped)
 
         sides, zones, sizes = [], [], []
         for i in np.flatnonzero(keep):
@@ -368,12 +372,30 @@ class ChestImaGenome(Source):
                          if findings[i] >= 0 else -1)
         view = str(graph.get("viewpoint", "")).strip().upper()
         view = {"LL": "LATERAL", "LATERAL": "LATERAL"}.get(view, view)
-        return Example(
-            example_id=record["dicom_id"], image=image,
-            report=self._report(record, graph, all_phrases),
+        return dict(
+            example_id=record["dicom_id"], report=self._report(record, graph, all_phrases),
             labels=labels, label_mask=mask, boxes=boxes[keep],
             captions=tuple(captions[i] for i in np.flatnonzero(keep)),
             finding_ids=np.array([findings[i] for i in np.flatnonzero(keep)], np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),
             size_ids=np.array(sizes, np.int32), source=self.name,
             view=view if view in ("PA", "AP", "LATERAL") else "")
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        """(report, captions) from the scene graph; the image's size comes from its header
+        (which decides whether a box lies entirely outside it), or is left unknown."""
+        index = self._position(index)
+        graph = self.scene_graph(index)
+        try:
+            size = image_size(self.image_path(index, graph))
+        except (FileNotFoundError, ImageDecodeError):
+            size = None
+        content = self._content(index, graph, size, count=False)
+        return content["report"], content["captions"]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        graph = self.scene_graph(index)
+        image = read_image(self.image_path(index, graph))
+        height, width = image.shape
+        return Example(image=image, **self._content(index, graph, (width, height), count=True))

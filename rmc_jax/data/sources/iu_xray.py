@@ -251,12 +251,18 @@ class IUXray(Source):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _report_text(self, index: int) -> str:
+        report = self.report_of(index)
+        return report_lib.sectioned_text(report["findings"], report["impression"])
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        return self._report_text(self._position(index)), ()
+
     def __getitem__(self, index: int) -> Example:
         index = self._position(index)
-        report_index, image_id = self.items[index]
-        report = self.reports[report_index]
-        text = report_lib.sectioned_text(report["findings"], report["impression"])
+        report = self.report_of(index)
         return Example(
-            example_id=image_id, image=read_image(self.image_path(index)), report=text,
+            example_id=self.items[index][1], image=read_image(self.image_path(index)),
+            report=self._report_text(index),
             labels=report["labels"].copy(), label_mask=report["label_mask"].copy(),
             source=self.name, view="")

@@ -210,6 +210,9 @@ class MimicCXR(Source):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
         return report_lib.study_text(report_lib.read_report(path))
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        return self.report(self._position(index)), ()
+
     def __getitem__(self, index: int) -> Example:
         index = self._position(index)
         record = self.records[index]

@@ -6,10 +6,12 @@ Official CSV (``MS_CXR_Local_Alignment_v1.0.0.csv``, ``MS_CXR_Local_Alignment_v1
 
 one row per box; boxes are xywh in the pixels of the original MIMIC-CXR image of size
 image_width x image_height, so dividing by those sizes gives coordinates that are right for the
-JPG on disk even when it was resized. Several rows share an image (several boxes per phrase,
-several phrases per image). ``path`` (``files/p1X/p<subject>/s<study>/<dicom_id>.jpg``) is
-relative to the MIMIC-CXR-JPG root. One Example per image; each box's caption is its
-label_text, its finding_id comes from category_name, side/zone/size from the phrase's words.
+JPG on disk even when it was resized (a blank, zero or negative size is an error: the JPG's
+own size would move every box of a resized copy). Several rows share an image (several boxes
+per phrase, several phrases per image). ``path`` (``files/p1X/p<subject>/s<study>/
+<dicom_id>.jpg``) is relative to the MIMIC-CXR-JPG root. One Example per image; each box's
+caption is its label_text, its finding_id comes from category_name, side/zone/size from the
+phrase's words.
 """
 
 from __future__ import annotations
@@ -115,41 +117,36 @@ class MSCXR(Source):
             if any(np.isnan(v) for v in (x, y, w, h)):
                 raise SourceError(f"{where}: box x, y, w, h must all be given, got "
                                   f"{[row[c] for c in ('x', 'y', 'w', 'h')]}")
+            for column, size in (("image_width", width), ("image_height", height)):
+                if not size > 0:
+                    raise SourceError(
+                        f"{where}: column {column!r} is {row[column]!r}; expected the size of "
+                        f"the original image in pixels (a positive number), the space the box "
+                        f"x, y, w, h is given in")
             category = row["category_name"].strip()
             if category not in categories:
                 categories.append(category)
             dicom_id = row["dicom_id"].strip()
             image = images.setdefault(dicom_id, {"dicom_id": dicom_id,
-                                                 "path": row["path"].strip(), "regions": []})
+                                                 "path": row["path"].strip(), "regions": [],
+                                                 "categories": []})
+            image["categories"].append(category)
+            box = xywh_to_xyxy(x, y, w, h, width, height)
+            if not (box[2] > box[0] and box[3] > box[1]):
+                continue  # empty after clipping
             text = report_lib.clean_text(row["label_text"])
             image["regions"].append({
-                "xywh": (x, y, w, h), "size": (width, height), "caption": text,
-                "category": category, "finding_id": finding_id(category),
+                "box": box, "caption": text, "finding_id": finding_id(category),
                 "side_id": side_id(report_lib.parse_side(text)),
                 "zone_id": zone_id(report_lib.parse_zone(text)),
                 "size_id": size_id(report_lib.parse_size(text))})
         self.label_names = tuple(categories)
         self.records = list(images.values())
-        for record in self.records:
-            record["boxes"] = self._boxes(record) if all(
-                not np.isnan(s).any() and min(s) > 0 for s in
-                (r["size"] for r in record["regions"])) else None
         if check_files and self.records:
             path = self.image_path(0)
             if not os.path.isfile(path):
                 raise SourceError(f"image of dicom_id {self.records[0]['dicom_id']} not found: "
                                   f"{path}; expected {LAYOUT}")
-
-    @staticmethod
-    def _boxes(record, image_shape=None) -> np.ndarray:
-        boxes = []
-        for region in record["regions"]:
-            width, height = region["size"]
-            if image_shape is not None and (np.isnan(width) or np.isnan(height)
-                                            or width <= 0 or height <= 0):
-                height, width = image_shape  # no size in the CSV: the file's own size
-            boxes.append(xywh_to_xyxy(*region["xywh"], width, height))
-        return np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -170,20 +167,24 @@ class MSCXR(Source):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
         return report_lib.study_text(report_lib.read_report(path))
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        index = self._position(index)
+        return self.report(index), tuple(r["caption"] for r in self.records[index]["regions"])
+
     def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
         record = self.records[index]
         image = read_image(self.image_path(index))
-        boxes = record["boxes"] if record["boxes"] is not None else self._boxes(record,
-                                                                                image.shape)
-        keep = np.all(boxes[:, 2:] > boxes[:, :2], axis=1)  # drop boxes empty after clipping
-        regions = [r for r, k in zip(record["regions"], keep) if k]
+        regions = record["regions"]
         labels = np.zeros(len(self.label_names), np.float32)
-        for region in record["regions"]:
-            labels[self.label_names.index(region["category"])] = 1.0
+        for category in record["categories"]:
+            labels[self.label_names.index(category)] = 1.0
+        report, captions = self.texts(index)
         return Example(
-            example_id=record["dicom_id"], image=image, report=self.report(index),
-            labels=labels, label_mask=labels > 0, boxes=boxes[keep],
-            captions=tuple(r["caption"] for r in regions),
+            example_id=record["dicom_id"], image=image, report=report,
+            labels=labels, label_mask=labels > 0,
+            boxes=np.array([r["box"] for r in regions], np.float32).reshape(-1, 4),
+            captions=captions,
             finding_ids=np.array([r["finding_id"] for r in regions], np.int32),
             side_ids=np.array([r["side_id"] for r in regions], np.int32),
             zone_ids=np.array([r["zone_id"] for r in regions], np.int32),

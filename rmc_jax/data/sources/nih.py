@@ -312,25 +312,38 @@ class NIHChestXray14(Source):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
-        record = self.records[index]
-        image = read_image(self.image_path(index))
+    def _regions(self, record: dict):
+        """(captions, side ids, zone ids) of an image's boxes."""
         captions, sides, zones = [], [], []
         for box, label in zip(record["boxes"], record["box_labels"]):
             side, zone = box_position(box)
             sides.append(schema.side_id(side))
             zones.append(schema.zone_id(zone))
             captions.append(describe_region(_DISPLAY.get(label, label.lower()), side, zone))
+        return tuple(captions), sides, zones
+
+    @staticmethod
+    def _report(record: dict) -> str:
+        """The label sentences ('Cardiomegaly. Pleural effusion.' or 'No finding.')."""
         positives = [NIH_LABELS[i] for i in np.flatnonzero(record["labels"])]
         sentences = [_DISPLAY.get(p, p.lower().replace("_", " ")) for p in positives]
-        report = (" ".join(s[:1].upper() + s[1:] + "." for s in sentences)
-                  if sentences else "No finding.")
+        return (" ".join(s[:1].upper() + s[1:] + "." for s in sentences)
+                if sentences else "No finding.")
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        record = self.records[self._position(index)]
+        return self._report(record), self._regions(record)[0]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        record = self.records[index]
+        image = read_image(self.image_path(index))
+        captions, sides, zones = self._regions(record)
         view = record["view"] if record["view"] in ("PA", "AP") else ""
         return Example(
-            example_id=record["image"], image=image, report=report,
+            example_id=record["image"], image=image, report=self._report(record),
             labels=record["labels"].copy(), label_mask=np.ones(len(NIH_LABELS), bool),
-            boxes=record["boxes"].copy(), captions=tuple(captions),
+            boxes=record["boxes"].copy(), captions=captions,
             finding_ids=np.array([schema.finding_id(lab) for lab in record["box_labels"]],
                                  np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),

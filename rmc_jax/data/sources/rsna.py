@@ -178,7 +178,12 @@ class RSNAPneumonia(Source):
                 mask[1:] = True  # the three classes are exclusive
         return labels, mask
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        boxes = self.records[self._position(index)]["boxes"]
+        return "", tuple(box_caption(b) for b in boxes)
+
     def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
         record = self.records[index]
         path = self.image_path(index)
         view = ""
@@ -194,7 +199,7 @@ class RSNAPneumonia(Source):
         r = len(boxes)
         return Example(
             example_id=record["patient_id"], image=image, report="", labels=labels,
-            label_mask=mask, boxes=boxes, captions=tuple(box_caption(b) for b in boxes),
+            label_mask=mask, boxes=boxes, captions=self.texts(index)[1],
             finding_ids=np.full((r,), finding_id("pneumonia"), np.int32),
             side_ids=np.array([side_id(box_side(b)) for b in boxes], np.int32).reshape(r),
             zone_ids=np.array([zone_id(box_zone(b)) for b in boxes], np.int32).reshape(r),

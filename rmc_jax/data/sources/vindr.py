@@ -83,14 +83,19 @@ READER_MODES = ("all", "merge")
 # Box helpers shared by the VinDr, NIH and Chest ImaGenome sources.
 # ----------------------------------------------------------------------------------------------
 
-def normalise_xyxy(boxes, width: float, height: float, where: str = "", warn: bool = True):
+def normalise_xyxy(boxes, width: float | None, height: float | None, where: str = "",
+                   warn: bool = True):
     """Pixel xyxy [N, 4] -> (normalised float32 [M, 4], kept bool [N], clipped, dropped).
 
     Coordinates are divided by (width, height). Boxes partly outside [0, 1] are clipped (one
     warning per call); boxes that are inverted, zero-area, non-finite or entirely outside (zero
-    area after clipping) are dropped (one warning per call). ``warn=False`` only counts.
+    area after clipping) are dropped (one warning per call). ``warn=False`` only counts. An
+    unknown size (None) leaves the boxes in pixels and drops only what is invalid at any size.
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if width is None or height is None:
+        keep = np.all(np.isfinite(boxes), axis=1) & np.all(boxes[:, 2:] > boxes[:, :2], axis=1)
+        return boxes[keep].astype(np.float32), keep, 0, int(np.sum(~keep))
     norm = boxes / np.array([width, height, width, height], np.float64)
     finite = np.all(np.isfinite(norm), axis=1)
     valid = finite & (norm[:, 2] > norm[:, 0]) & (norm[:, 3] > norm[:, 1])
@@ -354,21 +359,25 @@ class VinDrCXR(Source):
         """(boxes [R, 4] normalised xyxy, class names [R], reader counts [R]) of one image."""
         image_id = self.image_ids[index]
         if image_id not in self._regions:
-            raw = self._raw[image_id]
             width, height = self.image_size(index)
-            pixel = np.array([r[2:] for r in raw], np.float64).reshape(-1, 4)
             boxes, keep, clipped, dropped = normalise_xyxy(
-                pixel, width, height, f"VinDr-CXR {image_id} ({self.annotations_path})")
-            classes = [r[1] for r, k in zip(raw, keep) if k]
-            readers = [r[0] for r, k in zip(raw, keep) if k]
-            if self.readers == "merge":
-                boxes, classes, counts = merge_reader_boxes(boxes, classes, readers,
-                                                            self.iou_threshold)
-            else:
-                counts = [1] * len(classes)
-            self._regions[image_id] = (boxes, classes, counts)
+                self._pixel_boxes(image_id), width, height,
+                f"VinDr-CXR {image_id} ({self.annotations_path})")
+            self._regions[image_id] = self._merge(image_id, boxes, keep)
             self._box_counts[image_id] = (clipped, dropped)
         return self._regions[image_id]
+
+    def _pixel_boxes(self, image_id: str) -> np.ndarray:
+        return np.array([r[2:] for r in self._raw[image_id]], np.float64).reshape(-1, 4)
+
+    def _merge(self, image_id: str, boxes, keep):
+        """(boxes, classes, reader counts) of the kept boxes, merged across readers."""
+        raw = self._raw[image_id]
+        classes = [r[1] for r, k in zip(raw, keep) if k]
+        readers = [r[0] for r, k in zip(raw, keep) if k]
+        if self.readers == "merge":
+            return merge_reader_boxes(boxes, classes, readers, self.iou_threshold)
+        return boxes, classes, [1] * len(classes)
 
     @property
     def clipped_boxes(self) -> int:
@@ -384,27 +393,46 @@ class VinDrCXR(Source):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
-        image_id = self.image_ids[index]
-        image = read_dicom(self.image_path(index))
-        boxes, classes, _ = self.regions(index)
+    def _describe(self, image_id: str, boxes, classes):
+        """(report, captions, side ids, zone ids) of an image's regions; ``boxes`` None: the
+        image's size is unknown, so the regions have no side or zone."""
         sides, zones, captions = [], [], []
-        for box, class_name in zip(boxes, classes):
-            side, zone = box_position(box)
+        for k, class_name in enumerate(classes):
+            side, zone = box_position(boxes[k]) if boxes is not None else ("", "")
             sides.append(schema.side_id(side))
             zones.append(schema.zone_id(zone))
             captions.append(describe_region(display_name(class_name), side, zone))
-        labels, mask = self._labels[image_id]
+        labels = self._labels[image_id][0]
         sentences = list(dict.fromkeys(_sentence(c) for c in captions))
         for c, class_name in enumerate(VINDR_CLASSES):
             if labels[c] > 0 and class_name not in classes:
                 sentences.append(_sentence(display_name(class_name)))
         report = " ".join(sentences) if sentences else "No finding."
+        return report, tuple(captions), sides, zones
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        """(report, captions); reads the DICOM header for the image size (not its pixels).
+        Without a readable header the regions are described without side and zone."""
+        index = self._position(index)
+        image_id = self.image_ids[index]
+        try:
+            boxes, classes, _ = self.regions(index)
+        except (FileNotFoundError, ImageDecodeError):
+            pixel, keep, _, _ = normalise_xyxy(self._pixel_boxes(image_id), None, None)
+            boxes, (_, classes, _) = None, self._merge(image_id, pixel, keep)
+        return self._describe(image_id, boxes, classes)[:2]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        image_id = self.image_ids[index]
+        image = read_dicom(self.image_path(index))
+        boxes, classes, _ = self.regions(index)
+        report, captions, sides, zones = self._describe(image_id, boxes, classes)
+        labels, mask = self._labels[image_id]
         return Example(
             example_id=image_id, image=image, report=report,
             labels=labels.copy(), label_mask=mask.copy(),
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), captions=tuple(captions),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), captions=captions,
             finding_ids=np.array([schema.finding_id(c) for c in classes], np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),
             source=self.name, view="")
