@@ -14,7 +14,7 @@ from rmc_jax.data.schema import FINDINGS, SIDES, ZONES, SIZES, finding_id  # noq
 from rmc_jax.data.sources import SourceError, get_source, reports  # noqa: E402
 from rmc_jax.data.sources.dicom import load_dicom, read_dicom  # noqa: E402
 from rmc_jax.data.sources.images import ImageDecodeError  # noqa: E402
-from rmc_jax.data.sources.ms_cxr import MSCXR, xywh_to_xyxy  # noqa: E402
+from rmc_jax.data.sources.ms_cxr import MSCXR  # noqa: E402
 from rmc_jax.data.sources.rsna import RSNAPneumonia  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -61,11 +61,6 @@ def test_read_dicom_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # MS-CXR
 # ---------------------------------------------------------------------------------------------
-
-def test_xywh_to_xyxy():
-    np.testing.assert_allclose(xywh_to_xyxy(100, 50, 200, 100, 1000, 500), [0.1, 0.1, 0.3, 0.3])
-    np.testing.assert_allclose(xywh_to_xyxy(900, -10, 200, 100, 1000, 500), [0.9, 0, 1, 0.18])
-
 
 @pytest.fixture(scope="module")
 def mscxr(tmp_path_factory):
