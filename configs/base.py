@@ -100,6 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
         student_temperature=0.01,
         threshold=0.1,              # keep regions whose top teacher probability exceeds this
+        concepts="findings",        # what regions are scored against: 'findings' (no sides: a
+                                    # crop has lost its position) or 'findings_and_sides'
         warmup_steps=100))          # distillation starts after the teacher has learnt a little
 
     c.model = ml_collections.ConfigDict(dict(
