@@ -59,7 +59,7 @@ class PipelineConfig:
     # captions, the report and side_ids with them (independent of ``augment``).
     flip_probability: float = 0.0
     # Which report sections the text tower reads, in order (``reports.REPORT_SECTIONS``).
-    report_sections: str = "findings_impression"
+    report_sections: str = "impression_findings"
 
     @classmethod
     def from_data_config(cls, data, **overrides) -> "PipelineConfig":
