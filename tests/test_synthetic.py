@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from fixtures import fingerprints
 from rmc_jax.data import schema
 from rmc_jax.data import synthetic as syn
 from rmc_jax.data.sources import get_source
@@ -92,6 +93,21 @@ def test_deterministic_per_index_and_seed():
     other = syn.SyntheticSource(split="train", seed=1)
     assert sum(np.array_equal(a[i].image, other[i].image) for i in range(4)) == 0
     assert len({a[i].report for i in range(4)} & {other[i].report for i in range(4)}) <= 1
+
+
+def test_examples_match_the_pinned_fingerprints():
+    """Images, boxes, reports, captions, labels and sampled cases of every split, several seeds
+    and image sizes are bit-identical to the committed table (tests/fixtures/fingerprints.py
+    wrote it; a deliberate change to the data rewrites it)."""
+    with open(fingerprints.SYNTHETIC_FILE) as f:
+        pinned = json.load(f)
+    current = fingerprints.synthetic_fingerprints()
+    for kind in ("examples", "texts"):
+        assert len(current[kind]) == len(pinned[kind])
+        changed = [f"{new.get('example_id', new)}: " + ", ".join(
+            key for key in new if new[key] != old[key])
+            for new, old in zip(current[kind], pinned[kind]) if new != old]
+        assert not changed, f"{len(changed)} {kind} differ: {changed[:10]}"
 
 
 def test_splits_disjoint():
