@@ -110,6 +110,26 @@ def test_examples_match_the_pinned_fingerprints():
         assert not changed, f"{len(changed)} {kind} differ: {changed[:10]}"
 
 
+def test_data_files_are_installed_with_the_package():
+    """Every data file inside rmc_jax/ (the synthetic tables) is declared in setup.cfg's
+    package_data, so that a wheel carries it."""
+    import configparser
+    import fnmatch
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    declared = {package: value.split() for package, value in
+                setup["options.package_data"].items()}
+    data = [path for path in (root / "rmc_jax").rglob("*") if path.is_file()
+            and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts]
+    assert data
+    for path in data:
+        package = ".".join(path.parent.relative_to(root).parts)
+        assert any(fnmatch.fnmatch(path.name, pattern)
+                   for pattern in declared.get(package, ())), path
+
+
 def test_splits_disjoint():
     n = 24
     digests = {}
@@ -236,7 +256,7 @@ def test_embedded_tables_match_reference_files():
     iu = json.loads((ref / "iu_localized_finding_counts.json").read_text())
     rows = {(r["finding"], r["zone"], r["side"], r["count"]) for r in iu["combos"]
             if r["finding"] in syn.IU_MESH_TO_FINDING}
-    assert rows == set(syn._IU_ROWS)
+    assert rows == set(syn.IU_ROWS)
     box = json.loads((ref / "box_stats.json").read_text())
     source = {"nodule": box["nih_bbox_2017"]["Nodule"], "mass": box["nih_bbox_2017"]["Mass"],
               "atelectasis": box["nih_bbox_2017"]["Atelectasis"],
@@ -265,7 +285,7 @@ def test_box_sizes_and_positions_match_reference(rendered):
         assert abs(cy - stats["cy"][1]) < 0.12, (name, cy, stats["cy"])
     heart = np.array(per["cardiomegaly"])
     assert 0.52 < np.median((heart[:, 0] + heart[:, 2]) / 2) < 0.64   # heart extends to the left
-    ctr = [r.lesion.p("ctr") for case, _ in rendered for r in syn.case_regions(case)
+    ctr = [r.lesion.param("ctr") for case, _ in rendered for r in syn.case_regions(case)
            if r.finding == "cardiomegaly"]
     assert min(ctr) > 0.5
 
@@ -349,7 +369,7 @@ def test_reports_mention_present_and_never_negate_them(cases):
                     assert "otherwise" in sentence or "elsewhere" in sentence, report
         if not present:
             assert "IMPRESSION:" in report
-            assert any(p.lower() in low for p in syn._NORMAL_IMPRESSION), report
+            assert any(p.lower() in low for p in syn.text.NORMAL_IMPRESSIONS), report
         if "cardiomegaly" in present:
             assert "heart size is normal" not in low
 
