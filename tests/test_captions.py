@@ -373,7 +373,7 @@ def test_throughput(capsys):
     rounds = 20
     start = time.perf_counter()
     for i in range(rounds):
-        captions._analyse.cache_clear()
+        captions.lexicon.analyse.cache_clear()
         for caption in ALL:
             hard_negatives(caption, 8, np.random.default_rng(i))
     cold = rounds * len(ALL) / (time.perf_counter() - start)

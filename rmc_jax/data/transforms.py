@@ -10,14 +10,13 @@ and "right" mean nothing.
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
 from PIL import Image
 
-from rmc_jax.data import captions as caption_lexicon
 from rmc_jax.data import schema
+from rmc_jax.data.captions import mirror_sides
 
 
 def sanitize_boxes(boxes: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +114,10 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 _RIGHT, _LEFT = schema.side_id("right"), schema.side_id("left")
-_SIDE_WORD_RE = re.compile(r"\b(?:right|left)\b", re.IGNORECASE)
-_SWAP = {"right": "left", "left": "right"}
+
+# A caption or report as said of the flipped image: every patient side swapped, with the
+# vocabulary the hard negatives perturb (``rmc_jax.data.captions.mirror_sides``).
+mirror_laterality = mirror_sides
 
 
 def mirror_side_ids(side_ids: np.ndarray) -> np.ndarray:
@@ -124,61 +125,3 @@ def mirror_side_ids(side_ids: np.ndarray) -> np.ndarray:
     side_ids = np.asarray(side_ids)
     return np.where(side_ids == _RIGHT, _LEFT,
                     np.where(side_ids == _LEFT, _RIGHT, side_ids)).astype(side_ids.dtype)
-
-
-def _same_case(source: str, word: str) -> str:
-    if len(source) > 1 and source.isupper():
-        return word.upper()
-    return word[:1].upper() + word[1:] if source[:1].isupper() else word
-
-
-def mirror_laterality(text: str) -> str:
-    """A caption or report as said of the horizontally flipped image: every patient side swapped.
-
-    Uses the laterality lexicon of the hard-negative generator (``rmc_jax.data.captions``), so
-    what it recognises as a side is what the negatives perturb: right <-> left word by word,
-    keeping case ("Right" -> "Left", "RIGHT" -> "LEFT") and forms such as "-sided" and "left
-    greater than right"; "R"/"L" only where followed by anatomy ("R lower lobe"); lobe
-    abbreviations (RLL <-> LLL, RUL <-> LUL); the right middle lobe <-> the lingula (the left
-    lung has no middle lobe). Bilateral words ("bilateral", "both bases", "bibasilar") and
-    non-lateral uses ("left in place") are unchanged; all other characters are kept as they are.
-    """
-    if not text:
-        return text
-    analysis = caption_lexicon._analyse(text)
-    all_caps = text.isupper() and sum(c.isalpha() for c in text) >= 4
-    edits = []
-    for token in analysis.sides:
-        if token.kind in ("side", "comp", "rland"):
-            for m in _SIDE_WORD_RE.finditer(token.text):
-                edits.append((token.start + m.start(), token.start + m.end(),
-                              _same_case(m.group(), _SWAP[m.group().lower()])))
-        elif token.kind == "rl":
-            edits.append((token.start, token.end, "L" if token.text == "R" else "R"))
-        elif token.kind == "abbr":
-            flipped = ("L" if token.text[0] == "R" else "R") + token.text[1:]
-            if flipped == "LML":  # RML: the left lung's counterpart is the lingula
-                flipped = ("lingular" if caption_lexicon._modifier_position(analysis, token.end)
-                           else "lingula")
-            edits.append((token.start, token.end, flipped))
-    for zone in analysis.zones:
-        if zone.kind == "lobe" and zone.canon == "middle" and not zone.plural:
-            new_side = "left"   # the (right) middle lobe -> the lingula
-        elif zone.kind == "lingula":
-            new_side = "right"  # the lingula -> the right middle lobe
-        else:
-            continue
-        replacement = caption_lexicon._zone_for_side(analysis, zone, new_side, False)
-        if replacement is not None:
-            edits.append((zone.start, zone.end, replacement))
-    out, position = [], 0
-    for start, end, replacement in sorted(edits):
-        if all_caps:
-            replacement = replacement.upper()
-        elif (text[start].isupper() and replacement[:1].islower()
-              and caption_lexicon._sentence_start(text, start)):
-            replacement = replacement[0].upper() + replacement[1:]  # sentence opener
-        out += [text[position:start], replacement]
-        position = end
-    out.append(text[position:])
-    return "".join(out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from rmc_jax.data.synthetic.findings import Case, Region, case_regions
-from rmc_jax.data.synthetic.sentences import (PHRASES, capitalise, choose, impression_item,
+from rmc_jax.data.synthetic.sentences import (PHRASES, choose, impression_item,
                                               positive_sentence, size_word)
 from rmc_jax.data.synthetic.vocabulary import RENDERED_FINDINGS
 
