@@ -51,29 +51,30 @@ def indefinite_article(phrase: str) -> str:
     return "an" if phrase[:1].lower() in "aeiou" else "a"
 
 
+def _zone_phrase(rng, zone, side, one_sided, bilateral, right_middle, left_middle):
+    """A phrase of table ``one_sided`` (``bilateral`` for both sides) with the side filled in;
+    the middle zone also has the right middle lobe and the lingula forms."""
+    if side == "bilateral":
+        return choose(rng, bilateral[zone])
+    opts = one_sided[zone]
+    if zone == "middle" and side == "right":
+        opts = opts + right_middle
+    if zone == "middle" and side == "left":
+        opts = opts + left_middle
+    return choose(rng, opts).format(s=side)
+
+
 def zone_noun_phrase(rng, zone, side):
     """A noun phrase naming ``zone`` of the lung on ``side`` ("the left lung base", "both
     apices"); the right middle zone may be the right middle lobe, the left one the lingula."""
-    if side == "bilateral":
-        return choose(rng, BILATERAL_ZONE_NOUNS[zone])
-    opts = ZONE_NOUNS[zone]
-    if zone == "middle" and side == "right":
-        opts = opts + ("the right middle lobe", "the right middle lobe")
-    if zone == "middle" and side == "left":
-        opts = opts + ("the lingula",)
-    return choose(rng, opts).format(s=side)
+    return _zone_phrase(rng, zone, side, ZONE_NOUNS, BILATERAL_ZONE_NOUNS,
+                        ("the right middle lobe", "the right middle lobe"), ("the lingula",))
 
 
 def zone_adjective(rng, zone, side):
     """An adjectival zone phrase placed before a finding noun ("left basilar", "bibasilar")."""
-    if side == "bilateral":
-        return choose(rng, BILATERAL_ZONE_ADJECTIVES[zone])
-    opts = ZONE_ADJECTIVES[zone]
-    if zone == "middle" and side == "right":
-        opts = opts + ("right middle lobe", "right middle lobe")
-    if zone == "middle" and side == "left":
-        opts = opts + ("lingular",)
-    return choose(rng, opts).format(s=side)
+    return _zone_phrase(rng, zone, side, ZONE_ADJECTIVES, BILATERAL_ZONE_ADJECTIVES,
+                        ("right middle lobe", "right middle lobe"), ("lingular",))
 
 
 def _lesion_diameter_cm(finding: Finding) -> float:
