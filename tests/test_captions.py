@@ -102,6 +102,14 @@ def test_parse_caption_real_language(caption, expected):
     assert got["size"] is None or got["size"] in schema.SIZES
 
 
+def test_run_together_zone_words():
+    """'midlung' (as in 'the left midlung zone') is the middle zone, and is perturbed as one."""
+    assert parse_caption("left midlung opacity")["zone"] == "middle"
+    zones = by_kind("There is opacity within the left midlung zone.", "zone")
+    assert "There is opacity within the left upper lung zone." in zones
+    assert parse_caption("Right upperlung nodule")["zone"] == "upper"
+
+
 def test_caption_attribute_ids_use_schema_indices():
     ids = captions.caption_attribute_ids("small left apical pneumothorax")
     assert ids == {"finding_id": schema.finding_id("pneumothorax"),

@@ -135,6 +135,8 @@ _ZONE_RE = re.compile(r"""\b(?=[a-z])(?:
   | (?P<noun>\b(?:lung\s+)?(?:apex|apices|bases?|hil(?:um|a|us)|
         (?:costophrenic|cp|cardiophrenic)\s+(?:angles?|sulc(?:us|i)))\b)
 )""", _I | re.X)
+# The level word that opens a lobe or zone hit ("mid" of "midlung zone").
+ZONE_LEVEL_RE = re.compile(r"upper|middle|mid|lower")
 _LEVEL_ZONE = {"upper": "upper", "mid": "middle", "middle": "middle", "lower": "lower",
                "u": "upper", "m": "middle", "l": "lower"}
 _ADJ_ZONE = {"apical": "apical", "basal": "basal", "basilar": "basal", "perihilar": "perihilar",
@@ -245,7 +247,7 @@ def _zone_of(kind: str, text: str) -> str:
     if kind == "bizone":
         return "apical" if "apical" in low else "basal"
     if kind in ("lobe", "zone"):
-        return _LEVEL_ZONE[re.match(r"[a-z]+", low).group(0)]
+        return _LEVEL_ZONE[ZONE_LEVEL_RE.match(low).group(0)]
     if kind == "lingula":
         return "middle"
     if kind == "adj":

@@ -24,8 +24,8 @@ import numpy as np
 
 from rmc_jax.data.captions.editing import (OTHER_SIDE, apply_edits, case_like, modifier_position,
                                            plural_last, singular_last, zone_for_side)
-from rmc_jax.data.captions.lexicon import (BILATERAL_SIDE_KINDS, MODERATE_WORDS, Analysis, Token,
-                                           primary_negation_cues)
+from rmc_jax.data.captions.lexicon import (BILATERAL_SIDE_KINDS, MODERATE_WORDS, ZONE_LEVEL_RE,
+                                           Analysis, Token, primary_negation_cues)
 
 PERTURBATION_TYPES = ("laterality", "zone", "finding", "negation", "size")
 
@@ -249,7 +249,7 @@ def _zone_to_group(a: Analysis, z: Token, group: str) -> tuple | None | bool:
         return (z.start, z.end, case_like(text, ("" if a.sides else "left ")
                                           + f"{_GROUP_LEVEL[group]} lobe"))
     if z.kind == "zone":
-        level = re.match(r"[a-z]+", low).group(0)
+        level = ZONE_LEVEL_RE.match(low).group(0)
         rest = text[len(level):]
         new_level = "middle" if group == "mid" and level == "middle" else _GROUP_LEVEL[group]
         if rest[:1].isalpha():
