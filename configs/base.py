@@ -17,7 +17,11 @@ results exactly across machines); any key can also be set on the command line:
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from rmc_jax.models.config import ModelConfig, TextConfig, VisionConfig
 
 VARIANTS = ("roi", "global", "medclip", "roi_nodistill", "roi_noneg", "smoke")
 
@@ -104,16 +108,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     # crop has lost its position) or 'findings_and_sides'
         warmup_steps=100))          # distillation starts after the teacher has learnt a little
 
-    c.model = ml_collections.ConfigDict(dict(
-        vision=dict(image_size=128, channels=1, patch_size=16, width=192, depth=4, num_heads=3,
-                    mlp_ratio=4.0, dtype="auto", remat="none", scan_layers=False,
-                    pooling="cls"),          # 'cls' or 'mean' (of the patch tokens)
-        text=dict(vocab_size=4096, width=192, depth=4, num_heads=3, mlp_ratio=4.0, max_len=64,
-                  causal=False, dtype="auto", remat="none", scan_layers=False,
-                  pooling="auto"),           # 'auto' (cls), 'cls', 'mean', 'last', 'pooler'
-        embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
-        roi_output_size=4, roi_sampling_ratio=2))
-
     # data.train: one dataset name or a weighted mixture "ms_cxr:1,mimic_cxr:3"; data.root: one
     # path, or "ms_cxr=/path,mimic_cxr=/path" for a mixture.
     c.data = ml_collections.ConfigDict(dict(
@@ -130,6 +124,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # experiments/results/recipes.md), 'findings_impression', 'impression' (CheXzero) or 'full'
     # (every section with its header).
     c.data.report_sections = "impression_findings"
+
+    # The model: every field of rmc_jax.models.config (ModelConfig, VisionConfig, TextConfig),
+    # where each hyperparameter and its default is defined, with this configuration's choices.
+    # The input size, the vocabulary and the report length are the data's: one value each,
+    # referenced, so that setting either side sets both.
+    c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(
+        vision=VisionConfig(dtype="auto"), text=TextConfig(dtype="auto"), roi_output_size=4)))
+    c.model.vision.image_size = c.data.get_ref("image_size")
+    c.model.text.vocab_size = c.data.get_ref("vocab_size")
+    c.model.text.max_len = c.data.get_ref("max_text_len")
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
@@ -170,10 +174,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "smoke":
         c.total_steps, c.batch_size, c.log_every = 6, 8, 2
         c.checkpoint_every, c.optimizer.warmup_steps, c.teacher.warmup_steps = 3, 2, 0
-        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2,
+        c.model.vision.update(patch_size=8, width=32, depth=1, num_heads=2,
                               dtype="float32")   # the same numbers on every machine
-        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
-                            dtype="float32")
+        c.model.text.update(width=32, depth=1, num_heads=2, dtype="float32")
         c.model.embed_dim = 16
         c.model.roi_output_size = 2
         c.teacher.crop_size = 16
@@ -183,8 +186,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     for path, value in overrides.items():
         _set(c, path, value)
-    if "data.image_size" in overrides:
-        c.model.vision.image_size = c.data.image_size
     return c
 
 

@@ -32,8 +32,8 @@ import numpy as np
 import optax
 
 from rmc_jax.data.sources.reports import model_text
-from rmc_jax.models import model_config
-from rmc_jax.models.layers import Dense, exact_gelu
+from rmc_jax.models import TextTransformer, model_config
+from rmc_jax.models.layers import Dense, canonical_dtype, exact_gelu
 
 CACHE_DIR = "text_pretrain"
 PARAMS_FILE = "text_encoder.msgpack"
@@ -94,8 +94,8 @@ class MaskedLM(nn.Module):
     vocab_size: int
 
     def setup(self):
-        self.text_encoder = self.text.build()
-        self.head = MaskedLMHead(self.vocab_size, dtype=self.text_encoder.dtype)
+        self.text_encoder = TextTransformer(self.text)
+        self.head = MaskedLMHead(self.vocab_size, dtype=canonical_dtype(self.text.dtype))
 
     def __call__(self, ids: jax.Array, mask: jax.Array, positions: jax.Array) -> jax.Array:
         """ids, mask [N, L], positions [N, P] -> logits [N, P, V] at those positions."""

@@ -78,9 +78,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fail(f"loss.global_loss = {config.loss.global_loss!r}; choose one of {GLOBAL_LOSSES}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
-    if config.data.image_size != config.model.vision.image_size:
-        fail(f"data.image_size = {config.data.image_size} differs from model.vision.image_size "
-             f"= {config.model.vision.image_size}")
     if max(config.data.max_text_len, config.data.max_caption_len) > config.model.text.max_len:
         fail(f"data.max_text_len/max_caption_len exceed model.text.max_len = "
              f"{config.model.text.max_len}")

@@ -238,7 +238,8 @@ def test_one_and_three_channel_images(model, params, inputs, outputs):
 
 
 def test_image_size_not_divisible_by_patch_raises(model, params):
-    vit = VisionTransformer(width=32, depth=1, num_heads=2, patch_size=PATCH)
+    vit = VisionTransformer(VisionConfig(image_size=32, width=32, depth=1, num_heads=2,
+                                         patch_size=PATCH))
     with pytest.raises(ValueError, match="36x32 is not divisible by patch_size 8"):
         jax.eval_shape(vit.init, jax.random.key(0), jnp.zeros((1, 36, 32, 1)))
     with pytest.raises(ValueError, match="not divisible"):
@@ -472,11 +473,12 @@ def test_gradients_finite_and_reach_every_param(loss_and_grads):
 
 
 def test_towers_standalone():
-    vit = VisionTransformer(width=32, depth=1, num_heads=2, patch_size=8)
+    vit = VisionTransformer(VisionConfig(image_size=16, channels=3, width=32, depth=1,
+                                         num_heads=2, patch_size=8))
     (cls, grid), _ = jax.eval_shape(vit.init_with_output, jax.random.key(0),
                                     jnp.zeros((2, 16, 24, 3)))
     assert cls.shape == (2, 32) and grid.shape == (2, 2, 3, 32)
-    txt = TextTransformer(vocab_size=50, width=16, depth=1, num_heads=2, max_len=6)
+    txt = TextTransformer(TextConfig(vocab_size=50, width=16, depth=1, num_heads=2, max_len=6))
     tok = jnp.zeros((2, 6), jnp.int32)
     (pooled, states), _ = jax.eval_shape(txt.init_with_output, jax.random.key(0), tok, tok)
     assert pooled.shape == (2, 16) and states.shape == (2, 6, 16)
@@ -512,7 +514,8 @@ def test_smaller_images_interpolate_position_embeddings(model, params):
     emb = jax.jit(functools.partial(model.apply, method=RegionCLIP.encode_image))(
         {"params": params}, crops)
     assert emb.shape == (4, model.embed_dim) and bool(jnp.all(jnp.isfinite(emb)))
-    vit = VisionTransformer(width=8, depth=1, num_heads=2, patch_size=4, image_size=8)
+    vit = VisionTransformer(VisionConfig(width=8, depth=1, num_heads=2, patch_size=4,
+                                         image_size=8))
     variables = vit.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     table = variables["params"]["pos_embed"]
     assert table.shape == (1, 5, 8)

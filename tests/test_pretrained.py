@@ -30,7 +30,7 @@ from configs.base import get_config  # noqa: E402
 from rmc_jax import pretrained, train  # noqa: E402
 from rmc_jax.data import sources as data_sources  # noqa: E402
 from rmc_jax.data.tokenizer import load_tokenizer, train_wordpiece  # noqa: E402
-from rmc_jax.models import build_model  # noqa: E402
+from rmc_jax.models import TextTransformer, build_model  # noqa: E402
 from rmc_jax.pretrained import safetensors_io  # noqa: E402
 from rmc_jax.pretrained.mapping import flatten, unflatten  # noqa: E402
 
@@ -201,7 +201,7 @@ def test_hf_bert_parity(bert, tokens, pooling):
     directory, reference = bert
     imported = pretrained.load(f"hf:{directory}", towers=("text",), text_pooling=pooling)
     assert imported.text.norm_position == "post" and imported.text.type_vocab_size == 2
-    tower = imported.text.build()
+    tower = TextTransformer(imported.text)
     params = unflatten({k[len("text_encoder/"):]: v for k, v in imported.params.items()
                         if k.startswith("text_encoder/")})
     ids, mask = tokens
@@ -215,7 +215,7 @@ def test_hf_bert_parity(bert, tokens, pooling):
                 "mean": (hidden * m).sum(1) / m.sum(1)}[pooling]
     assert max_diff(pooled, expected) <= TOL
     assert max_diff(np.asarray(states) * m, hidden * m) <= TOL
-    wrong = dataclasses.replace(imported.text, num_heads=1).build()  # the test can tell
+    wrong = TextTransformer(dataclasses.replace(imported.text, num_heads=1))  # the test can tell
     assert max_diff(wrong.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))[0],
                     expected) > 100 * TOL
     skipped = dict(imported.skipped)
@@ -240,7 +240,7 @@ def test_real_minilm_weights_match_transformers():
     with torch.no_grad():
         hidden = t2n(reference(**encoded).last_hidden_state)
     expected = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    tower = imported.text.build()
+    tower = TextTransformer(imported.text)
     params = unflatten({k[len("text_encoder/"):]: v for k, v in imported.params.items()})
     pooled, _ = jax.jit(tower.apply)({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
     assert max_diff(pooled, expected) <= TOL

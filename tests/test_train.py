@@ -1,5 +1,6 @@
 """The trainer end to end on the embedded synthetic data with the 'smoke' model."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -253,7 +254,6 @@ def test_fsdp_mesh_shards_parameters():
     ({"teacher.source": "clip"}, "teacher.source"),
     ({"teacher.source": "checkpoint", "teacher.checkpoint": "/nonexistent/run"},
      "not the workdir of an rmc_jax run"),
-    ({"data.image_size": 64}, "data.image_size = 64 differs"),
     ({"loss.backend": "allreduce"}, "loss.backend"),
     ({"data.max_caption_len": 64}, "exceed model.text.max_len"),
     ({"optimizer.tower_lr": "vision=1e-4"}, "unknown tower 'vision'; the towers are"),
@@ -280,6 +280,22 @@ def test_config_arguments_after_the_variant():
     assert config.optimizer.learning_rate == 1e-3 and config.loss.roi_weight == 0.0
     with pytest.raises(ValueError, match="KEY=VALUE with KEY in"):
         get_config("roi,precision=bf16")
+
+
+def test_model_sizes_that_are_the_datas_are_one_value():
+    """The input size, vocabulary and report length are set once, on either side."""
+    config = smoke(**{"model.vision.image_size": 64, "data.vocab_size": 300,
+                      "model.text.max_len": 48})
+    assert config.data.image_size == config.model.vision.image_size == 64
+    assert config.data.vocab_size == config.model.text.vocab_size == 300
+    assert config.data.max_text_len == config.model.text.max_len == 48
+    assert train.build_model(config.model).vision.image_size == 64
+    resolved = config.copy_and_resolve_references()
+    assert resolved.model.vision.image_size == 64 and resolved.data.max_text_len == 48
+    # Every model field is in the config, with the library's defaults where the config is silent.
+    from rmc_jax.models import ModelConfig
+    assert set(config.model) == {f.name for f in dataclasses.fields(ModelConfig)}
+    assert config.model.vision.layer_norm_eps == ModelConfig().vision.layer_norm_eps
 
 
 def test_unknown_config_key_fails_on_the_command_line(tmp_path):

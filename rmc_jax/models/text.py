@@ -8,18 +8,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmc_jax.models.layers import Dense, TransformerStack
+from rmc_jax.models.config import TextConfig
+from rmc_jax.models.layers import Dense, TransformerStack, canonical_dtype
 
 __all__ = ["TextTransformer"]
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
-POOLINGS = ("auto", "cls", "last", "mean", "pooler")
-
-
 class TextTransformer(nn.Module):
-    """Transformer text encoder.
+    """Transformer text encoder; every hyperparameter comes from ``config`` (``TextConfig``).
 
     tokens [N, L] int32, attention_mask [N, L] (1 = real token, right-padded)
     -> (pooled [N, D], token_states [N, L, D]); token states come after the final LayerNorm
@@ -39,64 +37,46 @@ class TextTransformer(nn.Module):
     a BERT encoder; the defaults give a pre-LN (CLIP-style) encoder.
     """
 
-    vocab_size: int = 30522
-    width: int = 192
-    depth: int = 4
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    max_len: int = 64
-    causal: bool = False
-    dtype: Any = jnp.float32
+    config: TextConfig = TextConfig()
     param_dtype: Any = jnp.float32
-    remat: str = "none"
-    scan_layers: bool = False
-    mlp_dim: int = 0
-    activation: str = "gelu"
-    norm_position: str = "pre"
-    layer_norm_eps: float = 1e-6
-    embed_norm: bool = False
-    final_norm: bool = True
-    type_vocab_size: int = 0
-    pooling: str = "auto"
 
     @nn.compact
     def __call__(
         self, tokens: jax.Array, attention_mask: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
+        c = self.config
         if tokens.ndim != 2 or attention_mask.shape != tokens.shape:
             raise ValueError(
                 f"tokens and attention_mask must both be [N, L]; got {tokens.shape} and "
                 f"{attention_mask.shape}"
             )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r}; expected one of {POOLINGS}")
         N, L = tokens.shape
-        if L > self.max_len:
-            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if L > c.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {c.max_len}")
+        common = dict(dtype=canonical_dtype(c.dtype), param_dtype=self.param_dtype)
         x = nn.Embed(
-            self.vocab_size, self.width, embedding_init=_EMBED_INIT, name="token_embed", **common,
+            c.vocab_size, c.width, embedding_init=_EMBED_INIT, name="token_embed", **common,
         )(tokens)
-        pos = self.param("pos_embed", _EMBED_INIT, (self.max_len, self.width), self.param_dtype)
+        pos = self.param("pos_embed", _EMBED_INIT, (c.max_len, c.width), self.param_dtype)
         x = x + pos[None, :L].astype(x.dtype)
-        if self.type_vocab_size:
-            types = self.param("type_embed", _EMBED_INIT, (self.type_vocab_size, self.width),
+        if c.type_vocab_size:
+            types = self.param("type_embed", _EMBED_INIT, (c.type_vocab_size, c.width),
                                self.param_dtype)
             x = x + types[0].astype(x.dtype)
-        if self.embed_norm:
-            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="embed_norm", **common)(x)
+        if c.embed_norm:
+            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="embed_norm", **common)(x)
         mask = attention_mask.astype(bool)
         x = TransformerStack(
-            depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-            causal=self.causal, remat=self.remat, scan_layers=self.scan_layers,
-            mlp_dim=self.mlp_dim, activation=self.activation, norm_position=self.norm_position,
-            layer_norm_eps=self.layer_norm_eps, name="encoder", **common,
+            depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+            causal=c.causal, remat=c.remat, scan_layers=c.scan_layers,
+            mlp_dim=c.mlp_dim, activation=c.activation, norm_position=c.norm_position,
+            layer_norm_eps=c.layer_norm_eps, name="encoder", **common,
         )(x, mask)
-        if self.final_norm:
-            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="norm", **common)(x)
-        pooling = self.pooling
+        if c.final_norm:
+            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="norm", **common)(x)
+        pooling = c.pooling
         if pooling == "auto":
-            pooling = "last" if self.causal else "cls"
+            pooling = "last" if c.causal else "cls"
         if pooling == "last":
             last = jnp.maximum(mask.sum(axis=1) - 1, 0)  # [N]; empty rows fall back to 0
             pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
@@ -105,7 +85,7 @@ class TextTransformer(nn.Module):
             total = jnp.sum(x.astype(jnp.float32) * weights, axis=1)
             pooled = (total / jnp.maximum(weights.sum(axis=1), 1.0)).astype(x.dtype)
         elif pooling == "pooler":
-            pooled = jnp.tanh(Dense(self.width, name="pooler", **common)(x[:, 0]))
+            pooled = jnp.tanh(Dense(c.width, name="pooler", **common)(x[:, 0]))
         else:
             pooled = x[:, 0]
         return pooled, x

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmc_jax.models.layers import TransformerStack
+from rmc_jax.models.config import VisionConfig
+from rmc_jax.models.layers import TransformerStack, canonical_dtype
 
 __all__ = ["VisionTransformer"]
 
@@ -22,15 +23,14 @@ _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 class VisionTransformer(nn.Module):
     """ViT. images [B, H, W, C] (C = 1 or 3) -> (pooled [B, D], patch_grid [B, H/P, W/P, D]).
 
-    Both outputs come after the final LayerNorm (``final_norm``). The pooled vector is the class
-    token (``pooling='cls'``) or the mean of the patch tokens (``pooling='mean'``); the patch
-    grid never contains the class token, so region features RoIAligned from it mean the same
-    whatever the pooling.
+    Every hyperparameter comes from ``config`` (``VisionConfig``). Both outputs come after the
+    final LayerNorm (``final_norm``). The pooled vector is the class token (``pooling='cls'``) or
+    the mean of the patch tokens (``pooling='mean'``); the patch grid never contains the class
+    token, so region features RoIAligned from it mean the same whatever the pooling.
 
-    Position embeddings are learned for the grid of ``image_size`` (or, if unset, of the images
-    seen at init), with one extra leading row for the class token when there is one; other sizes
-    (e.g. region crops scored by a teacher) bilinearly resize the patch part of the table.
-    H and W must be multiples of ``patch_size``.
+    Position embeddings are learned for the grid of ``image_size``, with one extra leading row
+    for the class token when there is one; other sizes (e.g. region crops scored by a teacher)
+    bilinearly resize the patch part of the table. H and W must be multiples of ``patch_size``.
 
     Input normalisation: with ``pixel_mean``/``pixel_std`` empty (default) the images go in as
     given. An imported model sets them to the per-channel statistics it was trained with (its
@@ -45,92 +45,67 @@ class VisionTransformer(nn.Module):
     ``class_token`` and ``pooling``.
     """
 
-    width: int = 192
-    depth: int = 4
-    num_heads: int = 3
-    patch_size: int = 16
-    mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32
+    config: VisionConfig = VisionConfig()
     param_dtype: Any = jnp.float32
-    remat: str = "none"
-    scan_layers: bool = False
-    image_size: int | None = None
-    mlp_dim: int = 0
-    activation: str = "gelu"
-    norm_position: str = "pre"
-    layer_norm_eps: float = 1e-6
-    patch_bias: bool = True
-    pre_norm: bool = False
-    final_norm: bool = True
-    class_token: bool = True
-    pooling: str = "cls"
-    channels: int = 0  # channels the patch embedding expects; 0 = those of the input
-    pixel_mean: tuple[float, ...] = ()
-    pixel_std: tuple[float, ...] = ()
-    input_mean: float = 0.5
-    input_std: float = 0.25
 
     def standardise(self, images: jax.Array) -> jax.Array:
         """Pipeline-normalised images [B, H, W, C] -> the input the patch embedding expects
         (identity unless ``pixel_mean``/``pixel_std`` are set; see the class docstring)."""
-        if not self.pixel_mean:
+        c = self.config
+        if not c.pixel_mean:
             return images
-        channels = self.channels or len(self.pixel_mean)
-        if images.shape[-1] not in (1, channels):
+        if images.shape[-1] not in (1, c.channels):
             raise ValueError(f"images have {images.shape[-1]} channels; this image tower takes "
-                             f"1 (replicated) or {channels}")
-        x = images.astype(jnp.float32) * self.input_std + self.input_mean  # back to [0, 1]
-        x = jnp.broadcast_to(x, x.shape[:-1] + (channels,))
-        mean = jnp.asarray(self.pixel_mean, jnp.float32)
-        std = jnp.asarray(self.pixel_std, jnp.float32)
+                             f"1 (replicated) or {c.channels}")
+        x = images.astype(jnp.float32) * c.input_std + c.input_mean  # back to [0, 1]
+        x = jnp.broadcast_to(x, x.shape[:-1] + (c.channels,))
+        mean = jnp.asarray(c.pixel_mean, jnp.float32)
+        std = jnp.asarray(c.pixel_std, jnp.float32)
         return ((x - mean) / std).astype(images.dtype)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        c = self.config
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C]; got shape {images.shape}")
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling={self.pooling!r}; expected 'cls' or 'mean'")
-        if self.pooling == "cls" and not self.class_token:
-            raise ValueError("pooling='cls' needs class_token=True; use pooling='mean'")
         images = self.standardise(images)
         B, H, W, C = images.shape
-        P = self.patch_size
+        P = c.patch_size
         if H % P or W % P:
             raise ValueError(
                 f"image size {H}x{W} is not divisible by patch_size {P}; "
                 f"resize or pad to a multiple of {P}"
             )
         h, w = H // P, W // P
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(dtype=canonical_dtype(c.dtype), param_dtype=self.param_dtype)
         x = nn.Conv(
-            self.width, (P, P), strides=(P, P), padding="VALID", use_bias=self.patch_bias,
+            c.width, (P, P), strides=(P, P), padding="VALID", use_bias=c.patch_bias,
             name="patch_embed", **common,
         )(images)  # [B, h, w, D]
-        x = x.reshape(B, h * w, self.width)
-        extra = 1 if self.class_token else 0
-        if self.class_token:
-            cls = self.param("cls_token", _EMBED_INIT, (1, 1, self.width), self.param_dtype)
-        gh, gw = (h, w) if self.image_size is None else (self.image_size // P,) * 2
-        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + extra, self.width),
+        x = x.reshape(B, h * w, c.width)
+        extra = 1 if c.class_token else 0
+        if c.class_token:
+            cls = self.param("cls_token", _EMBED_INIT, (1, 1, c.width), self.param_dtype)
+        gh = gw = c.image_size // P
+        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + extra, c.width),
                          self.param_dtype)
         if (gh, gw) != (h, w):
-            grid = pos[0, extra:].reshape(gh, gw, self.width)
-            grid = jax.image.resize(grid, (h, w, self.width), "bilinear", antialias=False)
-            pos = jnp.concatenate([pos[:, :extra], grid.reshape(1, h * w, self.width)], axis=1)
-        if self.class_token:
-            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, self.width)), x], 1)
+            grid = pos[0, extra:].reshape(gh, gw, c.width)
+            grid = jax.image.resize(grid, (h, w, c.width), "bilinear", antialias=False)
+            pos = jnp.concatenate([pos[:, :extra], grid.reshape(1, h * w, c.width)], axis=1)
+        if c.class_token:
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (B, 1, c.width)), x], 1)
         x = x + pos.astype(x.dtype)
-        if self.pre_norm:
-            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="pre_norm", **common)(x)
+        if c.pre_norm:
+            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="pre_norm", **common)(x)
         x = TransformerStack(
-            depth=self.depth, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
-            remat=self.remat, scan_layers=self.scan_layers, mlp_dim=self.mlp_dim,
-            activation=self.activation, norm_position=self.norm_position,
-            layer_norm_eps=self.layer_norm_eps, name="encoder", **common,
+            depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+            remat=c.remat, scan_layers=c.scan_layers, mlp_dim=c.mlp_dim,
+            activation=c.activation, norm_position=c.norm_position,
+            layer_norm_eps=c.layer_norm_eps, name="encoder", **common,
         )(x)
-        if self.final_norm:
-            x = nn.LayerNorm(epsilon=self.layer_norm_eps, name="norm", **common)(x)
+        if c.final_norm:
+            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="norm", **common)(x)
         patches = x[:, extra:]
-        pooled = x[:, 0] if self.pooling == "cls" else patches.mean(axis=1)
-        return pooled, patches.reshape(B, h, w, self.width)
+        pooled = x[:, 0] if c.pooling == "cls" else patches.mean(axis=1)
+        return pooled, patches.reshape(B, h, w, c.width)
