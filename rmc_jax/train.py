@@ -325,8 +325,10 @@ def _roi_loss(regions, captions, mask, ids, temperature, **backend):
                                        **backend)
 
 
-def batch_losses(params, teacher_params, batch, concepts, step, *, model, config, mesh):
-    """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives."""
+def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config, mesh):
+    """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives,
+    T concepts. ``teacher_logits`` [B, R, T]: the teacher's scores of the regions against the
+    ``concepts`` (``region_teacher``), or None (no distillation term)."""
     apply = functools.partial(model.apply, {"params": params})
     images, boxes, box_mask = batch["image"], batch["boxes"], batch["box_mask"]
     b, r = box_mask.shape
@@ -366,17 +368,9 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
         terms["neg"] = losses.negative_caption_loss(region_emb, caption_emb, negative_emb,
                                                     box_mask, batch["neg_valid"], tau)
     logs = {}
-    if config.loss.distill_weight > 0 and teacher_params is not None:
+    if config.loss.distill_weight > 0 and teacher_logits is not None:
         concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
         student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
-        if config.teacher.source == "hf":  # a pretrained CLIP, with its own tokenizer
-            teacher_logits = teacher_scores(
-                teacher_params["params"], images, boxes, teacher_params["concepts"],
-                model=pretrained.teacher_model(config),
-                crop_size=pretrained.teacher_crop_size(config))
-        else:
-            teacher_logits = teacher_scores(teacher_params, images, boxes, concepts, model=model,
-                                            crop_size=config.teacher.crop_size)
         probs = jax.nn.softmax(teacher_logits / config.teacher.temperature, axis=-1)
         keep = box_mask & (probs.max(-1) > config.teacher.threshold)
         active = step >= config.teacher.warmup_steps
@@ -424,6 +418,29 @@ def encode_packed(apply, tokens, masks, slots):
     return out.reshape(b, r, t, -1)
 
 
+def region_teacher(config, model) -> Callable | None:
+    """The distillation teacher, chosen once from ``teacher.source``: a function
+    ``(teacher, images, boxes, concepts) -> logits [B, R, T]`` (no gradient) that scores each
+    region's crop against the concept set, or None when nothing is distilled.
+
+    ``teacher`` is what the train step holds for it: the EMA params ('ema'), a finished run's
+    params ('checkpoint'), or a pretrained CLIP's ``{'params', 'concepts'}`` ('hf'), which
+    scores crops at its own image size against the concepts encoded by its own tokenizer.
+    """
+    if config.loss.distill_weight <= 0 or config.teacher.source == "none":
+        return None
+    if config.teacher.source == "hf":
+        clip, crop_size = pretrained.teacher_model(config), pretrained.teacher_crop_size(config)
+
+        def pretrained_clip(teacher, images, boxes, concepts):
+            del concepts  # encoded by the teacher's tokenizer, in ``teacher``
+            return teacher_scores(teacher["params"], images, boxes, teacher["concepts"],
+                                  model=clip, crop_size=crop_size)
+
+        return pretrained_clip
+    return functools.partial(teacher_scores, model=model, crop_size=config.teacher.crop_size)
+
+
 def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size):
     """RegionCLIP teacher: each region is cropped from the image (RoIAlign as crop-and-resize),
     embedded by the teacher's image tower, and scored against the concept set.
@@ -447,6 +464,7 @@ def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size)
 def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
     """The jitted step; ``tx`` and ``learning_rates`` as ``make_optimizer`` returns them."""
     losses_of = functools.partial(batch_losses, model=model, config=config, mesh=mesh)
+    score_regions = region_teacher(config, model)
     ema = config.teacher.source == "ema"
 
     def loss_fn(params, *args):
@@ -454,8 +472,11 @@ def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
 
     def step_fn(state, batch, concepts, frozen_teacher):
         teacher = state.get("teacher", frozen_teacher)
+        teacher_logits = (None if score_regions is None or teacher is None else
+                          score_regions(teacher, batch["image"], batch["boxes"], concepts))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (total, logs), grads = grad_fn(state["params"], teacher, batch, concepts, state["step"])
+        (total, logs), grads = grad_fn(state["params"], teacher_logits, batch, concepts,
+                                       state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)

@@ -218,9 +218,12 @@ def test_eight_devices_equal_one_device(backend):
     for devices in (1, 8):
         mesh = shd.make_mesh(devices, 1)
         step, state, batch, concepts = _fixed_batch_setup(config, mesh)
-        loss_fn = functools.partial(train.batch_losses, model=train.build_model(config.model),
-                                    config=config, mesh=mesh)
-        grads = jax.jit(jax.grad(lambda p: loss_fn(p, p, batch, concepts, 0)[0]))(
+        model = train.build_model(config.model)
+        loss_fn = functools.partial(train.batch_losses, model=model, config=config, mesh=mesh)
+        teacher = train.region_teacher(config, model)  # the EMA teacher, equal to the params
+        teacher_logits = jax.jit(teacher)(state["params"], batch["image"], batch["boxes"],
+                                          concepts)
+        grads = jax.jit(jax.grad(lambda p: loss_fn(p, teacher_logits, batch, concepts, 0)[0]))(
             state["params"])
         history = []
         for _ in range(2):
