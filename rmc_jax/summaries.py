@@ -6,7 +6,8 @@
     here directly (TFRecord framing + a hand-encoded ``Event`` protobuf), so no TensorFlow is
     needed;
   * the console: a progress bar with ETA redrawn in place when stdout is a terminal, plain
-    ``[step N/T] key=value`` lines otherwise (logs, batch jobs).
+    ``[step N/T] key=value`` lines otherwise (logs, batch jobs); metrics named with one of
+    ``console_exclude``'s prefixes (diagnostics such as per-tower norms) stay out of them.
 Only process 0 writes.
 """
 
@@ -183,12 +184,16 @@ class SummaryWriter:
 
     ``progress=None`` draws the bar when stdout is a terminal; with the bar, the detailed
     ``[step]`` lines go to the JSONL and TensorBoard only, so the terminal stays readable.
+    Metrics whose names start with a prefix in ``console_exclude`` go to the JSONL and
+    TensorBoard only.
     """
 
     def __init__(self, workdir: str, total_steps: int, *, enabled: bool = True,
-                 tensorboard: bool = True, progress: bool | None = None):
+                 tensorboard: bool = True, progress: bool | None = None,
+                 console_exclude: tuple[str, ...] = ()):
         self.enabled = enabled
         self.total_steps = total_steps
+        self.console_exclude = tuple(console_exclude)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._jsonl = open(self.path, "a") if enabled else None
         self._events = (EventFileWriter(os.path.join(workdir, "tensorboard"))
@@ -205,10 +210,11 @@ class SummaryWriter:
         self._jsonl.flush()
         if self._events:
             self._events.scalars(step, values)
+        shown = {k: v for k, v in values.items() if not k.startswith(self.console_exclude)}
         if self._bar:
-            self._bar.update(step, values)
+            self._bar.update(step, shown)
         else:
-            print(log_line(step, self.total_steps, values), flush=True)
+            print(log_line(step, self.total_steps, shown), flush=True)
 
     def tick(self, step: int) -> None:
         """Every step: move the bar (no metrics are read, so the host never waits)."""

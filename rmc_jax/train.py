@@ -29,10 +29,14 @@ from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import tokenizer_for_run
-from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
+from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, build_model, example_inputs, roi_align
 from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
+# Diagnostics the step logs to metrics.jsonl and TensorBoard, not to the console:
+# param_norm/<tower> and update_norm/<tower> (TOWER_RULES' groups), and embedding_norm/image,
+# /text (reports) and /regions, the norms of the projected embeddings before normalisation.
+DIAGNOSTICS = ("param_norm/", "update_norm/", "embedding_norm/")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
 # 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
 # from label overlap (losses.medclip_contrastive_loss).
@@ -179,6 +183,15 @@ def tower_labels(params):
                     "rest")
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def tower_norms(tree, name: str) -> dict:
+    """``{name/image, name/text, name/rest}``: the L2 norm of each group's leaves of ``tree``
+    (params, or anything shaped like them: updates, gradients), in float32."""
+    squares = {group: jnp.zeros((), jnp.float32) for group in TOWERS + ("rest",)}
+    for leaf, group in zip(jax.tree.leaves(tree), jax.tree.leaves(tower_labels(tree))):
+        squares[group] += jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    return {f"{name}/{group}": jnp.sqrt(total) for group, total in squares.items()}
 
 
 def tower_options(optimizer) -> tuple[dict[str, float], tuple[str, ...]]:
@@ -330,13 +343,21 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
     T concepts. ``teacher_logits`` [B, R, T]: the teacher's scores of the regions against the
     ``concepts`` (``region_teacher``), or None (no distillation term)."""
     apply = functools.partial(model.apply, {"params": params})
+
+    def measured(*args, method):  # embeddings, and their norms before normalisation
+        out, sown = apply(*args, method=method, mutable=[EMBEDDING_NORMS])
+        return out, sown[EMBEDDING_NORMS]
+
     images, boxes, box_mask = batch["image"], batch["boxes"], batch["box_mask"]
     b, r = box_mask.shape
     tau = apply(method=RegionCLIP.temperature)
 
     slots, box_mask = region_slots(box_mask, caption_budget(b * r, config, mesh))
-    image_emb, grid = apply(images, method=RegionCLIP.image_features)
-    report_emb = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
+    (image_emb, grid), image_norms = measured(images, method=RegionCLIP.image_features)
+    report_emb, report_norms = measured(batch["text_ids"], batch["text_mask"],
+                                        method=RegionCLIP.encode_text)
+    logs = {"embedding_norm/image": image_norms["image"][0].mean(),
+            "embedding_norm/text": report_norms["text"][0].mean()}
     terms = {}
     if config.loss.global_loss == "medclip":
         # MedCLIP's soft targets from label overlap; the report's labels are its image's. Dense
@@ -350,7 +371,10 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:
-        region_emb = apply(grid, boxes, box_mask, method=RegionCLIP.regions_from_patches)
+        region_emb, region_norms = measured(grid, boxes, box_mask,
+                                            method=RegionCLIP.regions_from_patches)
+        logs["embedding_norm/regions"] = ((region_norms["regions"][0] * box_mask).sum()
+                                          / jnp.maximum(box_mask.sum(), 1))
     if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
         # Captions and their hard negatives go through the text tower in one call, for the
         # packed real regions only (most of the R slots of an example are padding).
@@ -367,7 +391,6 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
     if config.loss.neg_weight > 0:
         terms["neg"] = losses.negative_caption_loss(region_emb, caption_emb, negative_emb,
                                                     box_mask, batch["neg_valid"], tau)
-    logs = {}
     if config.loss.distill_weight > 0 and teacher_logits is not None:
         concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
         student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
@@ -490,6 +513,9 @@ def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
                                  dict(state, step=state["step"] + 1))
         logs.update(learning_rates(state["step"]), grad_norm=optax.tree.norm(grads),
                     finite=finite)
+        # Diagnostics per tower: the parameters after the step and the step's update.
+        logs.update(tower_norms(new_state["params"], "param_norm"))
+        logs.update(tower_norms(updates, "update_norm"))
         return new_state, logs
 
     return jax.jit(step_fn, donate_argnums=(0,),
@@ -582,7 +608,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # ---- loop -------------------------------------------------------------------------------
     progress = {"auto": None, "on": True, "off": False}[config.progress_bar]
     writer = summaries.SummaryWriter(workdir, config.total_steps, enabled=pi == 0,
-                                     progress=progress)
+                                     progress=progress, console_exclude=DIAGNOSTICS)
     flops_per_step, peak = None, flops.peak_flops()
     step = int(state["step"])
     pending, last_metrics = None, {}

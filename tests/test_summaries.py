@@ -60,6 +60,17 @@ def test_summary_writer_outputs(tmp_path, capsys):
     assert len(os.listdir(tmp_path / "tensorboard")) == 1
 
 
+def test_diagnostics_stay_out_of_the_console(tmp_path, capsys):
+    writer = summaries.SummaryWriter(str(tmp_path), total_steps=2, progress=False,
+                                     console_exclude=("param_norm/",))
+    writer.write(2, {"loss": 1.0, "param_norm/image": 3.0})
+    writer.close()
+    assert capsys.readouterr().out.splitlines() == ["[step 2/2] loss=1"]
+    assert json.loads(open(tmp_path / "metrics.jsonl").read()) == {
+        "step": 2, "loss": 1.0, "param_norm/image": 3.0}
+    assert read_scalars(str(tmp_path / "tensorboard"))["param_norm/image"] == [(2, 3.0)]
+
+
 def test_disabled_writer_writes_nothing(tmp_path, capsys):
     writer = summaries.SummaryWriter(str(tmp_path), total_steps=4, enabled=False)
     writer.write(1, {"loss": 1.0})

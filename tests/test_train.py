@@ -55,7 +55,7 @@ ABLATIONS = ("roi_nodistill", "roi_noneg")
 @pytest.mark.parametrize("variant", [
     pytest.param(v, marks=pytest.mark.slow) if v in ABLATIONS else v
     for v in VARIANTS if v != "smoke"])
-def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
+def test_every_variant_trains_and_writes_metrics(tmp_path, capsys, variant):
     # The report's figures are drawn once (for roi); its contents are tested with evaluation.
     # medclip trains in bf16 compute: parameters, optimizer state and losses stay float32.
     half = ({"model.vision.dtype": "bfloat16", "model.text.dtype": "bfloat16"}
@@ -73,6 +73,12 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
     assert expected_terms <= set(metrics)
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert [x["step"] for x in lines] == [2, 4]
+    diagnostics = {f"{kind}/{group}" for kind in ("param_norm", "update_norm")
+                   for group in ("image", "text", "rest")}
+    diagnostics |= {"embedding_norm/image", "embedding_norm/text"} | (
+        {"embedding_norm/regions"} if variant == "roi" else set())
+    assert all(diagnostics <= set(x) and all(x[k] > 0 for k in diagnostics) for x in lines)
+    assert "_norm/" not in capsys.readouterr().out  # metrics.jsonl and TensorBoard only
     assert all(0 < x["mfu"] < 1 and x["examples_per_second"] > 0 for x in lines), lines
     assert len(os.listdir(tmp_path / "tensorboard")) == 1  # TensorBoard event file
     assert os.path.isdir(tmp_path / "checkpoints" / "4")
@@ -111,6 +117,17 @@ def test_resume_is_bit_identical(tmp_path):
     lines = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
     assert all(x["learning_rate/image"] == 0 and x["learning_rate/text"] > x["learning_rate"]
                for x in lines), lines
+    # Per-tower diagnostics: the norm of each group's parameters after the step, and of the
+    # step's update (none for the frozen tower).
+    final = train.tower_norms(straight["state"]["params"], "param_norm")
+    assert lines[-1]["step"] == 6
+    for group in ("image", "text", "rest"):
+        logged, computed = lines[-1][f"param_norm/{group}"], final[f"param_norm/{group}"]
+        assert logged == pytest.approx(float(computed), rel=1e-6)
+    assert float(final["param_norm/image"]) == float(
+        train.tower_norms(initial["params"], "param_norm")["param_norm/image"])
+    assert all(x["update_norm/image"] == 0 and x["update_norm/text"] > 0
+               and x["update_norm/rest"] > 0 for x in lines), lines
     # Another worker count reads the data in another order: refused, with the fix.
     with pytest.raises(ValueError, match=r"--config\.data\.workers=1"):
         train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": 0})),

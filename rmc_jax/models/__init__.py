@@ -2,6 +2,7 @@
 hyperparameters in ``config`` (one dataclass per tower and one for the model)."""
 
 from rmc_jax.models.clip import (
+    EMBEDDING_NORMS,
     RegionCLIP,
     RegionHead,
     build_model,
@@ -16,6 +17,7 @@ from rmc_jax.models.text import TextTransformer
 from rmc_jax.models.vit import VisionTransformer
 
 __all__ = [
+    "EMBEDDING_NORMS",
     "ModelConfig",
     "RegionCLIP",
     "RegionHead",

@@ -28,6 +28,7 @@ from rmc_jax.models.text import TextTransformer
 from rmc_jax.models.vit import VisionTransformer
 
 __all__ = [
+    "EMBEDDING_NORMS",
     "RegionHead",
     "RegionCLIP",
     "build_model",
@@ -37,6 +38,9 @@ __all__ = [
 ]
 
 _EPS = 1e-6
+# Collection into which the model sows each embedding's norm before normalisation ('image' [B],
+# 'regions' [B, R], 'text' [N]) when ``apply`` is called with it mutable: a training diagnostic.
+EMBEDDING_NORMS = "embedding_norms"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +157,13 @@ class RegionCLIP(nn.Module):
             "log_inv_temperature", lambda _: jnp.asarray(init, jnp.float32)
         )
 
+    def _normalised(self, name: str, x: jax.Array) -> jax.Array:
+        """``l2_normalize(x)``; with the EMBEDDING_NORMS collection mutable, ``||x||`` is sown
+        into it under ``name`` as well (it costs nothing otherwise)."""
+        if self.is_mutable_collection(EMBEDDING_NORMS):
+            self.sow(EMBEDDING_NORMS, name, jnp.linalg.norm(x, axis=-1))
+        return l2_normalize(x)
+
     def temperature(self) -> jax.Array:
         """tau = 1 / min(exp(log_inv_temperature), max_inv_temperature), float32 scalar.
 
@@ -174,7 +185,7 @@ class RegionCLIP(nn.Module):
         images [B, H, W, C] -> (image_emb [B, E] float32 normalised, patch_grid [B, h, w, D]).
         """
         cls, grid = self.image_encoder(images)
-        return l2_normalize(self.image_proj(cls.astype(jnp.float32))), grid
+        return self._normalised("image", self.image_proj(cls.astype(jnp.float32))), grid
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """images [B, H, W, C] -> normalised global embeddings [B, E] (from the CLS token)."""
@@ -185,7 +196,7 @@ class RegionCLIP(nn.Module):
     ) -> jax.Array:
         """patch_grid [B, h, w, D], boxes [B, R, 4], box_mask [B, R] -> [B, R, E], 0 if masked."""
         feats = self.region_head(patch_grid, boxes, box_mask)
-        emb = l2_normalize(self.region_proj(feats.astype(jnp.float32)))
+        emb = self._normalised("regions", self.region_proj(feats.astype(jnp.float32)))
         return jnp.where(box_mask.astype(bool)[..., None], emb, 0.0)
 
     def encode_regions(self, images: jax.Array, boxes: jax.Array, box_mask: jax.Array) -> jax.Array:
@@ -208,7 +219,7 @@ class RegionCLIP(nn.Module):
     def encode_text(self, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """tokens [N, L] int32, attention_mask [N, L] (1 = real) -> normalised [N, E]."""
         pooled, _ = self.text_encoder(tokens, attention_mask)
-        return l2_normalize(self.text_proj(pooled.astype(jnp.float32)))
+        return self._normalised("text", self.text_proj(pooled.astype(jnp.float32)))
 
     def __call__(self, images, boxes, box_mask, tokens, attention_mask) -> dict[str, jax.Array]:
         """All embeddings at once (used by ``init``): {image [B,E], regions [B,R,E], text [N,E],
