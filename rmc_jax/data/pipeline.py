@@ -412,15 +412,15 @@ class EvaluationBatches:
     ``count`` (set once iterated) says how many rows are real: they come first."""
 
     def __init__(self, source, config: PipelineConfig, tokenizer: Tokenizer, *, batch_size: int,
-                 caption_tokenizer: Tokenizer | None = None):
+                 caption_tokenizer: Tokenizer | None = None, what: str = "examples"):
         self.dataset = prepared(source, config, tokenizer, seed=0, train=False,
                                 caption_tokenizer=caption_tokenizer)
         self.batch_size = batch_size
-        self.log = SkipLog(config.max_bad_fraction)
+        self.log = SkipLog(config.max_bad_fraction, what)
         self.count = 0
 
     def __iter__(self):
-        self.log, self.count = SkipLog(self.log.limit), 0
+        self.log, self.count = SkipLog(self.log.limit, self.log.what), 0
         pending = []
         for item in self.dataset.to_iter_dataset():
             if isinstance(item, Skipped):
