@@ -14,7 +14,7 @@ from rmc_jax.data.schema import FINDINGS, SIDES, ZONES, SIZES, finding_id  # noq
 from rmc_jax.data.sources import SourceError, get_source, reports  # noqa: E402
 from rmc_jax.data.sources.dicom import load_dicom, read_dicom  # noqa: E402
 from rmc_jax.data.sources.images import ImageDecodeError  # noqa: E402
-from rmc_jax.data.sources.ms_cxr import MSCXR, xywh_to_xyxy  # noqa: E402
+from rmc_jax.data.sources.ms_cxr import MSCXR  # noqa: E402
 from rmc_jax.data.sources.rsna import RSNAPneumonia  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -61,11 +61,6 @@ def test_read_dicom_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # MS-CXR
 # ---------------------------------------------------------------------------------------------
-
-def test_xywh_to_xyxy():
-    np.testing.assert_allclose(xywh_to_xyxy(100, 50, 200, 100, 1000, 500), [0.1, 0.1, 0.3, 0.3])
-    np.testing.assert_allclose(xywh_to_xyxy(900, -10, 200, 100, 1000, 500), [0.9, 0, 1, 0.18])
-
 
 @pytest.fixture(scope="module")
 def mscxr(tmp_path_factory):
@@ -121,8 +116,8 @@ def test_ms_cxr_images_root_and_no_split_column(tmp_path):
         MSCXR(tmp_path / "ms", split="all")  # images not under root
 
 
-def test_ms_cxr_blank_image_size_uses_file_size(tmp_path):
-    fx.write_ms_cxr(str(tmp_path), resize=2)  # files are 500 x 250
+def test_ms_cxr_blank_image_size_is_an_error(tmp_path):
+    fx.write_ms_cxr(str(tmp_path), resize=2)  # files are 500 x 250: their size would move boxes
     path = tmp_path / "MS_CXR_Local_Alignment_v1.1.0.csv"
     rows = list(csv.reader(open(path)))
     with open(path, "w", newline="") as handle:
@@ -130,9 +125,8 @@ def test_ms_cxr_blank_image_size_uses_file_size(tmp_path):
         writer.writerow(rows[0])
         writer.writerow(["ms1", "Edema", "mild pulmonary edema", rows[1][3], 50, 25, 100, 50, "",
                          "", "train"])
-    (example,) = list(MSCXR(tmp_path))
-    np.testing.assert_allclose(example.boxes, [[0.1, 0.1, 0.3, 0.3]], atol=1e-6)
-    assert example.finding_ids.tolist() == [finding_id("edema")]
+    with pytest.raises(SourceError, match=r"v1\.1\.0\.csv:2: column 'image_width' is ''"):
+        MSCXR(tmp_path)
 
 
 def test_ms_cxr_errors(tmp_path):

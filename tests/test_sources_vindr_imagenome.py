@@ -15,8 +15,8 @@ from rmc_jax.data.sources import SourceError, get_source
 from rmc_jax.data.sources.reports import model_text
 from rmc_jax.data.sources.imagenome import (ChestImaGenome, attribute_finding,
                                             flatten_attributes, region_position)
-from rmc_jax.data.sources.vindr import (VINDR_CLASSES, VinDrCXR, box_position, merge_reader_boxes,
-                                        normalise_xyxy)
+from rmc_jax.data.sources.boxes import box_position, check_boxes
+from rmc_jax.data.sources.vindr import VINDR_CLASSES, VinDrCXR, merge_reader_boxes
 
 FID = schema.FINDINGS.index
 
@@ -160,12 +160,24 @@ def test_vindr_clip_and_drop_warn_and_count(vindr_root):
     assert source.clipped_boxes == 1 and source.dropped_boxes == 1
 
 
-def test_normalise_xyxy_drops_blank_and_outside():
-    with pytest.warns(UserWarning, match="dropped 3"):
-        boxes, keep, clipped, dropped = normalise_xyxy(
-            [[10, 10, 20, 20], [np.nan, 1, 2, 3], [200, 10, 300, 20], [5, 5, 5, 9]], 100, 50)
-    assert keep.tolist() == [True, False, False, False] and (clipped, dropped) == (0, 3)
-    np.testing.assert_allclose(boxes, [[0.1, 0.2, 0.2, 0.4]], atol=1e-7)
+def test_check_boxes_drops_and_clips_naming_each_place():
+    checked = check_boxes([[10, 10, 20, 20], [np.nan, 1, 2, 3], [200, 10, 300, 20],
+                           [5, 5, 5, 9], [30, 10, 20, 20], [90, -5, 120, 25]], (100, 50),
+                          [f"a.csv:{line}" for line in range(2, 8)])
+    assert checked.keep.tolist() == [True, False, False, False, False, True]
+    np.testing.assert_allclose(checked.boxes, [[0.1, 0.2, 0.2, 0.4], [0.9, 0, 1, 0.5]],
+                               atol=1e-7)
+    assert checked.dropped == [
+        "a.csv:3 (blank or not finite coordinate: [nan, 1, 2, 3])",
+        "a.csv:4 (outside the 100x50 image: [200, 10, 300, 20])",
+        "a.csv:5 (empty: [5, 5, 5, 9])", "a.csv:6 (inverted: [30, 10, 20, 20])"]
+    assert checked.clipped == ["a.csv:7 (partly outside the 100x50 image: [90, -5, 120, 25])"]
+    # one size per box (MS-CXR), and an unknown size: nothing clipped, pixels kept
+    per_box = check_boxes([[100, 50, 300, 150]] * 2, [[1000, 500], [400, 200]], ["x", "y"])
+    np.testing.assert_allclose(per_box.boxes, [[0.1, 0.1, 0.3, 0.3], [0.25, 0.25, 0.75, 0.75]])
+    unknown = check_boxes([[200, 10, 300, 20], [30, 10, 20, 20]], None, ["x", "y"])
+    assert unknown.keep.tolist() == [True, False] and not unknown.clipped
+    np.testing.assert_allclose(unknown.boxes, [[200, 10, 300, 20]])
 
 
 def test_vindr_kaggle_layout_and_registry(tmp_path):
@@ -235,7 +247,7 @@ def imagenome(tmp_path_factory):
 
 def test_imagenome_regions_from_scene_graph(imagenome):
     root, images, _, info = imagenome
-    with pytest.warns(UserWarning, match="no scene graph"):
+    with pytest.warns(UserWarning, match="without a scene graph"):
         source = ChestImaGenome(root, "train", images_root=images)
     assert len(source) == 1 and source.missing_scene_graphs == 1 and source.excluded_gold == 1
     with pytest.warns(UserWarning) as record:

@@ -105,7 +105,8 @@ def _clear_output(out: str, overwrite: bool) -> None:
 
 def _open_split(name, root, split, size, seed, image_size, options, log):
     """The source's split under its canonical name or one of its spellings; None (reported)
-    when the source does not have it. A broken dataset copy (SourceError) is raised."""
+    when the source does not have it or it has no examples. A broken dataset copy (SourceError)
+    is raised."""
     canonical = ar.canonical_split(split)
     errors = []
     for spelling in _SPELLINGS.get(canonical, (split,)):
@@ -114,6 +115,8 @@ def _open_split(name, root, split, size, seed, image_size, options, log):
                 return sources.open_source(name, root, spelling, size, seed, image_size)
             data = sources.get_source(name, root or None, spelling, **options)
             return sources.Prefix(data, size) if size and len(data) > size else data
+        except sources.EmptySplitError as error:
+            errors.append(str(error))
         except sources.SourceError:
             raise
         except ValueError as error:
@@ -153,7 +156,7 @@ def prepare(source: str, root: str, out: str, splits=DEFAULT_SPLITS, shards: int
         def load(position, data=data, split=split):
             try:
                 example = data[position]
-            except (ImageDecodeError, FileNotFoundError) as error:
+            except (ImageDecodeError, FileNotFoundError, sources.ExampleError) as error:
                 return position, None, (f"skipping unreadable example {position} of {split}: "
                                         f"{error}")
             image = resize_long_side(example.image, max_size)

@@ -3,7 +3,9 @@
 Every source is a random-access sequence of ``Example`` (``len(src)``, ``src[i]``) built from a
 local copy of the dataset; it parses the official files by column name, converts boxes to
 normalised xyxy once, and fails at construction with the path and expected layout when
-something required is missing.
+something required is missing. Bad data (``base``): ``SourceError`` for a copy that cannot be
+read, ``ExampleError`` for one example that cannot, ``EmptySplitError`` for a split without
+examples, ``SourceWarning`` for every repair made while reading (counted, with file:line).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import importlib
 import inspect
 from typing import Callable
 
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import (  # noqa: F401  (re-exported)
+    EmptySplitError, ExampleError, Source, SourceError, SourceWarning)
 
 # name -> "module:factory"; modules are imported only when their source is asked for.
 _REGISTRY: dict[str, str] = {
@@ -59,10 +62,16 @@ class Prefix:
     def __len__(self):
         return self.size
 
-    def __getitem__(self, index):
+    def _position(self, index: int) -> int:
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} examples")
-        return self.source[index % self.size]
+        return index % self.size
+
+    def __getitem__(self, index):
+        return self.source[self._position(index)]
+
+    def texts(self, index):
+        return self.source.texts(self._position(index))
 
     def __getattr__(self, name):
         return getattr(self.source, name)
@@ -103,6 +112,7 @@ def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
 
     ``name`` may be a weighted mixture, ``"ms_cxr:1,mimic_cxr:3"``, with ``root`` either one
     path for all or ``"ms_cxr=/path,mimic_cxr=/path"``; ``size`` then limits each dataset.
+    A split without examples is an EmptySplitError naming the splits the copy holds.
     ``options`` are constructor arguments (``parse_options``), e.g. MS-CXR's ``images_root``;
     an option meant for every dataset that this one does not take is an error when ``strict``
     (a typo would otherwise pass unnoticed), and skipped otherwise.
@@ -135,7 +145,23 @@ def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
         raise ValueError(f"data.source_options: {name} takes no option "
                          f"{sorted(must_apply - set(chosen))}")
     if name == "synthetic":
-        return get_source(name, root=None, split=split, seed=seed, size=size or None,
-                          image_size=max(image_size, 128), **chosen)
-    source = get_source(name, root=root or None, split=split, **chosen)
+        source = get_source(name, root=None, split=split, seed=seed, size=size or None,
+                            image_size=max(image_size, 128), **chosen)
+    else:
+        source = get_source(name, root=root or None, split=split, **chosen)
+    if len(source) == 0:
+        raise EmptySplitError(f"{name}: split {split!r} of {root or 'the generator'} has no "
+                              f"examples; {_splits_held(source)}")
     return Prefix(source, size) if size and len(source) > size else source
+
+
+def _splits_held(source) -> str:
+    """What the copy holds instead, for the empty-split message."""
+    try:
+        sizes = source.split_sizes()
+    except (SourceError, OSError):
+        sizes = None
+    if not sizes:
+        return "check the split name and the source's filters (views, options)"
+    return "the copy holds " + ", ".join(f"{name!r}: {count}" for name, count in
+                                          sorted(sizes.items()))

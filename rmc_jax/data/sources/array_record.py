@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from rmc_jax.data.schema import Example
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import ExampleError, Source, SourceError
 from rmc_jax.data.sources.images import ImageDecodeError
 
 FORMAT = "rmc_jax.examples.array_record"
@@ -89,7 +89,7 @@ def _from_array(spec: dict, name: str, where: str) -> np.ndarray:
             raise TypeError(f"dtype {dtype} is not a boolean or numeric type")
         return np.array(spec["values"], dtype=dtype).reshape(spec["shape"])
     except (KeyError, TypeError, ValueError) as error:
-        raise SourceError(f"{where}: field {name!r} is not a valid array "
+        raise ExampleError(f"{where}: field {name!r} is not a valid array "
                           f"{{dtype, shape, values}}: {error}") from error
 
 
@@ -114,13 +114,13 @@ def encode_example(example: Example, *, compress_level: int = 6) -> bytes:
 def _split_record(record: bytes, where: str) -> tuple[dict, memoryview]:
     view = memoryview(record)
     if len(view) < _HEADER_LENGTH.size:
-        raise ImageDecodeError(f"{where}: record of {len(view)} bytes is too short")
+        raise ExampleError(f"{where}: record of {len(view)} bytes is too short")
     (length,) = _HEADER_LENGTH.unpack_from(view)
     end = _HEADER_LENGTH.size + length
     try:
         header = json.loads(bytes(view[_HEADER_LENGTH.size:end]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ImageDecodeError(f"{where}: record header is not UTF-8 JSON: {error}") from error
+        raise ExampleError(f"{where}: record header is not UTF-8 JSON: {error}") from error
     return header, view[end:]
 
 
@@ -130,14 +130,14 @@ def decode_texts(record: bytes, where: str = "record") -> tuple[str, tuple]:
     try:
         return header["report"], tuple(header["captions"])
     except KeyError as error:
-        raise SourceError(f"{where}: record header has no field {error}") from error
+        raise ExampleError(f"{where}: record header has no field {error}") from error
 
 
 def decode_example(record: bytes, where: str = "record") -> Example:
     """A record written by ``encode_example`` -> the same Example.
 
-    Raises ImageDecodeError (naming ``where``) for a record whose image cannot be decoded, so
-    the pipeline skips it as it would skip a corrupt image file.
+    Raises ImageDecodeError (naming ``where``) for a record whose image cannot be decoded and
+    ExampleError for one whose header is broken; the pipeline skips and counts either.
     """
     header, png = _split_record(record, where)
     try:
@@ -157,7 +157,7 @@ def decode_example(record: bytes, where: str = "record") -> Example:
                        captions=tuple(header["captions"]), source=header["source"],
                        view=header["view"], **arrays)
     except KeyError as error:
-        raise SourceError(f"{where}: record header has no field {error}; expected the fields "
+        raise ExampleError(f"{where}: record header has no field {error}; expected the fields "
                           f"written by encode_example (format version {VERSION})") from error
 
 
@@ -297,6 +297,10 @@ class ArrayRecordSource(Source):
     def __len__(self) -> int:
         return self._size
 
+    def split_sizes(self) -> dict:
+        return {name: int(entry.get("num_examples", 0))
+                for name, entry in self.metadata["splits"].items()}
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_readers"] = [None] * len(self.paths)
@@ -332,7 +336,10 @@ class ArrayRecordSource(Source):
         shard = bisect.bisect_right(self._ends, position)
         offset = position - (self._ends[shard - 1] if shard else 0)
         where = f"{self.paths[shard]} record {offset}"
-        return self._reader(shard).read([offset])[0], where
+        try:
+            return self._reader(shard).read([offset])[0], where
+        except (RuntimeError, OSError, ValueError) as error:  # riegeli: "Corrupted ... hash"
+            raise ExampleError(f"{where}: cannot read the record: {error}") from error
 
     def __getitem__(self, index: int) -> Example:
         return decode_example(*self._record(index))

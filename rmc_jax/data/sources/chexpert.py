@@ -37,7 +37,7 @@ import numpy as np
 
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
 from rmc_jax.data.sources.images import read_image
 
 CHEXPERT_LABELS = (
@@ -98,14 +98,11 @@ class _PathResolver:
         return os.path.join(self.base or self.bases[0], _strip_prefix(path))
 
 
-def _labels(row: dict, names, uncertain: str, where: str):
+def _labels(row: tabular.Row, names, uncertain: str):
     values, mask = np.zeros(len(names), np.float32), np.zeros(len(names), bool)
     for i, name in enumerate(names):
         if name in row:
-            try:
-                values[i], mask[i] = tabular.parse_label(row[name], uncertain)
-            except ValueError as error:
-                raise SourceError(f"{where}: column {name!r}: {error}") from error
+            values[i], mask[i] = tabular.cell_label(row, name, uncertain)
     return values, mask
 
 
@@ -201,35 +198,50 @@ class CheXpert(Source):
             for row in rows[:50]:
                 if self._resolve.calibrate(row[key]):
                     break
-        records = []
-        for line, row in enumerate(rows, start=2):
+        records, repeats, ages = [], tabular.Repeats(key), []
+        for row in rows:
+            if not repeats.first(row[key].strip(), row, dict(row)):
+                continue
             entries = [row[key].strip()]
             if key == "Study":
                 folder = self._resolve(entries[0])
                 if not os.path.isdir(folder):
-                    raise SourceError(f"{self.csv}:{line}: study folder not found: {folder}")
+                    raise SourceError(f"{row.place}: study folder not found: {folder}")
                 entries = sorted(os.path.relpath(f, self._resolve.base or self._resolve.bases[0])
                                  for f in glob.glob(os.path.join(folder, "*.jpg")))
             for path in entries:
                 if not _matches_views(self.views, row, path):
                     continue
-                values, mask = _labels(row, CHEXPERT_LABELS, self.uncertain,
-                                       f"{self.csv}:{line}")
+                values, mask = _labels(row, CHEXPERT_LABELS, self.uncertain)
                 try:
-                    age = tabular.parse_int(row.get("Age", ""))
-                except ValueError:
+                    age = tabular.cell_int(row, "Age")
+                except SourceError:
                     age = None
+                    ages.append(f"{row.place} ({row['Age']!r})")
                 records.append({"path": path, "file": self._resolve(path),
                                 "sex": row.get("Sex", "").strip(), "age": age,
                                 "view": _view_from_row(row, path),
                                 "labels": values, "mask": mask})
+        repeats.warn("CheXpert: ignored {count} repeated row(s)")
+        warn_places("CheXpert: {count} Age cell(s) that are not a whole number (age left "
+                    "unknown; nothing else uses it)", ages)
         return records
+
+    def split_sizes(self) -> dict:
+        files = {"train": os.path.join(self.dataset_dir, "train.csv"),
+                 "valid": os.path.join(self.dataset_dir, "valid.csv")}
+        return {split: len(tabular.read_csv(path)) for split, path in files.items()
+                if os.path.isfile(path)}
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        self._position(index)
+        return "", ()  # CheXpert ships labels, no report text
+
     def __getitem__(self, index: int) -> Example:
-        record = self.records[index]
+        record = self.records[self._position(index)]
         example_id = os.path.splitext(_strip_prefix(record["path"]))[0]
         return Example(example_id=example_id, image=read_image(record["file"]), report="",
                        labels=record["labels"].copy(), label_mask=record["mask"].copy(),
@@ -251,12 +263,12 @@ def select_chexpert_5x200(rows, seed: int = 0, per_class: int = 200,
     for row in rows:
         if row.get("Frontal/Lateral", "").strip() != "Frontal":
             continue
-        cells = [row[name].strip() for name in COMPETITION_LABELS]
-        try:
-            numbers = [float(c) if c else 0.0 for c in cells]
-        except ValueError:
-            continue
-        if any(n not in (0.0, 1.0) for n in numbers) or sum(numbers) != 1.0:
+        cells = [tabular.cell_label(row, name, "ignore") for name in COMPETITION_LABELS]
+        if any(not known and row[name].strip() for (_, known), name in
+               zip(cells, COMPETITION_LABELS)):
+            continue  # uncertain (-1) among the 5
+        numbers = [value for value, _ in cells]
+        if sum(numbers) != 1.0:
             continue
         candidates[COMPETITION_LABELS[numbers.index(1.0)]].append(row)
     rng = np.random.default_rng(seed)
@@ -270,7 +282,8 @@ def select_chexpert_5x200(rows, seed: int = 0, per_class: int = 200,
                               f"(candidates per class: {counts}); pass allow_fewer=True to keep "
                               f"them all")
         picks = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False)
-        chosen.extend(dict(pool[i], label=name) for i in sorted(picks))
+        chosen.extend(tabular.Row(dict(pool[i], label=name), where, pool[i].line)
+                      for i in sorted(picks))
     return chosen
 
 
@@ -328,11 +341,11 @@ class CheXpert5x200(Source):
             rows = tabular.read_csv(self.csv, ("Path", "label"),
                                     "a CheXpert 5x200 CSV written by build_chexpert_5x200")
         self.records = []
-        for line, row in enumerate(rows, start=2):
+        for row in rows:
             label = row["label"].strip()
             if label not in COMPETITION_LABELS:
-                raise SourceError(f"{self.csv or 'train.csv'}:{line}: label {label!r} is not one "
-                                  f"of {COMPETITION_LABELS}")
+                raise SourceError(f"{row.place}: column 'label' is {row['label']!r}; expected "
+                                  f"one of {COMPETITION_LABELS}")
             self.records.append({"path": row["Path"].strip(), "label": label,
                                  "view": _view_from_row(row, row["Path"])})
         for row in self.records[:50]:
@@ -351,8 +364,12 @@ class CheXpert5x200(Source):
     def class_index(self, index: int) -> int:
         return COMPETITION_LABELS.index(self.records[index]["label"])
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        self._position(index)
+        return "", ()
+
     def __getitem__(self, index: int) -> Example:
-        record = self.records[index]
+        record = self.records[self._position(index)]
         labels = np.zeros(len(COMPETITION_LABELS), np.float32)
         labels[COMPETITION_LABELS.index(record["label"])] = 1.0
         return Example(example_id=os.path.splitext(_strip_prefix(record["path"]))[0],

@@ -6,8 +6,10 @@ Stable API (other sources import it): ``read_dicom(path) -> np.ndarray`` uint8 [
 Pipeline, following DICOM PS3.3 C.11: stored values -> modality LUT (RescaleSlope /
 RescaleIntercept) -> VOI (WindowCenter / WindowWidth, linear, first window when several; else a
 VOI LUT sequence when present; else the image's own min..max) -> 0..255, then MONOCHROME1 (where
-the lowest value is white) is inverted so bright always means dense. Multi-frame files give their
-first frame; colour files are converted to luminance.
+the lowest value is white) is inverted so bright always means dense. Colour files
+(SamplesPerPixel 3: RGB, YBR) are converted to luminance. Pixel data that is not one image
+(a multi-frame file, or Rows/Columns tags too small for the data, which pydicom returns as
+several frames) is an ImageDecodeError naming the file, never read as colour or cut to a frame.
 """
 
 from __future__ import annotations
@@ -74,9 +76,13 @@ def load_dicom(path: str | os.PathLike):
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]
-    if samples > 1 or pixels.ndim == 3:
+    if frames > 1 or pixels.ndim != (2 if samples == 1 else 3):
+        raise ImageDecodeError(
+            f"cannot decode DICOM {path}: pixel data of shape {pixels.shape} with "
+            f"NumberOfFrames {frames}, SamplesPerPixel {samples}, Rows x Columns "
+            f"{dataset.get('Rows')} x {dataset.get('Columns')}: a multi-frame file or wrong "
+            f"Rows/Columns tags; expected one radiograph")
+    if samples > 1:
         if photometric.startswith("YBR"):
             try:
                 from pydicom.pixels import convert_color_space
@@ -85,8 +91,6 @@ def load_dicom(path: str | os.PathLike):
                 return to_uint8(pixels[..., 0]), dataset
         pixels = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         return to_uint8(pixels), dataset
-    if pixels.ndim != 2:
-        raise ImageDecodeError(f"cannot decode DICOM {path}: unexpected pixel shape {pixels.shape}")
 
     values = pixels.astype(np.float64)
     slope = _first(dataset.get("RescaleSlope", None))

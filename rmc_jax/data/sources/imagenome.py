@@ -30,8 +30,11 @@ Every ``attributes`` entry with at least one phrase and an object of the same ``
 becomes one region: its box is the object's ``original_*`` box normalised by the decoded image's
 width and height (the JSON has no image size); when those keys are missing, the 224-space
 ``x1..y2`` divided by 224 (``use_original_coords=False`` forces this). Boxes are converted in
-``__getitem__`` (partly outside: clipped, counted in ``clipped_boxes``; zero-area or inverted:
-dropped, counted in ``dropped_boxes``; warned about and counted once per image). The caption
+``__getitem__`` (partly outside: clipped, counted in ``clipped_boxes``; empty, inverted or
+outside: dropped, counted in ``dropped_boxes``; warned about, naming the JSON file and object,
+and counted once per image). A scene graph that is not readable JSON, lacks its lists, or has a
+coordinate that is not a number makes its example unreadable (``ExampleError`` naming the file
+and object; the pipeline skips and counts it). The caption
 is the region's phrases (whitespace-cleaned, deduplicated) joined by a space; ``finding_ids``
 the first positive attribute that maps to a canonical finding (``attribute_finding``), else -1;
 side and zone come from ``bbox_name`` ('right costophrenic angle' -> right, basal); size from
@@ -46,7 +49,8 @@ given and the file exists, else the scene graph's distinct phrases in order of a
 
 Splits: 'train', 'valid' ('val', 'validate' accepted), 'test'. Images listed in
 ``images_to_avoid.csv`` (the gold standard) are excluded when ``exclude_gold`` (default); images
-whose scene graph is missing are skipped with a warning (``missing_scene_graphs``).
+whose scene graph is missing are skipped with a warning (``missing_scene_graphs``); a dicom_id
+listed twice is one example (warned about).
 """
 
 from __future__ import annotations
@@ -54,17 +58,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 
 import numpy as np
 
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
+from rmc_jax.data.sources import mimic_cxr
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
-from rmc_jax.data.sources.images import read_image
-from rmc_jax.data.sources.vindr import normalise_xyxy
+from rmc_jax.data.sources.base import ExampleError, Source, SourceError, warn_places
+from rmc_jax.data.sources.boxes import Checked, check_boxes, warn_boxes
+from rmc_jax.data.sources.images import ImageDecodeError, image_size, read_image
+from rmc_jax.data.sources.tabular import clean_id
 
 LAYOUT = ("Chest ImaGenome layout: <root>/silver_dataset/scene_graph/<dicom_id>_SceneGraph.json "
           "and <root>/silver_dataset/splits/{train,valid,test}.csv (column dicom_id)")
@@ -156,11 +161,6 @@ def region_position(bbox_name: str) -> tuple[str, str]:
     return side, zone
 
 
-def _id(value) -> str:
-    number = tabular.parse_int(str(value)) if value not in (None, "") else None
-    return "" if number is None else str(number)
-
-
 class ChestImaGenome(Source):
     """Chest ImaGenome silver scene graphs as Examples; see the module docstring.
 
@@ -204,8 +204,7 @@ class ChestImaGenome(Source):
         tabular.require_dir(os.path.join(self.images_root, "files"), IMAGES_LAYOUT)
         self.reports_root = reports_root
         if reports_root is not None:
-            tabular.require_dir(reports_root, "mimic-cxr-reports layout: <reports_root>/files/"
-                                "p1X/p<subject>/s<study>.txt")
+            tabular.require_dir(reports_root, mimic_cxr.REPORTS_LAYOUT)
 
         rows = tabular.read_csv(self.split_path, ("dicom_id",),
                                 f"Chest ImaGenome split CSV with a dicom_id column ({LAYOUT})")
@@ -216,29 +215,37 @@ class ChestImaGenome(Source):
         available = {name[:-len(SCENE_GRAPH_SUFFIX)] for name in os.listdir(graphs)
                      if name.endswith(SCENE_GRAPH_SUFFIX)}
         self.records: list[dict] = []
-        self.missing_scene_graphs = 0
         self.excluded_gold = 0
-        seen = set()
+        missing, repeats = [], tabular.Repeats("dicom_id")
         for row in rows:
             dicom_id = row["dicom_id"].strip()
-            if not dicom_id or dicom_id in seen:
+            if not dicom_id:
+                raise SourceError(f"{row.place}: column 'dicom_id' is blank; expected the "
+                                  f"MIMIC-CXR dicom_id of an image")
+            if not repeats.first(dicom_id, row, dict(row)):
                 continue
-            seen.add(dicom_id)
             if dicom_id in avoid:
                 self.excluded_gold += 1
                 continue
             if dicom_id not in available:
-                self.missing_scene_graphs += 1
+                missing.append(f"{row.place} ({dicom_id})")
                 continue
             path = row.get("path", "").strip()
             self.records.append({
-                "dicom_id": dicom_id, "subject_id": _id(row.get("subject_id", "")),
-                "study_id": _id(row.get("study_id", "")),
+                "dicom_id": dicom_id, "subject_id": clean_id(row.get("subject_id")),
+                "study_id": clean_id(row.get("study_id")),
                 "path": re.sub(r"\.dcm$", ".jpg", path) if path else ""})
-        if self.missing_scene_graphs:
-            warnings.warn(f"Chest ImaGenome: {self.missing_scene_graphs} image(s) of "
-                          f"{self.split_path} have no scene graph in {graphs}; skipped")
+        repeats.warn("Chest ImaGenome: ignored {count} repeated split row(s)")
+        self.missing_scene_graphs = len(missing)
+        warn_places(f"Chest ImaGenome: skipped {{count}} image(s) without a scene graph in "
+                    f"{graphs}", missing)
         self._box_counts: dict[str, tuple[int, int]] = {}
+
+    def split_sizes(self) -> dict:
+        splits = os.path.dirname(self.split_path)
+        return {name.split(".")[0]: len(tabular.read_csv(os.path.join(splits, name)))
+                for name in sorted(os.listdir(splits))
+                if name.split(".")[0] in SPLIT_ALIASES.values()}
 
     @property
     def clipped_boxes(self) -> int:
@@ -253,21 +260,29 @@ class ChestImaGenome(Source):
                             self.records[index]["dicom_id"] + SCENE_GRAPH_SUFFIX)
 
     def scene_graph(self, index: int) -> dict:
+        """The image's scene graph; ExampleError naming the file when it is not a readable
+        JSON object with lists of 'objects' and 'attributes' (objects)."""
         path = self.scene_graph_path(index)
         try:
             with open(path, "r", encoding="utf-8") as handle:
                 graph = json.load(handle)
         except (OSError, ValueError) as error:
-            raise SourceError(f"cannot read scene graph {path}: {error}") from error
+            raise ExampleError(f"cannot read scene graph {path}: {error}") from error
         if not isinstance(graph, dict) or "objects" not in graph or "attributes" not in graph:
             keys = list(graph) if isinstance(graph, dict) else type(graph).__name__
-            raise SourceError(f"{path}: expected a scene graph with 'objects' and 'attributes', "
-                              f"found {keys}")
+            raise ExampleError(f"{path}: expected a scene graph with 'objects' and "
+                               f"'attributes', found {keys}")
+        for key in ("objects", "attributes"):
+            if not isinstance(graph[key] or [], list) or not all(
+                    isinstance(item, dict) for item in graph[key] or []):
+                raise ExampleError(f"{path}: {key!r} must be a list of objects, found "
+                                   f"{str(graph[key])[:80]}")
         return graph
 
     def _ids(self, record: dict, graph: dict) -> tuple[str, str]:
-        subject = record["subject_id"] or _id(graph.get("patient_id", graph.get("subject_id")))
-        study = record["study_id"] or _id(graph.get("study_id"))
+        subject = record["subject_id"] or clean_id(graph.get("patient_id",
+                                                             graph.get("subject_id")))
+        study = record["study_id"] or clean_id(graph.get("study_id"))
         return subject, study
 
     def image_path(self, index: int, graph: dict | None = None) -> str:
@@ -276,37 +291,58 @@ class ChestImaGenome(Source):
             return os.path.join(self.images_root, record["path"])
         subject, study = self._ids(record, graph if graph is not None else self.scene_graph(index))
         if not subject or not study:
-            raise SourceError(f"{self.scene_graph_path(index)}: no patient_id/subject_id or "
-                              f"study_id to locate the image ({IMAGES_LAYOUT})")
-        return os.path.join(self.images_root, "files", f"p{subject[:2]}", f"p{subject}",
-                            f"s{study}", record["dicom_id"] + ".jpg")
+            raise ExampleError(f"{self.scene_graph_path(index)}: no patient_id/subject_id or "
+                               f"study_id to locate the image ({IMAGES_LAYOUT})")
+        return mimic_cxr.image_path(self.images_root, subject, study, record["dicom_id"])
 
     def _report(self, record: dict, graph: dict, phrases: list[str]) -> str:
         if self.reports_root is not None:
             subject, study = self._ids(record, graph)
-            files = os.path.join(self.reports_root, "files")
-            files = files if os.path.isdir(files) else self.reports_root
-            path = os.path.join(files, f"p{subject[:2]}", f"p{subject}", f"s{study}.txt")
+            path = mimic_cxr.report_path(self.reports_root, subject, study)
             if subject and study and os.path.isfile(path):
                 return report_lib.study_text(report_lib.read_report(path))
         return " ".join(dict.fromkeys(phrases))
 
-    def _box(self, obj: dict, width: int, height: int):
+    def _box(self, obj: dict, size, where: str):
+        """(pixel xyxy, (width, height) of its space) of a scene-graph object, or (None, None);
+        the space of ``original_*`` boxes is the image's ``size`` (None when unknown). A
+        coordinate that is not a number is an ExampleError naming ``where``."""
         if self.use_original_coords and all(obj.get(k) is not None for k in _ORIGINAL_KEYS):
-            return [float(obj[k]) for k in _ORIGINAL_KEYS], (width, height)
-        if all(obj.get(k) is not None for k in _RESIZED_KEYS):
-            return [float(obj[k]) for k in _RESIZED_KEYS], (RESIZED, RESIZED)
-        return None, None
+            keys, space = _ORIGINAL_KEYS, size
+        elif all(obj.get(k) is not None for k in _RESIZED_KEYS):
+            keys, space = _RESIZED_KEYS, (RESIZED, RESIZED)
+        else:
+            return None, None
+        box = []
+        for key in keys:
+            try:
+                box.append(float(obj[key]))
+            except (TypeError, ValueError):
+                raise ExampleError(f"{where}: {key} is {obj[key]!r}; expected a number of "
+                                   f"pixels") from None
+        return box, space
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
+    def _content(self, index: int, graph: dict, size, count: bool) -> dict:
+        """``_parse``, with a scene graph whose entries have the wrong types (a phrase that is
+        not text, ...) named as an ExampleError rather than a bare TypeError."""
+        try:
+            return self._parse(index, graph, size, count)
+        except ExampleError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as error:
+            raise ExampleError(f"{self.scene_graph_path(index)}: not a valid scene graph "
+                               f"({type(error).__name__}: {error})") from error
+
+    def _parse(self, index: int, graph: dict, size, count: bool) -> dict:
+        """Every Example field but the image, from the scene graph and the image's
+        ``size`` = (width, height); size None (unknown): regions are kept unless their box is
+        inverted or empty in its own coordinates. ``count``: record clipped and dropped boxes
+        (warning once per image)."""
         record = self.records[index]
-        graph = self.scene_graph(index)
-        image = read_image(self.image_path(index, graph))
-        height, width = image.shape
+        path = self.scene_graph_path(index)
         objects = {}
         for obj in graph.get("objects") or ():
             objects.setdefault(str(obj.get("bbox_name", "")).strip().lower(), obj)
@@ -337,7 +373,7 @@ class ChestImaGenome(Source):
             obj = objects.get(bbox_name.lower())
             if not phrases or obj is None:
                 continue
-            box, space = self._box(obj, width, height)
+            box, space = self._box(obj, size, f"{path} object {bbox_name!r}")
             if box is None:
                 continue
             pixel.append(box)
@@ -348,16 +384,18 @@ class ChestImaGenome(Source):
 
         keep = np.zeros(len(pixel), bool)
         boxes = np.zeros((len(pixel), 4), np.float32)
-        clipped = dropped = 0
+        clipped, dropped = [], []
         for space in dict.fromkeys(spaces):
-            rows = [i for i, s in enumerate(spaces) if s == space]
-            out, kept, c, d = normalise_xyxy([pixel[i] for i in rows], space[0], space[1],
-                                             f"Chest ImaGenome {self.scene_graph_path(index)}",
-                                             warn=record["dicom_id"] not in self._box_counts)
-            boxes[np.array(rows)[kept]] = out
-            keep[np.array(rows)[kept]] = True
-            clipped, dropped = clipped + c, dropped + d
-        self._box_counts[record["dicom_id"]] = (clipped, dropped)
+            rows = np.array([i for i, s in enumerate(spaces) if s == space])
+            checked = check_boxes([pixel[i] for i in rows], space,
+                                  [f"{path} object {names[i]!r}" for i in rows])
+            boxes[rows[checked.keep]] = checked.boxes
+            keep[rows[checked.keep]] = True
+            clipped, dropped = clipped + checked.clipped, dropped + checked.dropped
+        if count and record["dicom_id"] not in self._box_counts:
+            warn_boxes(f"Chest ImaGenome {record['dicom_id']}",
+                       Checked(boxes[keep], keep, clipped, dropped))
+            self._box_counts[record["dicom_id"]] = (len(clipped), len(dropped))
 
         sides, zones, sizes = [], [], []
         for i in np.flatnonzero(keep):
@@ -368,12 +406,30 @@ class ChestImaGenome(Source):
                          if findings[i] >= 0 else -1)
         view = str(graph.get("viewpoint", "")).strip().upper()
         view = {"LL": "LATERAL", "LATERAL": "LATERAL"}.get(view, view)
-        return Example(
-            example_id=record["dicom_id"], image=image,
-            report=self._report(record, graph, all_phrases),
+        return dict(
+            example_id=record["dicom_id"], report=self._report(record, graph, all_phrases),
             labels=labels, label_mask=mask, boxes=boxes[keep],
             captions=tuple(captions[i] for i in np.flatnonzero(keep)),
             finding_ids=np.array([findings[i] for i in np.flatnonzero(keep)], np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),
             size_ids=np.array(sizes, np.int32), source=self.name,
             view=view if view in ("PA", "AP", "LATERAL") else "")
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        """(report, captions) from the scene graph; the image's size comes from its header
+        (which decides whether a box lies entirely outside it), or is left unknown."""
+        index = self._position(index)
+        graph = self.scene_graph(index)
+        try:
+            size = image_size(self.image_path(index, graph))
+        except (FileNotFoundError, ImageDecodeError):
+            size = None
+        content = self._content(index, graph, size, count=False)
+        return content["report"], content["captions"]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        graph = self.scene_graph(index)
+        image = read_image(self.image_path(index, graph))
+        height, width = image.shape
+        return Example(image=image, **self._content(index, graph, (width, height), count=True))

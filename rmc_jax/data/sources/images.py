@@ -23,6 +23,21 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a PNG/JPEG from its header, without decoding the pixels.
+
+    Raises FileNotFoundError for a missing file and ImageDecodeError for an unreadable header.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageDecodeError(f"cannot read the header of image {path}: {error}") from error
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """PNG/JPEG file -> uint8 [H, W] (colour is converted to luminance, 16-bit is rescaled).
 

@@ -30,7 +30,10 @@ Labels (``label_names`` = schema.FINDINGS + ('no_finding',)): each MeSH ``major`
 ('Head/qualifier/qualifier', e.g. 'Opacity/lung/base/left/mild') is mapped to a canonical finding
 by its head and qualifiers (``mesh_finding``); 'normal' sets 'no_finding'. With at least one
 major term, every label the report's terms do not set is a known negative; a report whose terms
-are only 'No Indexing' (or that has none) has all labels unknown. ``automatic`` terms are read
+are only 'No Indexing' (or that has none) has all labels unknown, and so has (but for its
+positives) a report with a major term whose heading is not IU X-ray vocabulary (``mesh_known``:
+a typo such as 'Cardiomegally' must not make cardiomegaly a known negative; warned, naming the
+file and term). An image listed by two reports belongs to the first (warned). ``automatic`` terms are read
 (``mesh_automatic``) but only used when ``use_automatic=True``.
 
 There is no official split: ``split`` 'train' / 'val' / 'test' is a deterministic split of
@@ -40,10 +43,10 @@ the reports (all images of a report together) by an MD5 hash of the report id wi
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
-import warnings
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -52,7 +55,7 @@ from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
 from rmc_jax.data.sources.images import read_image
 
 LABEL_NAMES = schema.FINDINGS + ("no_finding",)
@@ -110,6 +113,37 @@ _MESH_QUALIFIED = {
     ("aorta_thoracic", "enlarged"): "aortic_enlargement",
     ("aorta_thoracic", "dilatation"): "aortic_enlargement",
 }
+
+
+# Other MeSH headings of the IU X-ray 'major' tags (normalised); they name no canonical finding.
+# A heading in none of these tables is not IU vocabulary (a typo, another annotation scheme).
+_MESH_OTHER = frozenset((
+    "abdomen", "adipose_tissue", "arthritis", "atherosclerosis", "blister", "blood_vessels",
+    "bone_and_bones", "bone_diseases_metabolic", "breast_implants", "bronchiectasis",
+    "bronchiolitis", "bronchitis", "bullous_emphysema", "cavitation", "cervical_vertebrae",
+    "cholelithiasis", "cicatrix", "colonic_interposition", "contrast_media",
+    "costophrenic_angle", "cystic_fibrosis", "cysts", "deformity", "density", "diaphragm",
+    "diaphragmatic_eventration", "dislocations", "emphysema", "epicardial_fat",
+    "expansile_bone_lesions", "foreign_bodies", "funnel_chest", "granuloma",
+    "granulomatous_disease", "heart_atria", "heart_failure", "heart_ventricles",
+    "hemopneumothorax", "hemothorax", "hernia_diaphragmatic", "hernia_hiatal", "humerus",
+    "hydropneumothorax", "hyperostosis_diffuse_idiopathic_skeletal", "hypertension_pulmonary",
+    "hypovolemia", "kyphosis", "lucency", "lumbar_vertebrae", "lung", "lung_hyperlucent",
+    "lymph_nodes", "markings", "mastectomy", "mediastinal_emphysema", "nipple_shadow",
+    "osteophyte", "osteoporosis", "pectus_carinatum", "pericardial_effusion", "pleura",
+    "pneumonectomy", "pneumoperitoneum", "pulmonary_artery", "pulmonary_congestion",
+    "pulmonary_emphysema", "ribs", "sarcoidosis", "sclerosis", "scoliosis", "shift", "shoulder",
+    "spinal_fusion", "spine", "spondylosis", "subcutaneous_emphysema", "sulcus",
+    "surgical_instruments", "sutures", "technical_quality_of_image_unsatisfactory",
+    "thoracic_vertebrae", "thorax", "trachea", "trachea_carina", "tuberculosis", "volume_loss",
+))
+
+
+def mesh_known(term: str) -> bool:
+    """Whether a MeSH term's heading is IU X-ray vocabulary (mapped to a finding or not)."""
+    head = schema.normalise_name(term.split("/")[0])
+    return (head in _MESH_HEADS or head in _MESH_OTHER or head == "no_indexing"
+            or any(head == h for h, _ in _MESH_QUALIFIED) or schema.finding_id(head) >= 0)
 
 
 def mesh_finding(term: str) -> str | None:
@@ -206,16 +240,28 @@ class IUXray(Source):
             raise SourceError(f"no report XML in {self.report_dir}; expected {LAYOUT}")
         self.reports: list[dict] = []
         self.items: list[tuple[int, str]] = []   # (report index, image id)
+        self._split_sizes: collections.Counter = collections.Counter()
+        unknown, owner, repeated = [], {}, []
         for name in files:
             report = parse_report(os.path.join(self.report_dir, name))
-            if self.split != "all" and split_of(report["uid"], split_fractions) != self.split:
+            part = split_of(report["uid"], split_fractions)
+            self._split_sizes[part] += len(report["images"])
+            if self.split != "all" and part != self.split or not report["images"]:
                 continue
-            if not report["images"]:
-                continue
+            unknown += [f"{report['path']} ({t!r})" for t in report["mesh_major"]
+                        if not mesh_known(t)]
             report["labels"], report["label_mask"] = self._labels(report)
             self.reports.append(report)
             for image_id in report["images"]:
+                if image_id in owner:
+                    repeated.append(f"{report['path']} ({image_id}, also in {owner[image_id]})")
+                    continue
+                owner[image_id] = report["path"]
                 self.items.append((len(self.reports) - 1, image_id))
+        warn_places("IU X-ray: {count} MeSH major term(s) that are not IU X-ray vocabulary; "
+                    "those reports' negatives are left unknown", unknown)
+        warn_places("IU X-ray: ignored {count} image(s) listed by a second report (the first "
+                    "report is used)", repeated)
         present = set(os.listdir(self.image_dir))
         missing = [i for _, i in self.items if f"{i}.png" not in present]
         if missing:
@@ -223,8 +269,8 @@ class IUXray(Source):
                 raise SourceError(f"{len(missing)} image(s) referenced by {self.report_dir} are "
                                   f"not in {self.image_dir} (expected <image id>.png), e.g. "
                                   f"{missing[:3]}; pass missing_images='skip' to leave them out")
-            warnings.warn(f"IU X-ray: skipping {len(missing)} image(s) not in {self.image_dir}, "
-                          f"e.g. {missing[:3]}")
+            warn_places(f"IU X-ray: skipping {{count}} image(s) not in {self.image_dir}",
+                        missing)
             missing = set(missing)
             self.items = [item for item in self.items if item[1] not in missing]
 
@@ -234,12 +280,15 @@ class IUXray(Source):
             terms += report["mesh_automatic"]
         labels = np.zeros(len(LABEL_NAMES), np.float32)
         indexed = [t for t in terms if schema.normalise_name(t) != "no_indexing"]
-        mask = np.full(len(LABEL_NAMES), bool(indexed))
         for term in indexed:
             finding = mesh_finding(term)
             if finding is not None:
                 labels[LABEL_NAMES.index(finding)] = 1.0
-        return labels, mask
+        known = bool(indexed) and all(mesh_known(t) for t in report["mesh_major"])
+        return labels, np.full(len(LABEL_NAMES), known) | (labels > 0)
+
+    def split_sizes(self) -> dict:
+        return dict(self._split_sizes)
 
     def report_of(self, index: int) -> dict:
         """The parsed report (sections, MeSH terms, image ids) of Example ``index``."""
@@ -251,12 +300,18 @@ class IUXray(Source):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _report_text(self, index: int) -> str:
+        report = self.report_of(index)
+        return report_lib.sectioned_text(report["findings"], report["impression"])
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        return self._report_text(self._position(index)), ()
+
     def __getitem__(self, index: int) -> Example:
         index = self._position(index)
-        report_index, image_id = self.items[index]
-        report = self.reports[report_index]
-        text = report_lib.sectioned_text(report["findings"], report["impression"])
+        report = self.report_of(index)
         return Example(
-            example_id=image_id, image=read_image(self.image_path(index)), report=text,
+            example_id=self.items[index][1], image=read_image(self.image_path(index)),
+            report=self._report_text(index),
             labels=report["labels"].copy(), label_mask=report["label_mask"].copy(),
             source=self.name, view="")

@@ -13,10 +13,18 @@ Official layout under ``root`` (the ``mimic-cxr-jpg/2.x.0`` folder)::
 folder itself is accepted too). The ``p1X`` folder is 'p' + the first two digits of the subject
 id. Several images of a study share its report; the report is its FINDINGS and IMPRESSION
 under their headers (``reports.study_text``; the pipeline's ``report_sections`` picks from them).
+
+Bad rows: a label cell other than 1 / 0 / -1 / blank is a SourceError naming file:line and
+column. A second row for one study in the label file, or for one image in the metadata or split
+file, is ignored with a warning naming its line and whether it repeats or contradicts the first
+(which is used). A split value that is none of train / validate / test leaves that image out of
+every split, with a warning naming the line. A report that is not UTF-8 makes its examples
+unreadable (``ExampleError`` naming the file; the pipeline skips and counts them).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
@@ -24,9 +32,10 @@ import numpy as np
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
 from rmc_jax.data.sources.chexpert import CHEXPERT_LABELS
 from rmc_jax.data.sources.images import read_image
+from rmc_jax.data.sources.tabular import clean_id
 
 LAYOUT = ("MIMIC-CXR-JPG layout: <root>/files/p1X/p<subject>/s<study>/<dicom_id>.jpg with "
           "<root>/mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv(.gz)")
@@ -61,24 +70,15 @@ def _index_file(root: str, stem: str) -> str:
     return tabular.find_file(root, names, LAYOUT)
 
 
-def _id(value: str) -> str:
-    """'10000032' / '10000032.0' -> '10000032' (other text is returned stripped)."""
-    try:
-        number = tabular.parse_int(value)
-    except ValueError:
-        return str(value).strip()
-    return "" if number is None else str(number)
-
-
 def subject_folder(subject_id: str) -> str:
     """'10000032' -> 'p10/p10000032'."""
-    subject_id = _id(subject_id)
+    subject_id = clean_id(subject_id)
     return f"p{subject_id[:2]}/p{subject_id}"
 
 
 def image_path(root: str, subject_id: str, study_id: str, dicom_id: str,
                ext: str = ".jpg") -> str:
-    return os.path.join(root, "files", subject_folder(subject_id), f"s{_id(study_id)}",
+    return os.path.join(root, "files", subject_folder(subject_id), f"s{clean_id(study_id)}",
                         dicom_id + ext)
 
 
@@ -90,7 +90,7 @@ def reports_files_dir(reports_root: str) -> str:
 
 def report_path(reports_root: str, subject_id: str, study_id: str) -> str:
     return os.path.join(reports_files_dir(reports_root), subject_folder(subject_id),
-                        f"s{_id(study_id)}.txt")
+                        f"s{clean_id(study_id)}.txt")
 
 
 def view_name(view_position: str) -> str:
@@ -150,36 +150,25 @@ class MimicCXR(Source):
                 raise SourceError(f"reports folder not found under {self.reports_root}; "
                                   f"expected {REPORTS_LAYOUT}")
 
-        metadata_file = _index_file(self.root, "metadata")
-        metadata = tabular.iter_csv(metadata_file, METADATA_COLUMNS, LAYOUT)
-        split_of = None
-        if self.split != "all":
-            split_file = _index_file(self.root, "split")
-            split_of = {row["dicom_id"].strip(): row["split"].strip().lower()
-                        for row in tabular.iter_csv(split_file, SPLIT_COLUMNS, LAYOUT)}
-        labels_file = _index_file(self.root, labeler)
-        self.labels_file = labels_file
-        label_rows = tabular.iter_csv(labels_file, LABEL_KEY_COLUMNS + CHEXPERT_LABELS, LAYOUT)
-        self._study_labels = {}
-        for row in label_rows:
-            try:
-                parsed = [tabular.parse_label(row[name], uncertain) for name in CHEXPERT_LABELS]
-            except ValueError as error:
-                raise SourceError(f"{labels_file}: study {row['study_id']}: {error}") from error
-            self._study_labels[_id(row["study_id"])] = (
-                np.array([v for v, _ in parsed], np.float32),
-                np.array([k for _, k in parsed], bool))
-
+        self.labels_file = _index_file(self.root, labeler)
+        self._study_labels = self._read_labels(self.labels_file)
+        split_of = None if self.split == "all" else self._read_split()
         self.records = []
-        for row in metadata:
+        repeats = tabular.Repeats("dicom_id")
+        for row in tabular.iter_csv(_index_file(self.root, "metadata"), METADATA_COLUMNS,
+                                    LAYOUT):
             dicom_id = row["dicom_id"].strip()
-            if split_of is not None and SPLIT_ALIASES.get(split_of.get(dicom_id, "")) != self.split:
+            if split_of is not None and split_of.get(dicom_id) != self.split:
                 continue
             view = row["ViewPosition"].strip().upper()
             if self.views is not None and view not in self.views:
                 continue
-            self.records.append({"dicom_id": dicom_id, "subject_id": _id(row["subject_id"]),
-                                 "study_id": _id(row["study_id"]), "view": view_name(view)})
+            if repeats.first(dicom_id, row, dict(row)):
+                self.records.append({"dicom_id": dicom_id,
+                                     "subject_id": clean_id(row["subject_id"]),
+                                     "study_id": clean_id(row["study_id"]),
+                                     "view": view_name(view)})
+        repeats.warn("MIMIC-CXR: ignored {count} repeated image row(s)")
         if check_files and self.records:
             first = self.records[0]
             path = self.image_path(0)
@@ -188,6 +177,37 @@ class MimicCXR(Source):
                                   f"expected {LAYOUT}")
             if self.reports_root is not None:
                 tabular.require_file(self.report_path(0), REPORTS_LAYOUT)
+
+    def _read_labels(self, path: str) -> dict:
+        """study id -> (labels, mask) from the labeler's CSV; a study's first row is used."""
+        labels, repeats = {}, tabular.Repeats("study")
+        for row in tabular.iter_csv(path, LABEL_KEY_COLUMNS + CHEXPERT_LABELS, LAYOUT):
+            parsed = [tabular.cell_label(row, name, self.uncertain) for name in CHEXPERT_LABELS]
+            if repeats.first(clean_id(row["study_id"]), row, parsed):
+                labels[clean_id(row["study_id"])] = (np.array([v for v, _ in parsed], np.float32),
+                                                     np.array([k for _, k in parsed], bool))
+        repeats.warn("MIMIC-CXR: ignored {count} repeated study row(s) of the label file")
+        return labels
+
+    def _read_split(self) -> dict:
+        """dicom_id -> canonical split; rows naming an unknown split are left out, warned."""
+        split_of, repeats, unknown = {}, tabular.Repeats("dicom_id"), []
+        for row in tabular.iter_csv(_index_file(self.root, "split"), SPLIT_COLUMNS, LAYOUT):
+            value = row["split"].strip().lower()
+            if value not in SPLIT_ALIASES:
+                unknown.append(f"{row.place} ({row['split']!r})")
+            elif repeats.first(row["dicom_id"].strip(), row, value):
+                split_of[row["dicom_id"].strip()] = SPLIT_ALIASES[value]
+        repeats.warn("MIMIC-CXR: ignored {count} repeated row(s) of the split file")
+        warn_places(f"MIMIC-CXR: {{count}} image(s) in no split (the split is not one of "
+                    f"{sorted(set(SPLIT_ALIASES.values()))})", unknown)
+        return split_of
+
+    def split_sizes(self) -> dict:
+        sizes = collections.Counter(
+            row["split"].strip() for row in tabular.iter_csv(_index_file(self.root, "split"),
+                                                             SPLIT_COLUMNS, LAYOUT))
+        return dict(sizes)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -209,6 +229,9 @@ class MimicCXR(Source):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
         return report_lib.study_text(report_lib.read_report(path))
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        return self.report(self._position(index)), ()
 
     def __getitem__(self, index: int) -> Example:
         index = self._position(index)

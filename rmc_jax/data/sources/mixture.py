@@ -94,13 +94,9 @@ class Mixture:
         return k, (index - int(self._starts[k])) % len(self.sources[k])
 
     def texts(self, index: int) -> tuple[str, tuple]:
-        """(report, captions) at ``index``, without decoding the image where the source can."""
+        """(report, captions) at ``index``, without decoding the image (``Source.texts``)."""
         k, position = self.locate(index)
-        source = self.sources[k]
-        if hasattr(source, "texts"):
-            return source.texts(position)
-        example = source[position]
-        return example.report, tuple(example.captions)
+        return self.sources[k].texts(position)
 
     def __getitem__(self, index: int) -> Example:
         k, position = self.locate(index)

@@ -6,14 +6,24 @@ Official CSV (``MS_CXR_Local_Alignment_v1.0.0.csv``, ``MS_CXR_Local_Alignment_v1
 
 one row per box; boxes are xywh in the pixels of the original MIMIC-CXR image of size
 image_width x image_height, so dividing by those sizes gives coordinates that are right for the
-JPG on disk even when it was resized. Several rows share an image (several boxes per phrase,
-several phrases per image). ``path`` (``files/p1X/p<subject>/s<study>/<dicom_id>.jpg``) is
-relative to the MIMIC-CXR-JPG root. One Example per image; each box's caption is its
-label_text, its finding_id comes from category_name, side/zone/size from the phrase's words.
+JPG on disk even when it was resized (a blank, zero or negative size is an error: the JPG's
+own size would move every box of a resized copy). Several rows share an image (several boxes
+per phrase, several phrases per image). ``path`` (``files/p1X/p<subject>/s<study>/
+<dicom_id>.jpg``) is relative to the MIMIC-CXR-JPG root. One Example per image; each box's
+caption is its label_text, its finding_id comes from category_name, side/zone/size from the
+phrase's words.
+
+Bad rows: a coordinate or size that is not a number, a blank box and a size that is not
+positive are SourceErrors naming file:line and column, and so is a dicom_id given two different
+paths (one of them is wrong; merging would put one image's boxes on the other). A box that is
+inverted, empty or outside its image is dropped, one partly outside is clipped, and a row
+repeated verbatim is ignored, each with a counted warning naming its line; so is a split value
+that is not a known split (the row is in no split).
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import re
@@ -23,7 +33,8 @@ import numpy as np
 from rmc_jax.data.schema import Example, finding_id, side_id, size_id, zone_id
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import ExampleError, Source, SourceError, warn_places
+from rmc_jax.data.sources.boxes import check_boxes, warn_boxes
 from rmc_jax.data.sources.images import read_image
 
 CATEGORIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
@@ -37,12 +48,9 @@ LAYOUT = ("MS-CXR layout: <root>/MS_CXR_Local_Alignment_v*.csv with columns "
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val",
                  "validation": "val", "test": "test"}
 _STUDY = re.compile(r"p(\d+)/s(\d+)/")
-
-
-def xywh_to_xyxy(x, y, w, h, width, height) -> np.ndarray:
-    """Pixel xywh in an image of ``width`` x ``height`` -> normalised xyxy clipped to [0, 1]."""
-    box = np.array([x / width, y / height, (x + w) / width, (y + h) / height], np.float64)
-    return np.clip(box, 0.0, 1.0).astype(np.float32)
+_SIZE_COLUMNS = ("image_width", "image_height")
+_SIZE_EXPECTED = ("the size of the original image in pixels (a positive number), the space the "
+                  "box x, y, w, h is given in")
 
 
 def _find_csv(root: str) -> str:
@@ -101,55 +109,71 @@ class MSCXR(Source):
 
         categories = list(CATEGORIES)
         images: dict[str, dict] = {}
-        for line, row in enumerate(rows, start=2):
+        self._split_sizes = collections.Counter(r["split"].strip() for r in rows) if has_split \
+            else {"all": len(rows)}
+        unknown_splits = [f"{r.place} ({r['split']!r})" for r in rows if has_split
+                          and r["split"].strip().lower() not in SPLIT_ALIASES]
+        warn_places(f"MS-CXR: {{count}} row(s) in no split (expected one of "
+                    f"{sorted(SPLIT_ALIASES)})", unknown_splits)
+        repeats, boxes, places, sizes, regions = tabular.Repeats(), [], [], [], []
+        for row in rows:
             if self.split != "all" and SPLIT_ALIASES.get(
                     row["split"].strip().lower()) != self.split:
                 continue
-            where = f"{self.csv}:{line}"
-            try:
-                x, y, w, h = (tabular.parse_float(row[c]) for c in ("x", "y", "w", "h"))
-                width = tabular.parse_float(row["image_width"])
-                height = tabular.parse_float(row["image_height"])
-            except ValueError as error:
-                raise SourceError(f"{where}: bad number: {error}") from error
+            if not repeats.first(tuple(row.values()), row):
+                continue
+            x, y, w, h = (tabular.cell_float(row, c, expected="a number of pixels of the "
+                                             "original image") for c in ("x", "y", "w", "h"))
             if any(np.isnan(v) for v in (x, y, w, h)):
-                raise SourceError(f"{where}: box x, y, w, h must all be given, got "
+                raise SourceError(f"{row.place}: box x, y, w, h must all be given, got "
                                   f"{[row[c] for c in ('x', 'y', 'w', 'h')]}")
+            size = [tabular.cell_float(row, c, 0.0, _SIZE_EXPECTED) for c in _SIZE_COLUMNS]
+            for column, value in zip(_SIZE_COLUMNS, size):
+                if not value > 0:
+                    raise SourceError(f"{row.place}: column {column!r} is {row[column]!r}; "
+                                      f"expected {_SIZE_EXPECTED}")
             category = row["category_name"].strip()
             if category not in categories:
                 categories.append(category)
-            dicom_id = row["dicom_id"].strip()
-            image = images.setdefault(dicom_id, {"dicom_id": dicom_id,
-                                                 "path": row["path"].strip(), "regions": []})
+            dicom_id, path = row["dicom_id"].strip(), row["path"].strip()
+            for column, value in (("dicom_id", dicom_id), ("path", path)):
+                if not value:
+                    raise SourceError(f"{row.place}: column {column!r} is blank; expected the "
+                                      f"image's {column}")
+            image = images.setdefault(dicom_id, {"dicom_id": dicom_id, "path": path,
+                                                 "line": row.line, "regions": [],
+                                                 "categories": []})
+            if image["path"] != path:
+                raise SourceError(
+                    f"{row.place}: dicom_id {dicom_id} has path {path!r}, but line "
+                    f"{image['line']} gives it {image['path']!r}; one image has one path")
+            image["categories"].append(category)
             text = report_lib.clean_text(row["label_text"])
-            image["regions"].append({
-                "xywh": (x, y, w, h), "size": (width, height), "caption": text,
-                "category": category, "finding_id": finding_id(category),
+            boxes.append((x, y, x + w, y + h))
+            places.append(row.place)
+            sizes.append(size)
+            regions.append((image, {
+                "caption": text, "finding_id": finding_id(category),
                 "side_id": side_id(report_lib.parse_side(text)),
                 "zone_id": zone_id(report_lib.parse_zone(text)),
-                "size_id": size_id(report_lib.parse_size(text))})
+                "size_id": size_id(report_lib.parse_size(text))}))
+        repeats.warn("MS-CXR: ignored {count} repeated row(s)")
+        checked = check_boxes(boxes, sizes, places)
+        warn_boxes("MS-CXR", checked)
+        kept = iter(checked.boxes)
+        for (image, region), keep in zip(regions, checked.keep):
+            if keep:
+                image["regions"].append(dict(region, box=next(kept)))
         self.label_names = tuple(categories)
         self.records = list(images.values())
-        for record in self.records:
-            record["boxes"] = self._boxes(record) if all(
-                not np.isnan(s).any() and min(s) > 0 for s in
-                (r["size"] for r in record["regions"])) else None
         if check_files and self.records:
             path = self.image_path(0)
             if not os.path.isfile(path):
                 raise SourceError(f"image of dicom_id {self.records[0]['dicom_id']} not found: "
                                   f"{path}; expected {LAYOUT}")
 
-    @staticmethod
-    def _boxes(record, image_shape=None) -> np.ndarray:
-        boxes = []
-        for region in record["regions"]:
-            width, height = region["size"]
-            if image_shape is not None and (np.isnan(width) or np.isnan(height)
-                                            or width <= 0 or height <= 0):
-                height, width = image_shape  # no size in the CSV: the file's own size
-            boxes.append(xywh_to_xyxy(*region["xywh"], width, height))
-        return np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32)
+    def split_sizes(self) -> dict:
+        return dict(self._split_sizes)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -163,27 +187,31 @@ class MSCXR(Source):
         from rmc_jax.data.sources.mimic_cxr import REPORTS_LAYOUT, report_path
         match = _STUDY.search(self.records[index]["path"].replace("\\", "/"))
         if match is None:
-            raise SourceError(f"cannot find p<subject>/s<study> in MS-CXR path "
-                              f"{self.records[index]['path']!r}")
+            raise ExampleError(f"{self.csv}:{self.records[index]['line']}: cannot find "
+                               f"p<subject>/s<study> in path {self.records[index]['path']!r}")
         path = report_path(self.reports_root, match.group(1), match.group(2))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"report not found: {path}; expected {REPORTS_LAYOUT}")
         return report_lib.study_text(report_lib.read_report(path))
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        index = self._position(index)
+        return self.report(index), tuple(r["caption"] for r in self.records[index]["regions"])
+
     def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
         record = self.records[index]
         image = read_image(self.image_path(index))
-        boxes = record["boxes"] if record["boxes"] is not None else self._boxes(record,
-                                                                                image.shape)
-        keep = np.all(boxes[:, 2:] > boxes[:, :2], axis=1)  # drop boxes empty after clipping
-        regions = [r for r, k in zip(record["regions"], keep) if k]
+        regions = record["regions"]
         labels = np.zeros(len(self.label_names), np.float32)
-        for region in record["regions"]:
-            labels[self.label_names.index(region["category"])] = 1.0
+        for category in record["categories"]:
+            labels[self.label_names.index(category)] = 1.0
+        report, captions = self.texts(index)
         return Example(
-            example_id=record["dicom_id"], image=image, report=self.report(index),
-            labels=labels, label_mask=labels > 0, boxes=boxes[keep],
-            captions=tuple(r["caption"] for r in regions),
+            example_id=record["dicom_id"], image=image, report=report,
+            labels=labels, label_mask=labels > 0,
+            boxes=np.array([r["box"] for r in regions], np.float32).reshape(-1, 4),
+            captions=captions,
             finding_ids=np.array([r["finding_id"] for r in regions], np.int32),
             side_ids=np.array([r["side_id"] for r in regions], np.int32),
             zone_ids=np.array([r["zone_id"] for r in regions], np.int32),

@@ -21,7 +21,12 @@ Quirks handled (all columns are found by name after repairing the header):
 * A trailing empty header cell / trailing empty row fields are ignored; a row with non-empty
   fields beyond the header is an error naming the file and line.
 * ``Patient Gender`` (2017) or ``Patient Sex`` (v2020) -> ``metadata(i)['sex']``.
-* ``Finding Labels`` are joined by '|'; 'No Finding' means all 14 labels are negative.
+* ``Finding Labels`` are joined by '|'; 'No Finding' means all 14 labels are negative. A label
+  outside the 14 (a typo) is warned about with its line, and that image's other labels are
+  left unknown rather than read as negatives.
+* ``OriginalImage[Width,Height]`` and the pixel spacing are used by nothing but
+  ``metadata(i)``, which parses them when asked (a bad cell named by file:line and column).
+* A second row for one image (Data_Entry) or a repeated box row is ignored with a warning.
 * ``BBox_List_2017.csv`` has a 9-cell header (``Image Index,Finding Label,Bbox [x,y,w,h],,,``:
   the bracket group becomes ``BboxX, BboxY, BboxW, BboxH``) while its rows have 6 fields
   ``name,label,x,y,w,h`` (rows padded with empty fields are accepted too).
@@ -29,10 +34,11 @@ Quirks handled (all columns are found by name after repairing the header):
 
 Boxes are xywh in the space of the released 1024x1024 PNGs, so they are normalised by 1024 (the
 ``box_space`` option), NOT by ``OriginalImage[Width,Height]``, which is the size of the scan
-before NIH resized it. Boxes partly outside are clipped with a warning (``clipped_boxes``),
-zero-area ones dropped with a warning (``dropped_boxes``); this happens once, at construction.
-Each box's caption is its finding plus side/zone from its position (see
-``vindr.box_position``: the patient's right is the image's left), e.g.
+before NIH resized it. A coordinate that is not a number is a SourceError naming file:line and
+column. Boxes partly outside are clipped, empty, inverted or outside ones dropped, each with a
+warning naming its line (``clipped_boxes`` / ``dropped_boxes`` count them); this happens once,
+at construction. Each box's caption is its finding plus side/zone from its position (see
+``boxes.box_position``: the patient's right is the image's left), e.g.
 "nodule in the right upper zone". NIH ships no reports: ``report`` is a sentence list built from
 the labels ("Cardiomegaly. Pleural effusion." or "No finding.").
 
@@ -44,16 +50,15 @@ from __future__ import annotations
 import csv
 import os
 import re
-import warnings
 
 import numpy as np
 
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
+from rmc_jax.data.sources.boxes import box_position, check_boxes, describe_region, warn_boxes
 from rmc_jax.data.sources.images import read_image
-from rmc_jax.data.sources.vindr import box_position, describe_region, normalise_xyxy
 
 NIH_LABELS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -120,8 +125,8 @@ def _expand_group(text: str) -> list[str]:
 
 
 def read_nih_csv(path: str, required=(), what: str = LAYOUT,
-                 fallbacks: dict | None = None) -> tuple[list[dict], list[str]]:
-    """Rows of an NIH CSV keyed by repaired column names (see ``repair_header``).
+                 fallbacks: dict | None = None) -> tuple[list[tabular.Row], list[str]]:
+    """Rows (``tabular.Row``) of an NIH CSV keyed by repaired column names (``repair_header``).
 
     Fields are matched to names by position; trailing fields beyond the names must be empty.
     ``fallbacks`` maps a required name to alternative header names. Raises SourceError naming
@@ -152,15 +157,14 @@ def read_nih_csv(path: str, required=(), what: str = LAYOUT,
                 raise SourceError(f"{path}: missing required column(s) {missing}; found columns "
                                   f"{found} (raw header {header}); expected {what}")
             rows = []
-            for line, cells in enumerate(reader, start=2):
-                if not cells or all(not c.strip() for c in cells):
-                    continue
+            for line, cells in tabular.csv_records(reader):
                 extra = [c for c in cells[len(names):] if c.strip()]
                 if extra:
                     raise SourceError(f"{path}:{line}: {len(cells)} fields but only "
                                       f"{len(names)} columns {names}; unexpected {extra}")
                 cells = list(cells[:len(names)]) + [""] * (len(names) - len(cells))
-                rows.append({rename.get(n, n): c.strip() for n, c in zip(names, cells) if n})
+                rows.append(tabular.Row(((rename.get(n, n), c.strip())
+                                         for n, c in zip(names, cells) if n), path, line))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise SourceError(f"{path}: cannot read CSV file: {error}") from error
     return rows, [rename.get(n, n) for n in found]
@@ -211,36 +215,38 @@ class NIHChestXray14(Source):
             wanted = set(_read_list(list_path))
 
         self.records: list[dict] = []
-        self.unknown_labels: dict[str, int] = {}
+        unknown, repeats = [], tabular.Repeats("Image Index")
+        self._data_entry_names = set()
         for row in rows:
             name = row["Image Index"]
+            self._data_entry_names.add(name)
             if not name or (wanted is not None and name not in wanted):
                 continue
+            if not repeats.first(name, row, dict(row)):
+                continue
             labels = np.zeros(len(NIH_LABELS), np.float32)
+            mask = np.ones(len(NIH_LABELS), bool)
             for label in row["Finding Labels"].split("|"):
                 label = label.strip()
                 if not label or label.lower() == NO_FINDING.lower():
                     continue
                 canonical = canonical_label(label)
                 if canonical is None:
-                    self.unknown_labels[label] = self.unknown_labels.get(label, 0) + 1
+                    unknown.append(f"{row.place} ({label!r})")
+                    mask[:] = False  # which class the label meant is unknown
                     continue
                 labels[NIH_LABELS.index(canonical)] = 1.0
             self.records.append({
-                "image": name, "labels": labels,
+                "image": name, "labels": labels, "mask": mask | (labels > 0), "row": row,
                 "patient_id": row.get("Patient ID", ""), "age": row.get("Patient Age", ""),
                 "sex": row.get(self.sex_column, "") if self.sex_column else "",
                 "view": row.get("View Position", "").upper(),
                 "follow_up": row.get("Follow-up #", ""),
-                "original_size": (tabular.parse_int(row.get("OriginalImageWidth", "")),
-                                  tabular.parse_int(row.get("OriginalImageHeight", ""))),
-                "pixel_spacing": (tabular.parse_float(row.get("OriginalImagePixelSpacingX", "")),
-                                  tabular.parse_float(row.get("OriginalImagePixelSpacingY", ""))),
                 "boxes": np.zeros((0, 4), np.float32), "box_labels": [],
             })
-        if self.unknown_labels:
-            warnings.warn(f"{self.data_entry_path}: ignored finding labels outside the 14 NIH "
-                          f"classes: {self.unknown_labels}")
+        repeats.warn("NIH ChestX-ray14: ignored {count} repeated image row(s)")
+        warn_places("NIH ChestX-ray14: {count} finding label(s) outside the 14 classes; only "
+                    "the known positives of those images are labelled", unknown)
 
         self._index_images(missing_images)
         self.clipped_boxes = 0
@@ -275,8 +281,8 @@ class NIHChestXray14(Source):
             raise SourceError(f"{len(missing)} image(s) listed in {self.data_entry_path} are in "
                               f"none of {dirs}, e.g. {missing[:3]}; pass missing_images='skip' "
                               f"to leave them out")
-        warnings.warn(f"NIH ChestX-ray14: skipping {len(missing)} image(s) not found in {dirs}, "
-                      f"e.g. {missing[:3]}")
+        warn_places(f"NIH ChestX-ray14: skipping {{count}} image(s) of {self.data_entry_path} "
+                    f"found in none of {dirs}", missing)
         self.records = [r for r in self.records if r["image"] in self._paths]
 
     def _read_boxes(self, path: str) -> None:
@@ -284,27 +290,58 @@ class NIHChestXray14(Source):
                                f"Label, Bbox [x,y,w,h] in 1024-pixel space", _BBOX_FALLBACK)
         by_name = {r["image"]: r for r in self.records}
         per_image: dict[str, list] = {}
+        repeats, strangers, unknown = tabular.Repeats(), [], []
         for row in rows:
+            if not repeats.first(tuple(row.values()), row):
+                continue
             record = by_name.get(row["Image Index"])
             if record is None:
+                if row["Image Index"] not in self._data_entry_names:
+                    strangers.append(f"{row.place} ({row['Image Index']!r})")
                 self.unmatched_boxes += 1  # an image of another split (or not in Data_Entry)
                 continue
             label = row["Finding Label"]
-            canonical = canonical_label(label) or label
-            x, y, w, h = (tabular.parse_float(row[c]) for c in BBOX_COLUMNS[2:])
-            per_image.setdefault(record["image"], []).append((canonical, (x, y, x + w, y + h)))
-        for name, items in per_image.items():
-            boxes, keep, clipped, dropped = normalise_xyxy(
-                [b for _, b in items], self.box_space, self.box_space, f"{path} {name}")
-            self.clipped_boxes += clipped
-            self.dropped_boxes += dropped
-            by_name[name]["boxes"] = boxes
-            by_name[name]["box_labels"] = [lab for (lab, _), k in zip(items, keep) if k]
+            if canonical_label(label) is None:
+                unknown.append(f"{row.place} ({label!r})")
+            x, y, w, h = (tabular.cell_float(row, c, expected="a number of pixels")
+                          for c in BBOX_COLUMNS[2:])
+            per_image.setdefault(record["image"], []).append(
+                (canonical_label(label) or label, (x, y, x + w, y + h), row.place))
+        repeats.warn("NIH ChestX-ray14: ignored {count} repeated box row(s)")
+        warn_places(f"NIH ChestX-ray14: ignored {{count}} box(es) of images not in "
+                    f"{self.data_entry_path}", strangers)
+        warn_places("NIH ChestX-ray14: {count} box label(s) outside the 14 classes (finding "
+                    "id -1)", unknown)
+        items = [(name, item) for name, image in per_image.items() for item in image]
+        checked = check_boxes([b for _, (_, b, _) in items], (self.box_space,) * 2,
+                              [p for _, (_, _, p) in items])
+        warn_boxes("NIH ChestX-ray14", checked)
+        self.clipped_boxes, self.dropped_boxes = len(checked.clipped), len(checked.dropped)
+        kept = iter(checked.boxes)
+        for (name, (label, _, _)), keep in zip(items, checked.keep):
+            if keep:
+                by_name[name]["box_labels"].append(label)
+                by_name[name].setdefault("kept", []).append(next(kept))
+        for record in by_name.values():
+            record["boxes"] = np.array(record.pop("kept", []), np.float32).reshape(-1, 4)
+
+    def split_sizes(self) -> dict:
+        return {split: len(_read_list(os.path.join(self.root, name)))
+                for split, name in SPLIT_FILES.items()
+                if os.path.isfile(os.path.join(self.root, name))}
 
     def metadata(self, index: int) -> dict:
-        """Data_Entry fields of one image (patient id, age, sex, view, original size, ...)."""
+        """Data_Entry fields of one image (patient id, age, sex, view, original size, pixel
+        spacing; the last two parsed here, a bad cell named by file:line and column)."""
         record = self.records[index]
-        return {k: v for k, v in record.items() if k not in ("labels", "boxes", "box_labels")}
+        row = record["row"]
+        meta = {k: v for k, v in record.items()
+                if k not in ("labels", "mask", "boxes", "box_labels", "row")}
+        meta["original_size"] = tuple(tabular.cell_int(row, c) for c in (
+            "OriginalImageWidth", "OriginalImageHeight"))
+        meta["pixel_spacing"] = tuple(tabular.cell_float(row, c) for c in (
+            "OriginalImagePixelSpacingX", "OriginalImagePixelSpacingY"))
+        return meta
 
     def image_path(self, index: int) -> str:
         return self._paths[self.records[index]["image"]]
@@ -312,25 +349,38 @@ class NIHChestXray14(Source):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
-        record = self.records[index]
-        image = read_image(self.image_path(index))
+    def _regions(self, record: dict):
+        """(captions, side ids, zone ids) of an image's boxes."""
         captions, sides, zones = [], [], []
         for box, label in zip(record["boxes"], record["box_labels"]):
             side, zone = box_position(box)
             sides.append(schema.side_id(side))
             zones.append(schema.zone_id(zone))
             captions.append(describe_region(_DISPLAY.get(label, label.lower()), side, zone))
+        return tuple(captions), sides, zones
+
+    @staticmethod
+    def _report(record: dict) -> str:
+        """The label sentences ('Cardiomegaly. Pleural effusion.' or 'No finding.')."""
         positives = [NIH_LABELS[i] for i in np.flatnonzero(record["labels"])]
         sentences = [_DISPLAY.get(p, p.lower().replace("_", " ")) for p in positives]
-        report = (" ".join(s[:1].upper() + s[1:] + "." for s in sentences)
-                  if sentences else "No finding.")
+        return (" ".join(s[:1].upper() + s[1:] + "." for s in sentences)
+                if sentences else "No finding.")
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        record = self.records[self._position(index)]
+        return self._report(record), self._regions(record)[0]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        record = self.records[index]
+        image = read_image(self.image_path(index))
+        captions, sides, zones = self._regions(record)
         view = record["view"] if record["view"] in ("PA", "AP") else ""
         return Example(
-            example_id=record["image"], image=image, report=report,
-            labels=record["labels"].copy(), label_mask=np.ones(len(NIH_LABELS), bool),
-            boxes=record["boxes"].copy(), captions=tuple(captions),
+            example_id=record["image"], image=image, report=self._report(record),
+            labels=record["labels"].copy(), label_mask=record["mask"].copy(),
+            boxes=record["boxes"].copy(), captions=captions,
             finding_ids=np.array([schema.finding_id(lab) for lab in record["box_labels"]],
                                  np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),

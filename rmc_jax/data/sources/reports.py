@@ -32,7 +32,7 @@ API:
 * ``model_text(text, sections)``: the text the text tower reads: 'findings_impression',
   'impression_findings' (impression first, so a length limit cuts findings, not the summary),
   'impression' (CheXzero) or 'full'; a report without section headers is used whole.
-* ``read_report(path)``: a report file's text (UTF-8, undecodable bytes replaced).
+* ``read_report(path)``: a report file's text (UTF-8; anything else is an ExampleError).
 * ``parse_side``, ``parse_zone``, ``parse_size``: region attributes named in a phrase.
 """
 
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import os
 import re
+
+from rmc_jax.data.sources.base import ExampleError
 
 _KNOWN_HEADERS = (
     "FINDINGS AND IMPRESSION", "FINDINGS", "FINDING", "IMPRESSIONS", "IMPRESSION",
@@ -173,9 +175,16 @@ def model_text(text: str, sections: str = "findings_impression") -> str:
 
 
 def read_report(path: str | os.PathLike) -> str:
-    """The raw text of a report file (UTF-8; undecodable bytes are replaced)."""
-    with open(path, "r", encoding="utf-8", errors="replace") as handle:
-        return handle.read()
+    """The raw text of a UTF-8 report file; ExampleError naming the file and the first bad byte
+    when it is not UTF-8 (binary garbage or another encoding is never read as a report)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ExampleError(f"report {os.fspath(path)} is not UTF-8 text (byte "
+                           f"{data[error.start:error.start + 1]!r} at offset {error.start})"
+                           ) from error
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,14 @@ Several rows per patient (one per box); Target 0 rows have blank boxes. Boxes ar
 conversions as well). Class info values: 'Lung Opacity', 'No Lung Opacity / Not Normal',
 'Normal'.
 
+Bad rows: a Target other than 0/1, a coordinate that is not a finite number (``inf``) and a
+Target 1 row without a box are SourceErrors naming file:line and column. Boxes that are
+inverted, empty or outside the image are dropped and boxes partly outside clipped, a repeated
+row or a box on a Target 0 row ignored, and a patient with both Target values counted as
+Target 1, each with a warning naming the lines. A class that contradicts Target ('Normal' with
+Target 1) or another class row of the patient leaves 'No Lung Opacity / Not Normal' and
+'Normal' unknown for that patient (warned); Pneumonia always comes from Target.
+
 Each box becomes a region with finding 'pneumonia' and a caption naming the patient's side and
 lung zone from the box centre: patient's right = image left, so centre x < 0.5 -> 'right'; the
 zone is 'upper' / 'middle' / 'lower' for centre y below 0.38 / 0.62 / above (thirds of the lung
@@ -20,13 +28,15 @@ pneumonia in the right lower lung zone".
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
 
 from rmc_jax.data.schema import Example, finding_id, side_id, zone_id
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
+from rmc_jax.data.sources.boxes import check_boxes, warn_boxes
 from rmc_jax.data.sources.dicom import load_dicom
 from rmc_jax.data.sources.images import read_image
 
@@ -40,6 +50,7 @@ LAYOUT = ("RSNA pneumonia layout: <root>/stage_2_train_labels.csv (columns "
           + ", ".join(LABEL_COLUMNS) + "), <root>/stage_2_train_images/<patientId>.dcm "
           "(or .png/.jpg), optional <root>/stage_2_detailed_class_info.csv (patientId, class)")
 CAPTION = "lung opacity suggestive of pneumonia"
+CONTRADICTED = -1  # a patient's class info contradicts its Target
 
 
 def box_side(box) -> str:
@@ -105,46 +116,23 @@ class RSNAPneumonia(Source):
         self.images_dir = tabular.require_dir(os.fspath(images_dir), LAYOUT)
         self.box_space = float(box_space)
 
-        patients: dict[str, dict] = {}
-        for line, row in enumerate(tabular.read_csv(labels_csv, LABEL_COLUMNS, LAYOUT), start=2):
-            where = f"{labels_csv}:{line}"
-            patient = row["patientId"].strip()
-            record = patients.setdefault(patient, {"patient_id": patient, "target": 0,
-                                                   "boxes": [], "class": None})
-            try:
-                target = tabular.parse_int(row["Target"])
-                x, y, w, h = (tabular.parse_float(row[c]) for c in ("x", "y", "width", "height"))
-            except ValueError as error:
-                raise SourceError(f"{where}: bad number: {error}") from error
-            if target not in (0, 1):
-                raise SourceError(f"{where}: Target must be 0 or 1, got {row['Target']!r}")
-            if target == 1:
-                record["target"] = 1
-                if any(np.isnan(v) for v in (x, y, w, h)):
-                    raise SourceError(f"{where}: Target 1 row without a box")
-                box = np.clip(np.array([x, y, x + w, y + h], np.float64) / self.box_space, 0, 1)
-                if box[2] > box[0] and box[3] > box[1]:
-                    record["boxes"].append(box.astype(np.float32))
-
+        patients = self._read_labels(labels_csv)
         class_csv = _first_existing(self.root, ("stage_2_detailed_class_info.csv",
                                                 "stage_1_detailed_class_info.csv"))
         self.class_csv = class_csv
         if class_csv is not None:
-            for line, row in enumerate(tabular.read_csv(class_csv, CLASS_COLUMNS, LAYOUT),
-                                       start=2):
-                name = " ".join(row["class"].strip().lower().split())
-                if name not in CLASS_NAMES:
-                    raise SourceError(f"{class_csv}:{line}: unknown class {row['class']!r}, "
-                                      f"expected one of {sorted(CLASS_NAMES)}")
-                if row["patientId"].strip() in patients:
-                    patients[row["patientId"].strip()]["class"] = CLASS_NAMES[name]
+            self._read_classes(class_csv, patients)
 
-        self.split = split
+        self.split, self.split_csv = split, split_csv
         keep = None
         if split_csv is not None:
             rows = tabular.read_csv(split_csv, ("patientId", "split"),
                                     "a split CSV with columns patientId, split")
-            keep = {r["patientId"].strip() for r in rows if r["split"].strip() == split}
+            repeats = tabular.Repeats("patientId")
+            keep = {r["patientId"].strip() for r in rows
+                    if repeats.first(r["patientId"].strip(), r, r["split"].strip())
+                    and r["split"].strip() == split}
+            repeats.warn(f"RSNA pneumonia: ignored {{count}} repeated row(s) of {split_csv}")
         elif split not in ("train", "all"):
             raise SourceError(f"RSNA pneumonia has labels for the train images only; split "
                               f"{split!r} needs a split_csv (patientId, split)")
@@ -160,6 +148,87 @@ class RSNAPneumonia(Source):
                 raise SourceError(f"image of patient {self.records[0]['patient_id']} not found: "
                                   f"tried {stem}{{{','.join(IMAGE_EXTS)}}}; expected {LAYOUT}")
 
+    def _read_labels(self, path: str) -> dict:
+        """patientId -> record (Target, boxes normalised by ``box_space``) from the labels CSV;
+        bad cells are SourceErrors, dropped/clipped boxes and odd rows counted warnings."""
+        patients: dict[str, dict] = {}
+        repeats, boxes, places, owners, ignored = tabular.Repeats(), [], [], [], []
+        for row in tabular.read_csv(path, LABEL_COLUMNS, LAYOUT):
+            patient = row["patientId"].strip()
+            record = patients.setdefault(patient, {"patient_id": patient, "targets": set(),
+                                                   "boxes": [], "class": None})
+            target = tabular.cell_int(row, "Target", expected="0 or 1")
+            if target not in (0, 1):
+                raise SourceError(f"{row.place}: column 'Target' is {row['Target']!r}; "
+                                  f"expected 0 or 1")
+            x, y, w, h = (tabular.cell_float(row, c, expected=f"a number of pixels in the "
+                                             f"{self.box_space:g} x {self.box_space:g} image")
+                          for c in ("x", "y", "width", "height"))
+            if not repeats.first(tuple(row.values()), row):
+                continue
+            record["targets"].add((target, row.line))
+            if target == 0:
+                if not all(np.isnan(v) for v in (x, y, w, h)):
+                    ignored.append(f"{row.place} (Target 0 with a box)")
+                continue
+            if any(np.isnan(v) for v in (x, y, w, h)):
+                raise SourceError(f"{row.place}: Target 1 row without a box (x, y, width, "
+                                  f"height must all be given)")
+            boxes.append((x, y, x + w, y + h))
+            places.append(row.place)
+            owners.append(record)
+        repeats.warn("RSNA pneumonia: ignored {count} repeated row(s)")
+        warn_places("RSNA pneumonia: ignored the box of {count} Target 0 row(s)", ignored)
+        checked = check_boxes(boxes, (self.box_space, self.box_space), places)
+        warn_boxes("RSNA pneumonia", checked)
+        kept = iter(checked.boxes)
+        for record, keep in zip(owners, checked.keep):
+            if keep:
+                record["boxes"].append(next(kept))
+        mixed = []
+        for record in patients.values():
+            targets = record.pop("targets")
+            record["target"] = max(t for t, _ in targets)
+            if len({t for t, _ in targets}) > 1:
+                mixed.append(f"{path}:{min(line for t, line in targets if t == 0)} "
+                             f"({record['patient_id']})")
+        warn_places("RSNA pneumonia: {count} patient(s) with both Target 0 and Target 1 rows "
+                    "(Target 1 is used)", mixed)
+        return patients
+
+    def _read_classes(self, path: str, patients: dict) -> None:
+        """Each patient's class from the detailed class info (one row per box, so repeats are
+        normal); a class that contradicts Target leaves the two classes besides Pneumonia
+        unknown."""
+        seen, contradictions = {}, []
+        for row in tabular.read_csv(path, CLASS_COLUMNS, LAYOUT):
+            name = " ".join(row["class"].strip().lower().split())
+            if name not in CLASS_NAMES:
+                raise SourceError(f"{row.place}: column 'class' is {row['class']!r}; expected "
+                                  f"one of {sorted(CLASS_NAMES)}")
+            patient = patients.get(row["patientId"].strip())
+            if patient is None or patient["class"] == CONTRADICTED:
+                continue
+            first = seen.setdefault(patient["patient_id"], (name, row.line))
+            if first[0] != name:
+                why = f"conflicts with line {first[1]}"
+            elif (CLASS_NAMES[name] == 0) != (patient["target"] == 1):
+                why = f"Target is {patient['target']}"
+            else:
+                patient["class"] = CLASS_NAMES[name]
+                continue
+            contradictions.append(f"{row.place} ({row['class']!r}: {why})")
+            patient["class"] = CONTRADICTED
+        warn_places("RSNA pneumonia: {count} patient(s) whose class contradicts Target or "
+                    "another class row; their Pneumonia label comes from Target, the other "
+                    "two are unknown", contradictions)
+
+    def split_sizes(self) -> dict:
+        if self.split_csv is None:
+            return {"train": len(self.records)}
+        return dict(collections.Counter(r["split"].strip() for r in tabular.read_csv(
+            self.split_csv, ("patientId", "split"))))
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -168,7 +237,9 @@ class RSNAPneumonia(Source):
 
     def _labels(self, record):
         labels, mask = np.zeros(3, np.float32), np.zeros(3, bool)
-        if record["class"] is not None:
+        if record["class"] == CONTRADICTED:
+            labels[0], mask[0] = float(record["target"]), True
+        elif record["class"] is not None:
             labels[record["class"]] = 1.0
             mask[:] = True
             labels[0] = float(record["target"])  # Target is the ground truth for pneumonia
@@ -178,7 +249,12 @@ class RSNAPneumonia(Source):
                 mask[1:] = True  # the three classes are exclusive
         return labels, mask
 
+    def texts(self, index: int) -> tuple[str, tuple]:
+        boxes = self.records[self._position(index)]["boxes"]
+        return "", tuple(box_caption(b) for b in boxes)
+
     def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
         record = self.records[index]
         path = self.image_path(index)
         view = ""
@@ -194,7 +270,7 @@ class RSNAPneumonia(Source):
         r = len(boxes)
         return Example(
             example_id=record["patient_id"], image=image, report="", labels=labels,
-            label_mask=mask, boxes=boxes, captions=tuple(box_caption(b) for b in boxes),
+            label_mask=mask, boxes=boxes, captions=self.texts(index)[1],
             finding_ids=np.full((r,), finding_id("pneumonia"), np.int32),
             side_ids=np.array([side_id(box_side(b)) for b in boxes], np.int32).reshape(r),
             zone_ids=np.array([zone_id(box_zone(b)) for b in boxes], np.int32).reshape(r),

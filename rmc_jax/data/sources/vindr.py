@@ -16,14 +16,16 @@ Columns are looked up by name (``rad_id`` / ``rad_ID`` and ``class_id`` are opti
 without readers counts as one reader). Boxes are xyxy in the ORIGINAL DICOM pixels and the CSV
 has no image size: each image's ``Columns`` x ``Rows`` are read from its DICOM header
 (``pydicom.dcmread(path, stop_before_pixels=True)``, cached) the first time its regions are
-asked for, and the boxes are normalised to [0, 1] xyxy then, once per image. Boxes partly
-outside the image are clipped with a warning (``clipped_boxes`` counts them); zero-area,
-inverted, blank or entirely-outside boxes are dropped with a warning (``dropped_boxes``). Both
-counters cover the images whose regions have been computed so far. 'No finding' rows have blank
-coordinates and only record that the reader read the image. Box classes outside the 14 below
-(the PhysioNet release annotates 22 local labels, e.g. 'Rib fracture', 'Emphysema') still become
-regions (``finding_ids`` -1 where schema.finding_id has no canonical meaning) but get no label
-column. DICOMs are decoded lazily with ``dicom.read_dicom`` (MONOCHROME1 inverted, rescale
+asked for, and the boxes are normalised to [0, 1] xyxy then, once per image
+(``boxes.check_boxes``). Boxes partly outside the image are clipped with a warning naming their
+CSV lines (``clipped_boxes`` counts them); empty, inverted, blank or entirely-outside boxes are
+dropped with a warning (``dropped_boxes``). Both counters cover the images whose regions have
+been computed so far. A coordinate that is not a number, or a blank image_id, is a SourceError
+naming file:line and column; a row repeated verbatim is ignored with a counted warning. 'No
+finding' rows have blank coordinates and only record that the reader read the image. Box
+classes outside the 14 below (the PhysioNet release annotates 22 local labels, e.g. 'Rib
+fracture', 'Emphysema') still become regions (``finding_ids`` -1 where schema.finding_id has no
+canonical meaning) but get no label column. DICOMs are decoded lazily with ``dicom.read_dicom`` (MONOCHROME1 inverted, rescale
 slope/intercept, VOI window).
 
 Several radiologists (rad_id R1..R17, three per training image) annotate each image:
@@ -40,7 +42,9 @@ Labels (``label_names`` = the 14 VinDr box classes): a class is positive when mo
 the image's readers marked it (with a box) and negative when fewer than half did; an exact tie
 (possible with an even number of readers) is left unknown (``label_mask`` False). When the
 official image-level table ``image_labels_<split>.csv`` exists (and ``use_image_labels``), its
-per-reader 0/1 columns give the votes instead, with the same majority rule.
+per-reader 0/1 columns give the votes instead, with the same majority rule (any other value is a
+SourceError naming file:line and column; a second row of one reader for one image is ignored
+with a warning).
 
 Captions: one per region, the class name plus the side and zone derived from the box position
 (``box_position``): the patient's right is the image's LEFT, so a box centred at x < 0.5 is
@@ -54,7 +58,6 @@ the image no zone. The report is built from the boxes: one sentence per distinct
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -62,7 +65,8 @@ import numpy as np
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import tabular
-from rmc_jax.data.sources.base import Source, SourceError
+from rmc_jax.data.sources.base import Source, SourceError, warn_places
+from rmc_jax.data.sources.boxes import box_position, check_boxes, describe_region, warn_boxes
 from rmc_jax.data.sources.dicom import read_dicom
 from rmc_jax.data.sources.images import ImageDecodeError
 
@@ -80,67 +84,8 @@ READER_MODES = ("all", "merge")
 
 
 # ----------------------------------------------------------------------------------------------
-# Box helpers shared by the VinDr, NIH and Chest ImaGenome sources.
+# Reader merging and majority votes.
 # ----------------------------------------------------------------------------------------------
-
-def normalise_xyxy(boxes, width: float, height: float, where: str = "", warn: bool = True):
-    """Pixel xyxy [N, 4] -> (normalised float32 [M, 4], kept bool [N], clipped, dropped).
-
-    Coordinates are divided by (width, height). Boxes partly outside [0, 1] are clipped (one
-    warning per call); boxes that are inverted, zero-area, non-finite or entirely outside (zero
-    area after clipping) are dropped (one warning per call). ``warn=False`` only counts.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    norm = boxes / np.array([width, height, width, height], np.float64)
-    finite = np.all(np.isfinite(norm), axis=1)
-    valid = finite & (norm[:, 2] > norm[:, 0]) & (norm[:, 3] > norm[:, 1])
-    outside = valid & np.any((norm < -1e-9) | (norm > 1 + 1e-9), axis=1)
-    clipped = np.clip(np.where(finite[:, None], norm, 0.0), 0.0, 1.0)
-    keep = valid & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    n_clipped = int(np.sum(outside & keep))
-    n_dropped = int(np.sum(~keep))
-    prefix = f"{where}: " if where else ""
-    if n_clipped and warn:
-        warnings.warn(f"{prefix}{n_clipped} box(es) partly outside the {width:g}x{height:g} image "
-                      f"clipped to [0, 1]: {boxes[outside & keep].tolist()}", stacklevel=3)
-    if n_dropped and warn:
-        warnings.warn(f"{prefix}dropped {n_dropped} zero-area, inverted, blank or outside box(es) "
-                      f"(pixel xyxy in a {width:g}x{height:g} image): {boxes[~keep].tolist()}",
-                      stacklevel=3)
-    return clipped[keep].astype(np.float32), keep, n_clipped, n_dropped
-
-
-def box_position(box) -> tuple[str, str]:
-    """(side, zone) of a normalised xyxy box on a frontal radiograph; '' when not meaningful.
-
-    Side is the patient's: the patient's right is on the image's LEFT, so a box centred left of
-    x = 0.5 is 'right'. A box straddling the midline with at least a third of its width on each
-    side has no side. Zone is the vertical third of the box centre ('upper', 'middle', 'lower');
-    a box taller than two thirds of the image has none.
-    """
-    x0, y0, x1, y1 = (float(v) for v in box)
-    width = x1 - x0
-    side = ""
-    straddles = x0 < 0.5 < x1 and min(0.5 - x0, x1 - 0.5) >= width / 3.0
-    if not straddles:
-        side = "right" if (x0 + x1) / 2.0 < 0.5 else "left"
-    zone = ""
-    if y1 - y0 <= 2.0 / 3.0:
-        centre = (y0 + y1) / 2.0
-        zone = "upper" if centre < 1.0 / 3.0 else "middle" if centre < 2.0 / 3.0 else "lower"
-    return side, zone
-
-
-def describe_region(name: str, side: str, zone: str) -> str:
-    """'nodule/mass', 'right', 'upper' -> 'nodule/mass in the right upper zone'."""
-    if side and zone:
-        return f"{name} in the {side} {zone} zone"
-    if side:
-        return f"{name} on the {side}"
-    if zone:
-        return f"{name} in the {zone} zone"
-    return name
-
 
 def display_name(class_name: str) -> str:
     """Class name as written in a caption: lower case, acronyms (ILD) kept."""
@@ -198,6 +143,21 @@ def _sentence(text: str) -> str:
     return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
 
 
+def _annotation_files(split: str) -> list[str]:
+    """Where a split's annotations may be, relative to the root (PhysioNet, then Kaggle)."""
+    return [os.path.join("annotations", f"annotations_{split}.csv"), f"annotations_{split}.csv",
+            f"{split}.csv"]
+
+
+def _vote(row, column: str) -> int:
+    """A reader's 0/1 cell of image_labels_<split>.csv; anything else is a SourceError."""
+    value = row[column].strip()
+    if value not in ("0", "1", "0.0", "1.0"):
+        raise SourceError(f"{row.place}: column {column!r} is {row[column]!r}; expected 0 or 1 "
+                          f"(whether this reader found the label)")
+    return int(float(value))
+
+
 def _column(header: Sequence[str], *names: str) -> str | None:
     """The header column matching one of ``names`` case-insensitively, or None."""
     lookup = {name.strip().lower(): name for name in header}
@@ -237,20 +197,22 @@ class VinDrCXR(Source):
         self.split = split
         self.readers = readers
         self.iou_threshold = float(iou_threshold)
-        self.annotations_path = tabular.find_file(
-            self.root, [os.path.join("annotations", f"annotations_{split}.csv"),
-                        f"annotations_{split}.csv", f"{split}.csv"], LAYOUT)
+        self.annotations_path = tabular.find_file(self.root, _annotation_files(split), LAYOUT)
         self.image_dir = tabular.require_dir(os.path.join(self.root, split), LAYOUT)
         rows = tabular.read_csv(self.annotations_path, ANNOTATION_COLUMNS, LAYOUT)
         header = list(rows[0]) if rows else tabular.read_header(self.annotations_path)
         rad_col = _column(header, "rad_id")
 
         self.image_ids: list[str] = []
-        self._raw: dict[str, list[tuple]] = {}      # image -> [(reader, class, x0, y0, x1, y1)]
+        self._raw: dict[str, list[tuple]] = {}  # image -> [(reader, class, x0, y0, x1, y1, place)]
         self._readers: dict[str, list[str]] = {}
+        repeats = tabular.Repeats()
         for row in rows:
             image_id = row["image_id"].strip()
             if not image_id:
+                raise SourceError(f"{row.place}: column 'image_id' is blank; expected the id of "
+                                  f"the image (<image_id>.dicom)")
+            if not repeats.first(tuple(row.values()), row):
                 continue
             if image_id not in self._raw:
                 self.image_ids.append(image_id)
@@ -263,8 +225,10 @@ class VinDrCXR(Source):
             if class_name.lower() == NO_FINDING.lower():
                 continue
             class_name = _CLASS_BY_KEY.get(schema.normalise_name(class_name), class_name)
-            coords = tuple(tabular.parse_float(row[c]) for c in ANNOTATION_COLUMNS[2:])
-            self._raw[image_id].append((reader, class_name) + coords)
+            coords = tuple(tabular.cell_float(row, c, expected="a pixel coordinate (a number)")
+                           for c in ANNOTATION_COLUMNS[2:])
+            self._raw[image_id].append((reader, class_name) + coords + (row.place,))
+        repeats.warn("VinDr-CXR: ignored {count} repeated annotation row(s)")
 
         self._check_images(missing_images)
         self._labels = {image_id: self._box_votes(image_id) for image_id in self.image_ids}
@@ -292,10 +256,20 @@ class VinDrCXR(Source):
                 f"{len(missing)} image(s) of {self.annotations_path} have no DICOM in "
                 f"{self.image_dir} (expected <image_id>.dicom), e.g. {missing[:3]}; pass "
                 f"missing_images='skip' to leave them out")
-        warnings.warn(f"VinDr-CXR: skipping {len(missing)} image(s) without a DICOM in "
-                      f"{self.image_dir}, e.g. {missing[:3]}")
+        warn_places(f"VinDr-CXR: skipping {{count}} image(s) of {self.annotations_path} "
+                    f"without a DICOM in {self.image_dir}", missing)
         missing = set(missing)
         self.image_ids = [i for i in self.image_ids if i not in missing]
+
+    def split_sizes(self) -> dict:
+        sizes = {}
+        for split in ("train", "test"):
+            try:
+                path = tabular.find_file(self.root, _annotation_files(split))
+            except SourceError:
+                continue
+            sizes[split] = len({r["image_id"] for r in tabular.read_csv(path)})
+        return sizes
 
     def _box_votes(self, image_id: str):
         readers = self._readers[image_id]
@@ -318,11 +292,17 @@ class VinDrCXR(Source):
         columns = [by_key[schema.normalise_name(c)] for c in VINDR_CLASSES]
         votes: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
+        reader_column = _column(header, "rad_id")
+        repeats = tabular.Repeats()
         for row in rows:
             image_id = row["image_id"].strip()
-            values = [tabular.parse_float(row[col], 0.0) for col in columns]
-            votes[image_id] = votes.get(image_id, 0) + (np.array(values) >= 0.5).astype(int)
+            values = [_vote(row, col) for col in columns]
+            reader = row[reader_column].strip() if reader_column else row.line
+            if not repeats.first((image_id, reader), row, values):
+                continue
+            votes[image_id] = votes.get(image_id, 0) + np.array(values, int)
             counts[image_id] = counts.get(image_id, 0) + 1
+        repeats.warn(f"VinDr-CXR: ignored {{count}} repeated reader row(s) of {path}")
         for image_id in self.image_ids:
             if image_id in votes:
                 pairs = [majority(int(v), counts[image_id]) for v in votes[image_id]]
@@ -351,24 +331,29 @@ class VinDrCXR(Source):
         return self._sizes[image_id]
 
     def regions(self, index: int):
-        """(boxes [R, 4] normalised xyxy, class names [R], reader counts [R]) of one image."""
+        """(boxes [R, 4] normalised xyxy, class names [R], reader counts [R]) of one image.
+
+        Computed (and its clipped and dropped boxes warned about) once per image."""
         image_id = self.image_ids[index]
         if image_id not in self._regions:
-            raw = self._raw[image_id]
-            width, height = self.image_size(index)
-            pixel = np.array([r[2:] for r in raw], np.float64).reshape(-1, 4)
-            boxes, keep, clipped, dropped = normalise_xyxy(
-                pixel, width, height, f"VinDr-CXR {image_id} ({self.annotations_path})")
-            classes = [r[1] for r, k in zip(raw, keep) if k]
-            readers = [r[0] for r, k in zip(raw, keep) if k]
-            if self.readers == "merge":
-                boxes, classes, counts = merge_reader_boxes(boxes, classes, readers,
-                                                            self.iou_threshold)
-            else:
-                counts = [1] * len(classes)
-            self._regions[image_id] = (boxes, classes, counts)
-            self._box_counts[image_id] = (clipped, dropped)
+            checked = self._check(image_id, self.image_size(index))
+            warn_boxes(f"VinDr-CXR {image_id}", checked)
+            self._regions[image_id] = self._merge(image_id, checked)
+            self._box_counts[image_id] = (len(checked.clipped), len(checked.dropped))
         return self._regions[image_id]
+
+    def _check(self, image_id: str, size):
+        raw = self._raw[image_id]
+        return check_boxes([r[2:6] for r in raw], size, [r[6] for r in raw])
+
+    def _merge(self, image_id: str, checked):
+        """(boxes, classes, reader counts) of the kept boxes, merged across readers."""
+        raw = self._raw[image_id]
+        classes = [r[1] for r, k in zip(raw, checked.keep) if k]
+        readers = [r[0] for r, k in zip(raw, checked.keep) if k]
+        if self.readers == "merge":
+            return merge_reader_boxes(checked.boxes, classes, readers, self.iou_threshold)
+        return checked.boxes, classes, [1] * len(classes)
 
     @property
     def clipped_boxes(self) -> int:
@@ -384,27 +369,45 @@ class VinDrCXR(Source):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int) -> Example:
-        index = self._position(index)
-        image_id = self.image_ids[index]
-        image = read_dicom(self.image_path(index))
-        boxes, classes, _ = self.regions(index)
+    def _describe(self, image_id: str, boxes, classes):
+        """(report, captions, side ids, zone ids) of an image's regions; ``boxes`` None: the
+        image's size is unknown, so the regions have no side or zone."""
         sides, zones, captions = [], [], []
-        for box, class_name in zip(boxes, classes):
-            side, zone = box_position(box)
+        for k, class_name in enumerate(classes):
+            side, zone = box_position(boxes[k]) if boxes is not None else ("", "")
             sides.append(schema.side_id(side))
             zones.append(schema.zone_id(zone))
             captions.append(describe_region(display_name(class_name), side, zone))
-        labels, mask = self._labels[image_id]
+        labels = self._labels[image_id][0]
         sentences = list(dict.fromkeys(_sentence(c) for c in captions))
         for c, class_name in enumerate(VINDR_CLASSES):
             if labels[c] > 0 and class_name not in classes:
                 sentences.append(_sentence(display_name(class_name)))
         report = " ".join(sentences) if sentences else "No finding."
+        return report, tuple(captions), sides, zones
+
+    def texts(self, index: int) -> tuple[str, tuple]:
+        """(report, captions); reads the DICOM header for the image size (not its pixels).
+        Without a readable header the regions are described without side and zone."""
+        index = self._position(index)
+        image_id = self.image_ids[index]
+        try:
+            boxes, classes, _ = self.regions(index)
+        except (FileNotFoundError, ImageDecodeError):
+            boxes, (_, classes, _) = None, self._merge(image_id, self._check(image_id, None))
+        return self._describe(image_id, boxes, classes)[:2]
+
+    def __getitem__(self, index: int) -> Example:
+        index = self._position(index)
+        image_id = self.image_ids[index]
+        image = read_dicom(self.image_path(index))
+        boxes, classes, _ = self.regions(index)
+        report, captions, sides, zones = self._describe(image_id, boxes, classes)
+        labels, mask = self._labels[image_id]
         return Example(
             example_id=image_id, image=image, report=report,
             labels=labels.copy(), label_mask=mask.copy(),
-            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), captions=tuple(captions),
+            boxes=np.asarray(boxes, np.float32).reshape(-1, 4), captions=captions,
             finding_ids=np.array([schema.finding_id(c) for c in classes], np.int32),
             side_ids=np.array(sides, np.int32), zone_ids=np.array(zones, np.int32),
             source=self.name, view="")
