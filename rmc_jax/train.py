@@ -94,26 +94,19 @@ def corpus(source, limit: int = 2000):
     """Reports and captions of ``limit`` examples spread evenly over the source (tokenizer
     training text; spread so that every part of a mixture contributes).
 
-    Text comes from ``source.texts(i) -> (report, captions)``, which every built-in source
-    answers from its annotations without decoding an image: an unreadable image cannot stop
-    the tokenizer, and no image is decoded for it. A source without ``texts`` (one registered
-    by a user) is read example by example instead, its unreadable examples left out.
+    Text comes from ``source.texts(i) -> (report, captions)``, which every source answers
+    without decoding an image (``sources.base.Source``): no image is decoded for the tokenizer,
+    and an unreadable one cannot stop it.
     """
-    texts = getattr(source, "texts", None) or functools.partial(_decoded_texts, source)
+    if not hasattr(source, "texts"):
+        raise TypeError(f"data source {getattr(source, 'name', type(source).__name__)!r} has no "
+                        "texts(index) -> (report, captions): every source gives an example's "
+                        "text without decoding its image (rmc_jax.data.sources.base.Source)")
     count = min(limit, len(source))
     for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
-        report, captions = texts(index)
+        report, captions = source.texts(index)
         yield report
         yield from captions
-
-
-def _decoded_texts(source, index: int) -> tuple[str, tuple]:
-    """(report, captions) of ``source[index]`` through the pipeline's skipping layer:
-    ('', ()) for an example that cannot be read (it warns, naming it)."""
-    item = pipe.RobustSource(source)[index]
-    if isinstance(item, pipe.Skipped):
-        return "", ()
-    return item[1].report, tuple(item[1].captions)
 
 
 def concept_prompts(label_names) -> list[str]:

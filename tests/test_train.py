@@ -264,6 +264,28 @@ def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
     assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results
 
 
+class _TextsOnly:
+    """A source whose every image is unreadable; its text is there."""
+
+    name, label_names = "broken", ()
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        raise OSError(f"cannot identify image file '/data/{index}.png'")
+
+    def texts(self, index):
+        return f"report {index}", (f"caption {index}",)
+
+
+def test_the_tokenizer_corpus_reads_text_without_decoding_an_image():
+    assert list(train.corpus(_TextsOnly())) == [
+        "report 0", "caption 0", "report 1", "caption 1", "report 2", "caption 2"]
+    with pytest.raises(TypeError, match="'tiny' has no texts"):
+        list(train.corpus(type("Tiny", (), {"name": "tiny", "__len__": lambda self: 1})()))
+
+
 def _bookkeeping(skipped_examples, regions_cut=0):
     """The fields of a 4-example batch that InputCounts reads, as the pipeline makes them."""
     lines = np.array(skipped_examples + [""] * (4 - len(skipped_examples)))
