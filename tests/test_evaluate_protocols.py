@@ -290,3 +290,17 @@ def test_the_evaluation_split_gets_the_source_options(tmp_path):
     config.data.update(train="synthetic", source_options=f"ms_cxr.images_root={images},"
                                                          f"ms_cxr.reports_root={reports}")
     assert "Small right pleural effusion" in E.eval_source(config)[0].report
+
+
+def test_a_mixture_is_evaluated_on_each_example_once(tmp_path):
+    from fixtures import cxr_formats_b as fx_b
+
+    fx_b.write_nih(str(tmp_path / "nih"))
+    fx_b.write_iu_xray(str(tmp_path / "iu"))
+    config = tiny_config()
+    config.data.update(eval="nih_cxr14:1,iu_xray:3", eval_split="all", eval_size=0,
+                       eval_root=f"nih_cxr14={tmp_path / 'nih'},iu_xray={tmp_path / 'iu'}")
+    source = E.eval_source(config)
+    ids = [source[i].example_id for i in range(len(source))]
+    # 4 NIH + 5 IU X-ray images; the training weights (1:3) would cycle IU's 5 to fill 12.
+    assert len(ids) == len(set(ids)) == 9

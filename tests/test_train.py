@@ -282,6 +282,17 @@ class _TextsOnly:
 def test_the_tokenizer_corpus_reads_text_without_decoding_an_image():
     assert list(train.corpus(_TextsOnly())) == [
         "report 0", "caption 0", "report 1", "caption 1", "report 2", "caption 2"]
+    # A corrupt record's text cannot be read: left out and named, within the budget.
+    broken = _TextsOnly()
+    broken.texts = lambda i: (_ for _ in ()).throw(RuntimeError("/d/r.array_record record 1: "
+                                                                "Corrupted")) if i == 1 else (
+        f"report {i}", ())
+    with pytest.warns(UserWarning, match=r"skipping unreadable text of example 1 of broken: "
+                                         r"RuntimeError: /d/r.array_record record 1"):
+        assert list(train.corpus(broken, max_bad_fraction=0.5)) == ["report 0", "report 2"]
+    with pytest.warns(UserWarning), pytest.raises(train.pipe.BadDataError,
+                                                  match=r"broken\[1\]: RuntimeError"):
+        list(train.corpus(broken, max_bad_fraction=0.1))
     with pytest.raises(TypeError, match="'tiny' has no texts"):
         list(train.corpus(type("Tiny", (), {"name": "tiny", "__len__": lambda self: 1})()))
 

@@ -183,13 +183,19 @@ class RobustSource:
         return len(self.source)
 
     def __getitem__(self, index):
-        try:
-            return index, self.source[index]
-        except Exception as error:  # noqa: BLE001 -- any bad example is skipped and named
-            skipped = Skipped(self.name, int(index), _reason(error))
-            warnings.warn(f"skipping unreadable example {index} of {self.name}: "
-                          f"{skipped.reason}", stacklevel=2)
-            return skipped
+        item = attempt(self.source.__getitem__, self.name, index)
+        return item if isinstance(item, Skipped) else (index, item)
+
+
+def attempt(read, source: str, index: int, what: str = "unreadable example"):
+    """``read(index)``, or a ``Skipped`` marker, with a warning naming it, when that raises
+    any ``Exception`` (KeyboardInterrupt and SystemExit are not caught)."""
+    try:
+        return read(index)
+    except Exception as error:  # noqa: BLE001 -- any bad example is skipped and named
+        skipped = Skipped(source, int(index), _reason(error))
+        warnings.warn(f"skipping {what} {index} of {source}: {skipped.reason}", stacklevel=3)
+        return skipped
 
 
 def caption_hash(text: str) -> int:

@@ -29,6 +29,7 @@ import numpy as np
 
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
+from rmc_jax.data.sources.mixture import Mixture
 from rmc_jax.data.tokenizer import SPECIAL_TOKENS
 from rmc_jax.evaluate import grounding
 from rmc_jax.evaluate import protocols as protocols_lib
@@ -52,11 +53,16 @@ def eval_source(config):
     """The evaluation split named by ``config.data`` (eval, eval_root, eval_split, eval_size),
     opened with ``data.source_options`` (e.g. MS-CXR's ``reports_root``). Options given to
     every dataset are checked against the evaluation dataset only when it is also the training
-    dataset (they were written for that one); ``name.key`` options always apply."""
+    dataset (they were written for that one); ``name.key`` options always apply. A mixture is
+    evaluated on every example of its datasets once: its weights, which repeat the examples
+    of the smaller datasets in training, would count them several times."""
     d = config.data
-    return data_sources.open_source(d.eval, d.eval_root or d.root, d.eval_split, d.eval_size,
-                                    config.seed, d.image_size, d.get("source_options", ""),
-                                    strict=d.eval == d.train)
+    source = data_sources.open_source(d.eval, d.eval_root or d.root, d.eval_split, d.eval_size,
+                                      config.seed, d.image_size, d.get("source_options", ""),
+                                      strict=d.eval == d.train)
+    if isinstance(source, Mixture):  # evaluated, each example of each dataset counts once
+        return Mixture(source.sources, [len(s) for s in source.sources])
+    return source
 
 
 REGION_MODES = ("head", "crop", "both")
