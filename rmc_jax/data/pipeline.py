@@ -12,7 +12,7 @@ skip stage drops them and attaches their descriptions to the next readable examp
 batch holds only readable examples (none is repeated to fill a gap) and says what was skipped
 before each. The skip stage's state is its parent's, so the iterator stays checkpointable.
 Over ``max_bad_fraction`` of the examples read, the iterator raises ``BadDataError`` listing
-the bad examples; ``evaluation_batches`` does the same for an evaluation split.
+the bad examples; ``EvaluationBatches`` does the same for an evaluation split.
 
 Everything random comes from Grain's per-element seeded RNG, so a pipeline is a pure function
 of (source, config, seed) and its iterator state can be checkpointed and restored to yield
@@ -187,13 +187,15 @@ class RobustSource:
         return item if isinstance(item, Skipped) else (index, item)
 
 
-def attempt(read, source: str, index: int, what: str = "unreadable example"):
-    """``read(index)``, or a ``Skipped`` marker, with a warning naming it, when that raises
-    any ``Exception`` (KeyboardInterrupt and SystemExit are not caught)."""
+def attempt(read, source: str, index: int, what: str = "unreadable example",
+            stage: str = ""):
+    """``read(index)``, or a ``Skipped`` marker (its reason ``stage`` + the error), with a
+    warning naming it, when that raises any ``Exception`` (KeyboardInterrupt and SystemExit
+    are not caught)."""
     try:
         return read(index)
     except Exception as error:  # noqa: BLE001 -- any bad example is skipped and named
-        skipped = Skipped(source, int(index), _reason(error))
+        skipped = Skipped(source, int(index), _reason(error, stage))
         warnings.warn(f"skipping {what} {index} of {source}: {skipped.reason}", stacklevel=3)
         return skipped
 
@@ -224,16 +226,13 @@ class Prepare(grain.transforms.RandomMap):
         if isinstance(item, Skipped):
             return item
         index, example = item
-        try:
-            out = prepare_example(example, self.config, self.tokenizer, self.caption_tokenizer,
-                                  rng if self.train else None)
-        except Exception as error:  # noqa: BLE001 -- the example's data could not be prepared
-            skipped = Skipped(self.source_name, int(index), _reason(
-                error, f"{example.source}:{example.example_id}: cannot prepare: "))
-            warnings.warn(f"skipping example {index} of {skipped.source}: {skipped.reason}",
-                          stacklevel=2)
-            return skipped
-        out["index"] = np.int32(index)
+        out = attempt(lambda _: prepare_example(example, self.config, self.tokenizer,
+                                                self.caption_tokenizer,
+                                                rng if self.train else None),
+                      self.source_name, index, "example",
+                      f"{example.source}:{example.example_id}: cannot prepare: ")
+        if not isinstance(out, Skipped):
+            out["index"] = np.int32(index)
         return out
 
 
