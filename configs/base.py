@@ -67,6 +67,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         learning_rate=5e-4, warmup_steps=40, end_learning_rate_factor=0.02, weight_decay=0.05,
         b1=0.9, b2=0.98, grad_clip_norm=1.0))
 
+    # Masked-language-model warm start of the text tower on the training reports
+    # before the contrastive stage (rmc_jax.text_pretrain; cached in <workdir>/text_pretrain).
+    c.text_pretrain = ml_collections.ConfigDict(dict(
+        steps=0, batch_size=64, learning_rate=1e-3, warmup_steps=20, weight_decay=0.01,
+        mask_probability=0.15, corpus_size=4000))
+
     c.loss = ml_collections.ConfigDict(dict(
         global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
         soft_targets=False,         # MedCLIP-style label-overlap targets for the global loss
@@ -90,9 +96,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=128, channels=1, patch_size=16, width=192, depth=4, num_heads=3,
-                    mlp_ratio=4.0, dtype="float32", remat="none", scan_layers=False),
+                    mlp_ratio=4.0, dtype="float32", remat="none", scan_layers=False,
+                    pooling="cls"),          # 'cls' or 'mean' (of the patch tokens)
         text=dict(vocab_size=4096, width=192, depth=4, num_heads=3, mlp_ratio=4.0, max_len=64,
-                  causal=False, dtype="float32", remat="none", scan_layers=False),
+                  causal=False, dtype="float32", remat="none", scan_layers=False,
+                  pooling="auto"),           # 'auto' (cls), 'cls', 'mean', 'last', 'pooler'
         embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
         roi_output_size=4, roi_sampling_ratio=2))
 

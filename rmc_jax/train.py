@@ -22,7 +22,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from rmc_jax import checkpoint as ckpt
-from rmc_jax import flops, losses, pretrained, summaries
+from rmc_jax import flops, losses, pretrained, summaries, text_pretrain
 from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
@@ -151,12 +151,13 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     return tx, schedule
 
 
-def init_state(model: RegionCLIP, tx, config, mesh):
+def init_state(model: RegionCLIP, tx, config, mesh, warm_start: dict | None = None):
     """Train state sharded on ``mesh``: {'step', 'params', 'opt_state', 'teacher'}.
 
-    Towers named by ``config.init`` start from their pretrained weights; the rest is random."""
+    Towers named by ``config.init`` start from their pretrained weights, and ``warm_start``
+    params (the text tower's masked-LM stage) replace theirs; the rest is random."""
     inputs = example_inputs(model)
-    imported = pretrained.initial_params(config)  # {} when nothing is imported
+    imported = {**pretrained.initial_params(config), **(warm_start or {})}
 
     def create(key, imported):
         params = pretrained.merge(model.init(key, **inputs)["params"], imported)
@@ -417,8 +418,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     # ---- model, optimiser, state ------------------------------------------------------------
     model = build_model(config.model)
     tx, schedule = make_optimizer(config)
-    state, state_sharding = init_state(model, tx, config, mesh)
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+    # A resumed run restores every parameter; only a fresh one needs the text warm start.
+    warm = ({} if checkpointer.latest_step() is not None else
+            text_pretrain.warm_start(config, workdir, tokenizer, train_source,
+                                     log=lambda line: print(line, flush=True)))
+    state, state_sharding = init_state(model, tx, config, mesh, warm)
     restored_counts = {}
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(ckpt.abstract_like(state), data_iter)
