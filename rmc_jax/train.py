@@ -92,30 +92,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def corpus(source, limit: int = 2000, max_bad_fraction: float = 1.0):
     """Reports and captions of ``limit`` examples spread evenly over the source (tokenizer
-    training text; spread so that every part of a mixture contributes).
-
-    Text comes from ``source.texts(i) -> (report, captions)``, which every source answers
-    without decoding an image (``sources.base.Source``): no image is decoded for the tokenizer,
-    and an unreadable one cannot stop it. An example whose text cannot be read (a corrupt
-    record, a truncated scene graph) is left out with a warning naming it, within
-    ``max_bad_fraction`` of those read (``pipeline.BadDataError`` beyond).
-    """
-    name = getattr(source, "name", type(source).__name__)
-    if not hasattr(source, "texts"):
-        raise TypeError(f"data source {name!r} has no texts(index) -> (report, captions): every "
-                        "source gives an example's text without decoding its image "
-                        "(rmc_jax.data.sources.base.Source)")
-    log = pipe.SkipLog(max_bad_fraction, "examples' texts read for the tokenizer")
-    count = min(limit, len(source))
-    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
-        item = pipe.attempt(source.texts, name, index, "unreadable text of example")
-        log.add(*((0, [item]) if isinstance(item, pipe.Skipped) else (1,)))
-        log.check()
-        if not isinstance(item, pipe.Skipped):
-            report, captions = item
-            yield report
-            yield from captions
-    log.check(complete=True)
+    training text), read without decoding an image; unreadable texts are left out within
+    ``max_bad_fraction`` (``pipeline.spread_texts``)."""
+    for report, captions in pipe.spread_texts(source, limit, max_bad_fraction):
+        yield report
+        yield from captions
 
 
 def concept_prompts(label_names) -> list[str]:

@@ -200,6 +200,28 @@ def attempt(read, source: str, index: int, what: str = "unreadable example",
         return skipped
 
 
+def spread_texts(source, count: int, max_bad_fraction: float = 1.0):
+    """(report, captions) of ``count`` examples spread evenly over ``source`` (every part of a
+    mixture contributes), read with ``source.texts``: no image is decoded, so an unreadable
+    one cannot stop a corpus. An example whose text cannot be read (a corrupt record, a
+    truncated scene graph) is left out with a warning naming it, within ``max_bad_fraction``
+    of those read (``BadDataError`` beyond)."""
+    name = _source_name(source)
+    if not hasattr(source, "texts"):
+        raise TypeError(f"data source {name!r} has no texts(index) -> (report, captions): every "
+                        "source gives an example's text without decoding its image "
+                        "(rmc_jax.data.sources.base.Source)")
+    log = SkipLog(max_bad_fraction, "examples' texts read")
+    count = min(count, len(source))
+    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
+        item = attempt(source.texts, name, index, "unreadable text of example")
+        log.add(*((0, [item]) if isinstance(item, Skipped) else (1,)))
+        log.check()
+        if not isinstance(item, Skipped):
+            yield item
+    log.check(complete=True)
+
+
 def caption_hash(text: str) -> int:
     """Stable 31-bit id of a caption's normalised text: equal sentences share an id."""
     normalised = " ".join(text.lower().split()).rstrip(".")
