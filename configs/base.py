@@ -3,14 +3,16 @@
 Variants:
   roi           full objective: global + ROI + negative-caption + distillation (1 / 1 / 1 / 0.5)
   global        CLIP baseline: global image-report loss only
-  medclip       MedCLIP-style baseline: global loss with soft targets from label overlap
+  medclip       MedCLIP baseline: MedCLIP's own soft-target global loss (label overlap)
   roi_nodistill ablation: roi without the distillation term
   roi_noneg     ablation: roi without the negative-caption term
   smoke         seconds: a tiny model for tests
 
 Arguments after the variant override common knobs, e.g. ``roi,steps=200,batch=32,res=128``
-(also ``seed``, ``lr`` and ``dtype=bfloat16`` for both towers' compute); any key can also be
-set on the command line: ``--config.optimizer.learning_rate=3e-4``.
+(also ``seed``, ``lr`` and ``dtype`` for both towers' compute: ``auto``, the default, is
+bfloat16 on GPUs, TPUs and CPUs with bf16 units and float32 elsewhere; ``float32`` reproduces
+results exactly across machines); any key can also be set on the command line:
+``--config.optimizer.learning_rate=3e-4``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _ARGUMENTS = {
     # Compute dtype of both towers: 'bfloat16' runs the matmuls in bf16 with float32
     # accumulation (parameters, optimizer and losses stay float32); about 1.9x the float32
     # step on CPUs with AVX512-BF16/AMX (BENCHMARKS.md), and the usual choice on GPU/TPU.
+    # 'auto' (the default) picks it where it is the faster one, float32 elsewhere.
     "dtype": (("model.vision.dtype", "model.text.dtype"), str),
 }
 
@@ -65,7 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=5e-4, warmup_steps=40, end_learning_rate_factor=0.02, weight_decay=0.05,
-        b1=0.9, b2=0.98, grad_clip_norm=1.0))
+        b1=0.9, b2=0.98, grad_clip_norm=1.0,
+        # Per tower (train.TOWER_RULES: 'image' = image encoder + image projection, 'text' = text
+        # encoder + text projection; the region head and temperature keep learning_rate):
+        tower_lr="",                # peak rates, same warmup/cosine shape: 'text=1e-4,image=5e-4'
+        freeze=""))                 # locked towers (LiT): 'image', 'text' or 'image,text'
 
     # Masked-language-model warm start of the text tower on the training reports
     # before the contrastive stage (rmc_jax.text_pretrain; cached in <workdir>/text_pretrain).
@@ -75,7 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict(dict(
         global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
-        soft_targets=False,         # MedCLIP-style label-overlap targets for the global loss
+        global_loss="clip",         # 'clip' (InfoNCE) or 'medclip' (MedCLIP's soft targets from
+                                    # label overlap, losses.medclip_contrastive_loss)
         backend="gather",           # 'gather' or 'ring' for the sharded contrastive losses
         chunk_size=0,               # >0: tiled contrastive losses (memory linear in batch)
         multi_positive_captions=True,
@@ -96,10 +104,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         vision=dict(image_size=128, channels=1, patch_size=16, width=192, depth=4, num_heads=3,
-                    mlp_ratio=4.0, dtype="float32", remat="none", scan_layers=False,
+                    mlp_ratio=4.0, dtype="auto", remat="none", scan_layers=False,
                     pooling="cls"),          # 'cls' or 'mean' (of the patch tokens)
         text=dict(vocab_size=4096, width=192, depth=4, num_heads=3, mlp_ratio=4.0, max_len=64,
-                  causal=False, dtype="float32", remat="none", scan_layers=False,
+                  causal=False, dtype="auto", remat="none", scan_layers=False,
                   pooling="auto"),           # 'auto' (cls), 'cls', 'mean', 'last', 'pooler'
         embed_dim=128, init_temperature=0.07, max_inv_temperature=100.0,
         roi_output_size=4, roi_sampling_ratio=2))
@@ -151,7 +159,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
     elif variant == "medclip":
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
-        c.loss.soft_targets = True
+        c.loss.global_loss = "medclip"
     elif variant == "roi_nodistill":
         c.loss.distill_weight = 0.0
     elif variant == "roi_noneg":
@@ -159,8 +167,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif variant == "smoke":
         c.total_steps, c.batch_size, c.log_every = 6, 8, 2
         c.checkpoint_every, c.optimizer.warmup_steps, c.teacher.warmup_steps = 3, 2, 0
-        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
-        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+        c.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2,
+                              dtype="float32")   # the same numbers on every machine
+        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
+                            dtype="float32")
         c.model.embed_dim = 16
         c.model.roi_output_size = 2
         c.teacher.crop_size = 16

@@ -7,16 +7,25 @@
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
 interrupted sweep continues where it stopped). The script then writes
-``experiments/results/ablation.json`` (every run's metrics, plus mean and std per variant) and
-``experiments/results/ablation.md`` (metric x variant, mean ± std over seeds, and the targets of
-the embedded benchmark checked against the measured means).
+``experiments/results/ablation.json`` (every run's metrics, plus mean, std and 95% interval per
+variant) and ``experiments/results/ablation.md`` (metric x variant, mean and 95% interval over
+seeds, and the targets checked).
+
+Intervals are Student-t intervals over seeds, mean ± t(0.975, n-1) · s / sqrt(n) (with 3 seeds
+t = 4.30: wide, honestly so). Comparisons between variants use the seeds both ran, paired by
+seed (same data order and test split), as a t-interval of the per-seed differences.
+Targets (``targets``): ``roi`` is not worse than ``global`` or ``medclip`` on any image-level
+metric (the interval of roi - baseline reaches 0 or above), is ahead of both by +0.20 or more on
+the region metrics (mean difference), and reaches the absolute targets (means over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -26,14 +35,21 @@ import time
 import numpy as np
 
 VARIANTS = ("global", "medclip", "roi", "roi_nodistill", "roi_noneg")
+BASELINES = ("global", "medclip")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+HEADLINE = "zeroshot/auroc_mean"
 
 # (metric, label, higher is better) shown in the table, in order; missing metrics show "-".
+# The first row is the headline zero-shot metric.
 TABLE = (
-    ("zeroshot/auroc_mean", "zero-shot AUROC (mean)", True),
-    ("zeroshot/auroc_mean_posneg", "zero-shot AUROC (CheXzero pos/neg prompts)", True),
-    ("zeroshot/accuracy_single_label", "zero-shot accuracy (single-label)", True),
+    (HEADLINE, "zero-shot AUROC, headline (CheXzero pos/neg prompt ensembles)", True),
+    ("zeroshot/accuracy_single_label", "zero-shot accuracy, single-label (headline protocol)",
+     True),
+    ("zeroshot/auroc_mean_ensemble", "zero-shot AUROC, positive-prompt ensemble (secondary)",
+     True),
+    ("zeroshot/accuracy_single_label_ensemble",
+     "zero-shot accuracy, positive-prompt ensemble (secondary)", True),
     ("retrieval/image_to_report_R@5", "image->report R@5", True),
     ("retrieval/report_to_image_R@5", "report->image R@5", True),
     ("regions/region_to_caption_semantic_R@1", "region->caption semantic R@1 (head)", True),
@@ -52,6 +68,32 @@ TABLE = (
     ("hard_negatives/accuracy_mean", "hard negatives: mean", True),
 )
 
+# Image-level metrics on which roi must not fall behind the baselines (within the interval).
+IMAGE_LEVEL = (
+    (HEADLINE, "zero-shot AUROC"),
+    ("zeroshot/accuracy_single_label", "zero-shot accuracy"),
+    ("retrieval/image_to_report_R@5", "image->report R@5"),
+    ("retrieval/report_to_image_R@5", "report->image R@5"),
+)
+# Region-level metrics on which roi must lead the baselines by at least REGION_MARGIN.
+REGION_LEVEL = (
+    ("regions/region_to_caption_semantic_R@1", "semantic region->caption R@1"),
+    ("hard_negatives/accuracy/laterality", "laterality accuracy"),
+    ("lesion_retrieval/R@5", "lesion description R@5"),
+)
+REGION_MARGIN = 0.20
+# Absolute targets for roi (mean over seeds): (metric, label, threshold).
+ABSOLUTE = (
+    (HEADLINE, "zero-shot AUROC (headline)", 0.90),
+    ("zeroshot/accuracy_single_label", "zero-shot accuracy (single-label)", 0.70),
+    ("retrieval/image_to_report_R@5", "image->report R@5", 0.40),
+    ("regions/region_to_caption_semantic_R@1", "semantic region->caption R@1", 0.60),
+    ("hard_negatives/accuracy/laterality", "laterality accuracy", 0.97),
+    ("grounding/pointing_accuracy", "grounding pointing accuracy", 0.60),
+)
+# A results.json from before the headline zero-shot protocol changed has these and not that.
+STALE_KEY, CURRENT_KEY = "zeroshot/auroc_mean_posneg", "zeroshot/auroc_mean_ensemble"
+
 
 def run(variant: str, seed: int, args: str, runs: str) -> dict:
     """Train + evaluate one variant/seed (or reuse a finished run); its results.json."""
@@ -69,66 +111,120 @@ def run(variant: str, seed: int, args: str, runs: str) -> dict:
             f.write(f"{time.perf_counter() - start:.1f}\n")
     with open(results_path) as f:
         results = json.load(f)
+    if STALE_KEY in results and CURRENT_KEY not in results:
+        raise SystemExit(f"{results_path} comes from an older rmc_jax (its zeroshot/auroc_mean "
+                         "is the positive-prompt ensemble, and its medclip loss was not "
+                         f"MedCLIP's): delete {workdir} to rerun it, or pass another --runs")
     wall = os.path.join(workdir, "wall_seconds.txt")
     if os.path.exists(wall):
         results["run/wall_seconds"] = float(open(wall).read())
     return results
 
 
+def t_quantile(df: int, p: float = 0.975) -> float:
+    """Student-t quantile t(p, df) for p = 0.975 (two-sided 95%): exact table to df 30, then the
+    Cornish-Fisher expansion around the normal quantile (error < 1e-4)."""
+    if p != 0.975:
+        raise ValueError("only the two-sided 95% quantile (p=0.975) is tabulated")
+    table = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+             2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+             2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+    if df < 1:
+        raise ValueError(f"a t-interval needs at least 2 values (df >= 1), got df = {df}")
+    if df <= len(table):
+        return table[df - 1]
+    z = 1.959964
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def interval(values) -> dict:
+    """{mean, std, n, low, high}: the 95% t-interval of the mean (low = high = mean for n = 1)."""
+    values = np.asarray(values, np.float64)
+    n, mean = len(values), float(values.mean())
+    std = float(values.std(ddof=1)) if n > 1 else 0.0
+    half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n, "low": mean - half, "high": mean + half}
+
+
 def aggregate(per_run: dict) -> dict:
-    """{variant: {metric: {mean, std, n}}} over the seeds that report the metric."""
+    """{variant: {metric: {mean, std, n, low, high}}} over the seeds that report the metric."""
     summary = {}
     for variant, runs in per_run.items():
         metrics = sorted({k for r in runs.values() for k in r})
-        summary[variant] = {}
-        for metric in metrics:
-            values = np.array([r[metric] for r in runs.values() if metric in r], np.float64)
-            summary[variant][metric] = {"mean": float(values.mean()),
-                                        "std": float(values.std(ddof=1)) if len(values) > 1
-                                        else 0.0, "n": int(len(values))}
+        summary[variant] = {metric: interval([r[metric] for r in runs.values() if metric in r])
+                            for metric in metrics}
     return summary
 
 
-def targets(summary: dict) -> list[tuple[str, float | None, str, bool | None]]:
-    """The embedded benchmark's targets: (what, measured, required, met)."""
-    def mean(variant, metric):
-        return summary.get(variant, {}).get(metric, {}).get("mean")
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One checked target: the measured value (a mean, or a mean difference with its 95%
+    interval over seeds), what is required, and whether it is met (None: not measured)."""
 
-    def best_region_score(variant, metric):
-        """roi variants: their region head; the global baselines, whose region head is not
-        trained: the better of head and crop (image tower on the cropped box)."""
-        head = mean(variant, metric)
-        if variant.startswith("roi"):
-            return head
-        family, rest = metric.split("/", 1)
-        scores = [x for x in (head, mean(variant, f"{family}_crop/{rest}")) if x is not None]
-        return max(scores) if scores else None
+    what: str
+    value: float | None
+    required: str
+    met: bool | None
+    low: float | None = None
+    high: float | None = None
+    difference: bool = False
 
-    def region_r1(variant):
-        return best_region_score(variant, "regions/region_to_caption_semantic_R@1")
 
-    def laterality(variant):
-        return best_region_score(variant, "hard_negatives/accuracy/laterality")
+def _seed_values(per_run: dict, variant: str, metric: str) -> dict[str, float]:
+    """{seed: value} of ``metric``; for the global baselines, whose region head is not trained,
+    region metrics come from the better (by mean) of the head and the crop baseline (the image
+    tower on the cropped box)."""
+    runs = per_run.get(variant, {})
+    head = {seed: r[metric] for seed, r in runs.items() if metric in r}
+    family, _, rest = metric.partition("/")
+    if variant.startswith("roi") or family not in ("regions", "hard_negatives",
+                                                   "lesion_retrieval"):
+        return head
+    crop = {seed: r[f"{family}_crop/{rest}"] for seed, r in runs.items()
+            if f"{family}_crop/{rest}" in r}
+    if not crop or (head and np.mean(list(head.values())) >= np.mean(list(crop.values()))):
+        return head
+    return crop
 
+
+def targets(per_run: dict) -> list[Target]:
+    """The benchmark's targets for ``roi`` against the runs of every variant ({variant: {seed:
+    results}}): absolute ones on its means, and paired-by-seed differences with the baselines."""
     rows = []
-
-    def check(what, value, required, ok):
-        rows.append((what, value, required, None if value is None else bool(ok(value))))
-
-    check("roi zero-shot AUROC", mean("roi", "zeroshot/auroc_mean"), ">= 0.90",
-          lambda v: v >= 0.90)
-    check("roi laterality accuracy", laterality("roi"),
-          ">= 0.95", lambda v: v >= 0.95)
-    check("roi semantic region->caption R@1", region_r1("roi"), ">= 0.60", lambda v: v >= 0.60)
-    for what, fn in (("semantic region->caption R@1", region_r1),
-                     ("laterality accuracy", laterality)):
-        roi, glob = fn("roi"), fn("global")
-        gap = None if roi is None or glob is None else roi - glob
-        check(f"roi - global, {what}", gap, ">= +0.20", lambda v: v >= 0.20)
-    roi, glob = (mean(v, "retrieval/image_to_report_R@5") for v in ("roi", "global"))
-    check("roi - global, image->report R@5", None if roi is None or glob is None else roi - glob,
-          ">= -0.01", lambda v: v >= -0.01)
+    roi = {metric: _seed_values(per_run, "roi", metric)
+           for metric in {m for m, *_ in IMAGE_LEVEL + REGION_LEVEL + ABSOLUTE}}
+    for metric, label, threshold in ABSOLUTE:
+        values = list(roi[metric].values())
+        mean = float(np.mean(values)) if values else None
+        rows.append(Target(f"roi {label}", mean, f">= {threshold:.2f}",
+                           None if mean is None else mean >= threshold))
+    for baseline in BASELINES:
+        for metrics, margin in ((IMAGE_LEVEL, None), (REGION_LEVEL, REGION_MARGIN)):
+            for metric, label in metrics:
+                other = _seed_values(per_run, baseline, metric)
+                seeds = sorted(set(roi[metric]) & set(other))
+                what = f"roi - {baseline}, {label}"
+                if not seeds:
+                    required = ">= 0 (interval)" if margin is None else f">= +{margin:.2f}"
+                    rows.append(Target(what, None, required, None, difference=True))
+                    continue
+                d = interval([roi[metric][s] - other[s] for s in seeds])
+                if margin is None:  # not worse: the interval reaches 0
+                    met, required = d["high"] >= 0, ">= 0 within the interval"
+                else:
+                    met, required = d["mean"] >= margin, f">= +{margin:.2f} (mean)"
+                rows.append(Target(what, d["mean"], required, bool(met), d["low"], d["high"],
+                                   difference=True))
     return rows
+
+
+def _cell(entry: dict | None, digits: int = 3) -> str:
+    if entry is None:
+        return "-"
+    value = f"{entry['mean']:.{digits}f}"
+    return value if entry["n"] < 2 else f"{value} [{entry['low']:.{digits}f}, " \
+                                         f"{entry['high']:.{digits}f}]"
 
 
 def markdown(summary: dict, per_run: dict, args: str, seeds) -> str:
@@ -139,25 +235,34 @@ def markdown(summary: dict, per_run: dict, args: str, seeds) -> str:
         f"Generated by `python experiments/ablation.py` on {datetime.date.today()} "
         f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()})."
         f" Seeds {', '.join(map(str, seeds))}; config arguments: `{args or '(defaults)'}`. "
-        "Mean ± standard deviation over seeds; evaluation on the synthetic test split.",
+        "Mean over seeds [95% interval: mean ± t(0.975, n-1)·s/√n]; evaluation on the "
+        "synthetic test split. The first row is the headline zero-shot protocol.",
         "",
         "| metric | " + " | ".join(variants) + " |",
         "|---|" + "---|" * len(variants),
     ]
-    for metric, label, _ in TABLE + (("run/wall_seconds", "wall time per run (s)", False),):
-        cells = []
-        for v in variants:
-            entry = summary[v].get(metric)
-            cells.append("-" if entry is None else
-                         f"{entry['mean']:.3f} ± {entry['std']:.3f}" if metric != "run/wall_seconds"
-                         else f"{entry['mean']:.0f}")
+    for metric, label, _ in TABLE:
+        cells = [_cell(summary[v].get(metric)) for v in variants]
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets", "", "| target | measured | required | met |", "|---|---|---|---|"]
-    for what, value, required, ok in targets(summary):
-        shown = "-" if value is None else f"{value:+.3f}" if "global" in what else f"{value:.3f}"
-        lines.append(f"| {what} | {shown} | {required} | "
-                     f"{'-' if ok is None else 'yes' if ok else 'no'} |")
+    walls = [summary[v].get("run/wall_seconds") for v in variants]
+    if any(walls):
+        lines.append("| wall time per run (s) | " + " | ".join(
+            "-" if w is None else f"{w['mean']:.0f}" for w in walls) + " |")
+    lines += ["", "## Targets", "",
+              "Differences are roi minus the baseline, paired by seed, with their 95% interval; "
+              "the global baselines' region scores are the better of their region head and the "
+              "crop baseline.", "",
+              "| target | measured | required | met |", "|---|---|---|---|"]
+    for row in targets(per_run):
+        if row.value is None:
+            shown = "-"
+        else:
+            shown = f"{row.value:+.3f}" if row.difference else f"{row.value:.3f}"
+            if row.low is not None and row.high is not None and row.low != row.high:
+                shown += f" [{row.low:+.3f}, {row.high:+.3f}]"
+        met = "-" if row.met is None else "yes" if row.met else "no"
+        lines.append(f"| {row.what} | {shown} | {row.required} | {met} |")
     lines += ["", "Runs: " + ", ".join(f"{v} ({len(per_run[v])} seeds)" for v in variants), ""]
     return "\n".join(lines)
 
@@ -186,8 +291,9 @@ def main():
     summary = aggregate(per_run)
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, "ablation.json"), "w") as f:
-        json.dump({"args": options.args, "seeds": seeds, "summary": summary, "runs": per_run},
-                  f, indent=1)
+        json.dump({"args": options.args, "seeds": seeds, "summary": summary,
+                   "targets": [dataclasses.asdict(t) for t in targets(per_run)],
+                   "runs": per_run}, f, indent=1)
     table = markdown(summary, per_run, options.args, seeds)
     with open(os.path.join(options.out, "ablation.md"), "w") as f:
         f.write(table)

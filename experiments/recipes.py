@@ -27,7 +27,7 @@ from concurrent import futures
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-BASE = "roi,dtype=bfloat16,steps=1600"
+BASE = "roi,steps=1600"
 IMPRESSION = {"data.report_sections": "impression_findings"}
 MLM = {"text_pretrain.steps": 300}
 MEAN_POOLS = {"model.vision.pooling": "mean", "model.text.pooling": "mean"}

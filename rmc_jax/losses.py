@@ -1,4 +1,5 @@
-"""The four training losses of region-aware CLIP, as pure JAX functions other code can import.
+"""The four training losses of region-aware CLIP (and the MedCLIP baseline's loss), as pure JAX
+functions other code can import.
 
 Every loss takes **L2-normalised** embeddings (similarity s(a, b) = a . b), a temperature
 tau > 0, and returns a float32 scalar: the mean over valid items. Logits are computed in
@@ -376,28 +377,56 @@ def roi_contrastive_loss(roi: Array, cap: Array, roi_mask: Array, temperature, *
     return _masked_mean(losses, valid, axis_name)
 
 
-def soft_target_contrastive_loss(img: Array, txt: Array, targets: Array, temperature) -> Array:
-    """Symmetric InfoNCE with soft targets (MedCLIP): pairs that share findings are not
-    treated as pure negatives.
+def medclip_labels(labels: Array, label_mask: Array) -> Array:
+    """Our label fields in MedCLIP's encoding: 1 positive, -1 negative, 0 unknown.
 
     Args:
-      img, txt: [N, E] L2-normalised embeddings.
-      targets: [N, N] non-negative affinities (e.g. label cosine similarity, 1 on the diagonal);
-        each row is normalised to a distribution for image -> text, each column for text -> image.
+      labels: [..., C] float, 1 = present, 0 = absent (``Example.labels``).
+      label_mask: [..., C] bool, False where the label is unknown, uncertain or not annotated
+        by the dataset (``Example.label_mask``).
+    Returns:
+      float32 [..., C]: 1 where known present, -1 where known absent, 0 where masked. A
+      'no finding' column is a class like any other: +1 on normal studies, -1 on abnormal ones.
+    """
+    known = label_mask.astype(bool)
+    return jnp.where(known, jnp.where(labels > 0, 1.0, -1.0), 0.0).astype(jnp.float32)
+
+
+def medclip_contrastive_loss(img: Array, txt: Array, img_labels: Array, txt_labels: Array,
+                             temperature) -> Array:
+    """MedCLIP's soft-target image-text loss (``ImageTextContrastiveLoss._soft_clip_loss`` of
+    the ``medclip`` package 0.0.3): pairs that share findings are not pure negatives.
+
+    logits = img @ txt.T / tau and S = img_labels @ txt_labels.T; image -> text targets are
+    softmax(S, axis=1), text -> image targets softmax(S.T, axis=1) (temperature 1, as MedCLIP);
+    each direction is -sum(targets * log_softmax(logits)) / N; the loss is their mean. Pairs
+    whose labels are all unknown (0) get uniform targets over the batch, as in MedCLIP.
+
+    Args:
+      img, txt: [N, E] L2-normalised image and report embeddings (row i of each is a pair).
+      img_labels, txt_labels: [N, C] labels of the images and of the texts in MedCLIP's
+        encoding, 1 positive / 0 unknown / -1 negative (``medclip_labels``); no gradient
+        flows into them.
       temperature: scalar tau > 0.
     Returns:
-      float32 scalar: 0.5 * (CE(image -> text) + CE(text -> image)) against the soft targets.
+      float32 scalar.
     """
     _check_pair("img", img, "txt", txt, 2)
-    if targets.shape != (img.shape[0],) * 2:
-        raise ValueError(f"targets must be [N, N] = {(img.shape[0],) * 2}, got {targets.shape}")
+    _check_pair("img_labels", img_labels, "txt_labels", txt_labels, 2)
+    if img_labels.shape[0] != img.shape[0]:
+        raise ValueError(f"img_labels must have one row per embedding: [N, C] with N = "
+                         f"{img.shape[0]}, got {img_labels.shape}")
     logits = _similarities(img, txt) * _inverse_temperature(temperature)
-    targets = jax.lax.stop_gradient(targets).astype(logits.dtype)
-    row = targets / jnp.maximum(targets.sum(1, keepdims=True), 1e-12)
-    col = targets / jnp.maximum(targets.sum(0, keepdims=True), 1e-12)
-    i2t = -(row * jax.nn.log_softmax(logits, axis=1)).sum(1).mean()
-    t2i = -(col * jax.nn.log_softmax(logits, axis=0)).sum(0).mean()
-    return 0.5 * (i2t + t2i)
+    img_labels, txt_labels = (jax.lax.stop_gradient(x).astype(logits.dtype)
+                              for x in (img_labels, txt_labels))
+    label_sim = img_labels @ txt_labels.T                                    # [N, N]
+    n = img.shape[0]
+
+    def soft_cross_entropy(scores, targets):  # rows of ``scores`` against rows of ``targets``
+        return -(jax.nn.softmax(targets, axis=1) * jax.nn.log_softmax(scores, axis=1)).sum() / n
+
+    return 0.5 * (soft_cross_entropy(logits, label_sim)
+                  + soft_cross_entropy(logits.T, label_sim.T))
 
 
 def negative_caption_loss(roi: Array, cap: Array, neg: Array, roi_mask: Array, neg_mask: Array,

@@ -35,7 +35,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
                          devices=devices)
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
+    """A parameter's path as the rules see it: 'image_encoder/encoder/block_0/attn/qkv/kernel'."""
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
@@ -60,7 +61,7 @@ def param_shardings(params, mesh: jax.sharding.Mesh, rules=()):
     """Tree of NamedSharding matching ``params`` (arrays or ShapeDtypeStructs)."""
     fsdp = mesh.shape[FSDP_AXIS]
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, partition_spec(_path_name(path), x.shape, fsdp,
+        lambda path, x: NamedSharding(mesh, partition_spec(path_name(path), x.shape, fsdp,
                                                            rules)), params)
 
 

@@ -10,9 +10,11 @@ import functools
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +30,13 @@ from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs, roi_align
+from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
+# 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
+# from label overlap (losses.medclip_contrastive_loss).
+GLOBAL_LOSSES = ("clip", "medclip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +72,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         except (OSError, ValueError) as error:
             fail(f"teacher.path = {config.teacher.get('path', '')!r} (teacher.source='hf' needs "
                  f"a pretrained CLIP directory, e.g. 'hf:/path/to/clip'): {error}")
+    if config.loss.global_loss not in GLOBAL_LOSSES:
+        fail(f"loss.global_loss = {config.loss.global_loss!r}; choose one of {GLOBAL_LOSSES}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
     if config.data.image_size != config.model.vision.image_size:
@@ -81,8 +89,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              f"{jax.process_count()} processes")
     if config.on_nonfinite not in ("stop", "skip"):
         fail(f"on_nonfinite = {config.on_nonfinite!r}; choose 'stop' or 'skip'")
+    _, frozen = tower_options(config.optimizer)
+    region_terms = [t for t in ("roi", "neg", "distill") if config.loss[f"{t}_weight"] > 0]
+    if set(frozen) == set(TOWERS) and not region_terms:
+        fail(f"optimizer.freeze = {config.optimizer.freeze!r} freezes both towers and no loss "
+             "term trains the region head (loss.roi/neg/distill_weight are 0): only the "
+             "temperature would train. Freeze one tower, or evaluate with --mode=eval")
     if config.progress_bar not in ("auto", "on", "off"):
         fail(f"progress_bar = {config.progress_bar!r}; choose 'auto', 'on' or 'off'")
+
+
+def resolve_compute_dtypes(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with each tower's ``dtype='auto'`` replaced by this backend's faster compute
+    dtype (``layers.fast_compute_dtype``), so the run's model_config.json records what ran."""
+    towers = [t for t in ("vision", "text") if config.model[t].dtype == AUTO_DTYPE]
+    if not towers:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for tower in towers:
+            config.model[tower].dtype = fast_compute_dtype()
+    print(f"compute dtype 'auto' of the {' and '.join(towers)} tower(s): "
+          f"{fast_compute_dtype()} on this {jax.default_backend()}", flush=True)
+    return config
 
 
 # =============================================================================================
@@ -116,20 +145,123 @@ def concept_prompts(label_names) -> list[str]:
 # =============================================================================================
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+# The optimiser's parameter groups: regexes on the parameter path (sharding.path_name, e.g.
+# 'image_encoder/encoder/block_0/attn/qkv/kernel'), first match wins, as in the partition rules.
+# A tower is its encoder and its projection into the shared space; everything else (the region
+# head and region projection, which learn on top of either tower, and the temperature) is
+# 'rest' and always trains at optimizer.learning_rate.
+TOWER_RULES = (
+    ("image", r"^(image_encoder|image_proj)/"),
+    ("text", r"^(text_encoder|text_proj)/"),
+)
+TOWERS = tuple(name for name, _ in TOWER_RULES)
+
+
+def tower_labels(params):
+    """The group of every parameter: a tree of 'image' / 'text' / 'rest' matching ``params``."""
+    def label(path, _):
+        name = shd.path_name(path)
+        return next((tower for tower, pattern in TOWER_RULES if re.search(pattern, name)),
+                    "rest")
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def tower_options(optimizer) -> tuple[dict[str, float], tuple[str, ...]]:
+    """``optimizer.tower_lr`` ('text=1e-4,image=5e-4': a tower's peak learning rate) and
+    ``optimizer.freeze`` ('image', 'text' or 'image,text'), parsed and checked:
+    -> ({tower: peak rate}, frozen towers)."""
+    def fail(message):
+        raise ValueError(f"invalid config: {message}")
+
+    def items(key):
+        return [part.strip() for part in str(optimizer.get(key, "") or "").split(",")
+                if part.strip()]
+
+    rates = {}
+    for item in items("tower_lr"):
+        tower, sep, value = (part.strip() for part in item.partition("="))
+        if not sep:
+            fail(f"optimizer.tower_lr: {item!r} is not TOWER=RATE (e.g. "
+                 f"--config.optimizer.tower_lr=text=1e-4,image=5e-4)")
+        if tower not in TOWERS:
+            fail(f"optimizer.tower_lr: unknown tower {tower!r}; the towers are {TOWERS} "
+                 "(the region head and the temperature train at optimizer.learning_rate)")
+        if tower in rates:
+            fail(f"optimizer.tower_lr gives {tower!r} two rates")
+        try:
+            rates[tower] = float(value)
+        except ValueError:
+            fail(f"optimizer.tower_lr: {tower}={value!r} is not a number")
+        if not (math.isfinite(rates[tower]) and rates[tower] > 0):
+            fail(f"optimizer.tower_lr: {tower}={value} must be a positive number (to stop a "
+                 f"tower training, use --config.optimizer.freeze={tower})")
+    frozen = tuple(dict.fromkeys(items("freeze")))
+    unknown = [t for t in frozen if t not in TOWERS]
+    if unknown:
+        fail(f"optimizer.freeze: unknown tower(s) {unknown}; choose from {TOWERS}, "
+             "comma-separated")
+    both = sorted(set(rates) & set(frozen))
+    if both:
+        fail(f"optimizer.tower_lr sets a rate for {both}, which optimizer.freeze freezes; "
+             "drop one of the two")
+    return rates, frozen
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, Callable]:
+    """AdamW with linear warmup, cosine decay and global-norm clipping -> (tx, learning_rates).
+
+    With ``optimizer.tower_lr`` or ``optimizer.freeze`` the parameters are split into the
+    groups of TOWER_RULES (``optax.partition``, formerly ``multi_transform``): each group follows
+    the same warmup/cosine shape to its own peak rate; a frozen tower gets no update, no weight
+    decay and no optimizer moments. ``learning_rates(step)`` gives the rates to log:
+    'learning_rate' (optimizer.learning_rate's schedule) and, when towers are configured,
+    'learning_rate/image' and 'learning_rate/text' (0 for a frozen tower).
+    """
     o = config.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-        decay_steps=max(config.total_steps, o.warmup_steps + 1),
-        end_value=o.learning_rate * o.end_learning_rate_factor)
+    rates, frozen = tower_options(o)
+
+    def schedule(peak):
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=peak, warmup_steps=o.warmup_steps,
+            decay_steps=max(config.total_steps, o.warmup_steps + 1),
+            end_value=peak * o.end_learning_rate_factor)
 
     def decay_mask(params):  # no weight decay on biases, norms, embeddings' 1-D params, tau
         return jax.tree.map(lambda x: x.ndim >= 2, params)
 
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.grad_clip_norm),
-        optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
-    return tx, schedule
+    def adamw(peak):
+        return optax.adamw(schedule(peak), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                           mask=decay_mask)
+
+    clip = optax.clip_by_global_norm(o.grad_clip_norm)
+    base = schedule(o.learning_rate)
+    if not rates and not frozen:  # one group: a plain AdamW state (checkpoints stay compatible)
+        return optax.chain(clip, adamw(o.learning_rate)), (
+            lambda step: {"learning_rate": base(step)})
+    peaks = {tower: rates.get(tower, o.learning_rate) for tower in TOWERS if tower not in frozen}
+    groups = {tower: adamw(peak) for tower, peak in peaks.items()}
+    groups.update({tower: optax.set_to_zero() for tower in frozen}, rest=adamw(o.learning_rate))
+    schedules = {tower: schedule(peak) for tower, peak in peaks.items()}
+
+    def learning_rates(step):
+        logged = {"learning_rate": base(step)}
+        for tower in TOWERS:
+            logged[f"learning_rate/{tower}"] = (schedules[tower](step) if tower in schedules
+                                                else jnp.zeros((), jnp.float32))
+        return logged
+
+    return optax.chain(clip, optax.partition(groups, tower_labels)), learning_rates
+
+
+def frozen_towers(params, config):
+    """``params`` with the towers of ``optimizer.freeze`` behind stop_gradient: no gradient is
+    computed for them (and none counts in the clipping norm or grad_norm)."""
+    _, frozen = tower_options(config.optimizer)
+    if not frozen:
+        return params
+    return jax.tree.map(lambda p, tower: jax.lax.stop_gradient(p) if tower in frozen else p,
+                        params, tower_labels(params))
 
 
 def init_state(model: RegionCLIP, tx, config, mesh, warm_start: dict | None = None):
@@ -179,13 +311,6 @@ def _roi_loss(regions, captions, mask, ids, temperature, **backend):
                                        **backend)
 
 
-def label_affinity(labels, label_mask):
-    """MedCLIP soft targets [B, B]: cosine similarity of known label vectors, 1 on the diagonal."""
-    y = jnp.where(label_mask, labels, 0.0)
-    y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-6)
-    return jnp.maximum(y @ y.T, jnp.eye(y.shape[0]))
-
-
 def batch_losses(params, teacher_params, batch, concepts, step, *, model, config, mesh):
     """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives."""
     apply = functools.partial(model.apply, {"params": params})
@@ -197,9 +322,12 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
     image_emb, grid = apply(images, method=RegionCLIP.image_features)
     report_emb = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
     terms = {}
-    if config.loss.soft_targets:
-        terms["global"] = losses.soft_target_contrastive_loss(
-            image_emb, report_emb, label_affinity(batch["labels"], batch["label_mask"]), tau)
+    if config.loss.global_loss == "medclip":
+        # MedCLIP's soft targets from label overlap; the report's labels are its image's. Dense
+        # on the global batch (XLA partitions it on a multi-device mesh), as in MedCLIP.
+        labels = losses.medclip_labels(batch["labels"], batch["label_mask"])
+        terms["global"] = losses.medclip_contrastive_loss(image_emb, report_emb, labels, labels,
+                                                          tau)
     else:
         terms["global"] = _contrastive(mesh, config, losses.global_contrastive_loss,
                                        image_emb, report_emb, tau)
@@ -302,9 +430,13 @@ def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size)
 # =============================================================================================
 
 
-def make_train_step(model, tx, schedule, config, mesh, state_sharding):
-    loss_fn = functools.partial(batch_losses, model=model, config=config, mesh=mesh)
+def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
+    """The jitted step; ``tx`` and ``learning_rates`` as ``make_optimizer`` returns them."""
+    losses_of = functools.partial(batch_losses, model=model, config=config, mesh=mesh)
     ema = config.teacher.source == "ema"
+
+    def loss_fn(params, *args):
+        return losses_of(frozen_towers(params, config), *args)
 
     def step_fn(state, batch, concepts, frozen_teacher):
         teacher = state.get("teacher", frozen_teacher)
@@ -321,7 +453,7 @@ def make_train_step(model, tx, schedule, config, mesh, state_sharding):
         # A non-finite step never touches the state (the host then stops or skips it).
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
                                  dict(state, step=state["step"] + 1))
-        logs.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state["step"]),
+        logs.update(learning_rates(state["step"]), grad_norm=optax.tree.norm(grads),
                     finite=finite)
         return new_state, logs
 
@@ -368,6 +500,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return), so that an interrupted-and-resumed run can be compared with a straight one.
     """
     config = pretrained.resolve_config(config)  # model/image size/tokenizer of config.init
+    config = resolve_compute_dtypes(config)
     check_config(config)
     os.makedirs(workdir, exist_ok=True)
     pretrained.save_run_config(workdir, config)
@@ -398,7 +531,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- model, optimiser, state ------------------------------------------------------------
     model = build_model(config.model)
-    tx, schedule = make_optimizer(config)
+    tx, learning_rates = make_optimizer(config)
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
     # A resumed run restores every parameter; only a fresh one needs the text warm start.
     warm = ({} if checkpointer.latest_step() is not None else
@@ -412,7 +545,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         print(f"resumed from step {int(state['step'])} in {checkpointer.directory}", flush=True)
     frozen_teacher = load_frozen_teacher(config, state, mesh,
                                          concept_prompts(train_source.label_names))
-    train_step = make_train_step(model, tx, schedule, config, mesh, state_sharding)
+    train_step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding)
 
     # ---- loop -------------------------------------------------------------------------------
     progress = {"auto": None, "on": True, "off": False}[config.progress_bar]

@@ -1,66 +1,133 @@
-"""The ablation script's aggregation, table and target checks (no training here)."""
+"""The ablation script's aggregation, intervals, table and target checks (no training here)."""
 
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 import ablation  # noqa: E402
 
 
+def result(auroc, acc=0.75, r5=0.45, r1=0.70, lat=0.98, lesion=0.5, point=0.65, crop=None):
+    out = {"zeroshot/auroc_mean": auroc, "zeroshot/accuracy_single_label": acc,
+           "retrieval/image_to_report_R@5": r5, "retrieval/report_to_image_R@5": r5,
+           "regions/region_to_caption_semantic_R@1": r1,
+           "hard_negatives/accuracy/laterality": lat, "lesion_retrieval/R@5": lesion,
+           "grounding/pointing_accuracy": point}
+    if crop is not None:  # the crop baseline's region scores
+        out.update({"regions_crop/region_to_caption_semantic_R@1": crop,
+                    "hard_negatives_crop/accuracy/laterality": crop,
+                    "lesion_retrieval_crop/R@5": crop})
+    return out
+
+
 def fake_runs():
-    def result(auroc, lat, r1, crop=None, r5=0.1):
-        out = {"zeroshot/auroc_mean": auroc, "hard_negatives/accuracy/laterality": lat,
-               "regions/region_to_caption_semantic_R@1": r1,
-               "retrieval/image_to_report_R@5": r5}
-        if crop is not None:
-            out["regions_crop/region_to_caption_semantic_R@1"] = crop
-        return out
-
-    return {"roi": {"0": result(0.92, 0.96, 0.70), "1": result(0.94, 0.98, 0.62)},
-            "global": {"0": result(0.80, 0.50, 0.05, crop=0.30),
-                       "1": result(0.82, 0.52, 0.07, crop=0.34, r5=0.14)}}
+    return {
+        "roi": {"0": result(0.92, r1=0.70), "1": result(0.94, r1=0.62),
+                "2": result(0.93, r1=0.66)},
+        "global": {"0": result(0.90, r5=0.50, r1=0.05, lat=0.5, lesion=0.05, crop=0.30),
+                   "1": result(0.91, r5=0.52, r1=0.07, lat=0.5, lesion=0.05, crop=0.34),
+                   "2": result(0.92, r5=0.51, r1=0.06, lat=0.5, lesion=0.05, crop=0.32)},
+        "medclip": {"0": result(0.95, r1=0.10, lat=0.6, lesion=0.1),
+                    "1": result(0.80, r1=0.12, lat=0.6, lesion=0.1)},
+    }
 
 
-def test_aggregate_mean_and_sample_std():
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 9, 30, 31, 45, 100, 1000):
+        assert ablation.t_quantile(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-4)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        ablation.t_quantile(0)
+
+
+def test_aggregate_mean_std_and_t_interval():
     summary = ablation.aggregate(fake_runs())
-    assert summary["roi"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.93)
-    assert summary["roi"]["zeroshot/auroc_mean"]["std"] == pytest.approx(0.01414, abs=1e-5)
-    assert summary["global"]["regions_crop/region_to_caption_semantic_R@1"]["n"] == 2
+    entry = summary["roi"]["zeroshot/auroc_mean"]
+    values = np.array([0.92, 0.94, 0.93])
+    half = 4.3027 * values.std(ddof=1) / np.sqrt(3)
+    assert entry["mean"] == pytest.approx(0.93) and entry["n"] == 3
+    assert entry["std"] == pytest.approx(0.01)
+    assert (entry["low"], entry["high"]) == (pytest.approx(0.93 - half), pytest.approx(0.93 + half))
+    assert summary["global"]["regions_crop/region_to_caption_semantic_R@1"]["n"] == 3
     assert "regions_crop/region_to_caption_semantic_R@1" not in summary["roi"]
+    single = ablation.aggregate({"roi": {"0": {"a": 0.5}}})["roi"]["a"]
+    assert single["low"] == single["high"] == 0.5 and single["std"] == 0.0
 
 
-def test_targets_use_head_for_roi_and_best_of_head_or_crop_for_global():
-    rows = {what: (value, ok) for what, value, _, ok in
-            ablation.targets(ablation.aggregate(fake_runs()))}
-    assert rows["roi zero-shot AUROC"] == (pytest.approx(0.93), True)
-    assert rows["roi semantic region->caption R@1"] == (pytest.approx(0.66), True)
-    # global's crop score (0.32) is its better region score: 0.66 - 0.32 = 0.34 >= 0.20.
-    assert rows["roi - global, semantic region->caption R@1"] == (pytest.approx(0.34), True)
-    assert rows["roi - global, laterality accuracy"] == (pytest.approx(0.46), True)
-    assert rows["roi - global, image->report R@5"] == (pytest.approx(-0.02), False)
+def test_targets_absolute_and_paired_differences():
+    rows = {t.what: t for t in ablation.targets(fake_runs())}
+    assert rows["roi zero-shot AUROC (headline)"].value == pytest.approx(0.93)
+    assert rows["roi zero-shot AUROC (headline)"].met is True
+    assert rows["roi semantic region->caption R@1"].met is True          # 0.66 >= 0.60
+    assert rows["roi laterality accuracy"].met is True                   # 0.98 >= 0.97
+    # roi is behind global on image->report R@5 every seed (0.45 vs 0.50-0.52): the interval
+    # of the paired difference stays below 0, so 'not worse' fails.
+    behind = rows["roi - global, image->report R@5"]
+    assert behind.value == pytest.approx(-0.06) and behind.high < 0 and behind.met is False
+    # Ahead of global by a little on zero-shot AUROC: met.
+    ahead = rows["roi - global, zero-shot AUROC"]
+    assert ahead.value == pytest.approx(0.02) and ahead.met is True
+    # medclip ran seeds 0 and 1 only: paired over those; a noisy baseline gives a wide
+    # interval that reaches 0 although roi's mean is lower on seed 0.
+    noisy = rows["roi - medclip, zero-shot AUROC"]
+    assert noisy.value == pytest.approx(((0.92 - 0.95) + (0.94 - 0.80)) / 2)
+    assert noisy.low < 0 < noisy.high and noisy.met is True
+    # global's region scores: its crop baseline (mean 0.32) beats its head (0.06), per seed.
+    region = rows["roi - global, semantic region->caption R@1"]
+    assert region.value == pytest.approx(0.66 - 0.32) and region.met is True
+    # ...while on laterality its head (0.5) beats its crop baseline (0.32).
+    assert rows["roi - global, laterality accuracy"].value == pytest.approx(0.98 - 0.5)
+    assert rows["roi - medclip, lesion description R@5"].value == pytest.approx(0.4)
+    assert len(rows) == 6 + 2 * (4 + 3)
 
 
-def test_markdown_table_lists_variants_and_missing_metrics():
-    summary = ablation.aggregate(fake_runs())
-    text = ablation.markdown(summary, fake_runs(), "steps=10", [0, 1])
-    assert "| metric | global | roi |" in text
-    assert "| zero-shot AUROC (mean) | 0.810 ± 0.014 | 0.930 ± 0.014 |" in text
-    assert "| region->caption semantic R@1 (crop) | 0.320 ± 0.028 | - |" in text
+def test_targets_missing_variants_are_not_measured():
+    rows = ablation.targets({"roi": fake_runs()["roi"]})
+    assert all(t.value is None and t.met is None for t in rows if " - " in t.what)
+    rows = ablation.targets({"roi": {"0": {}}})
+    assert all(t.met is None for t in rows)
+
+
+def test_markdown_table_headline_first_intervals_and_missing_metrics():
+    runs = fake_runs()
+    runs["global"]["0"]["run/wall_seconds"] = 100.0
+    text = ablation.markdown(ablation.aggregate(runs), runs, "steps=10", [0, 1, 2])
+    table = text.split("| metric | global | medclip | roi |\n|---|---|---|---|\n", 1)[1]
+    assert table.startswith("| zero-shot AUROC, headline (CheXzero pos/neg prompt ensembles) |")
+    first = table.split("\n", 1)[0]
+    assert "| 0.930 [0.905, 0.955] |" in first and "0.910 [0.885, 0.935]" in first
+    assert "| region->caption semantic R@1 (crop) | 0.320 [0.270, 0.370] | - | - |" in text
     assert "hard negatives: zone" not in text  # no run reports it
+    assert "| wall time per run (s) | 100 | - | - |" in text
+    assert "| roi - global, image->report R@5 | -0.060 [" in text
+    assert "| >= 0 within the interval | no |" in text
+    assert "| roi zero-shot AUROC (headline) | 0.930 | >= 0.90 | yes |" in text
+
+
+def test_stale_results_are_refused(tmp_path):
+    results = tmp_path / "roi-seed0" / "eval" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text('{"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_posneg": 0.72}')
+    with pytest.raises(SystemExit, match="older rmc_jax"):
+        ablation.run("roi", 0, "", str(tmp_path))
+    results.write_text('{"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}')
+    assert ablation.run("roi", 0, "", str(tmp_path))["zeroshot/auroc_mean"] == 0.7
 
 
 def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nintro\n\n## Next\n")
-    table = ablation.markdown(ablation.aggregate(fake_runs()), fake_runs(), "steps=10", [0, 1])
+    runs = fake_runs()
+    table = ablation.markdown(ablation.aggregate(runs), runs, "steps=10", [0, 1, 2])
     ablation.write_readme(table, str(readme))
     first = readme.read_text()
     assert first.startswith("# Title\n\nintro\n\n## Next\n")
     assert "<!-- ablation.py: begin -->" in first and "<!-- ablation.py: end -->" in first
     assert "# Ablation on the embedded" not in first and "#### Targets" in first
-    assert "| zero-shot AUROC (mean) | 0.810 ± 0.014 | 0.930 ± 0.014 |" in first
+    assert "| 0.930 [0.905, 0.955] |" in first
     ablation.write_readme(table.replace("0.930", "0.999"), str(readme))  # rerun: replaced
     second = readme.read_text()
     assert second.count("<!-- ablation.py: begin -->") == 1 and "0.999" in second

@@ -58,17 +58,90 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
             prompt_dirs[text] = key
         return _normal(np.array(out) + 0.01 * rng.normal(size=(len(out), 16)))
 
+    raw = {}
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=50)
+                              bootstrap=50, raw=raw)
     assert results["zeroshot/auroc/nodule"] == 1.0
     assert results["zeroshot/auroc/pleural_effusion"] == 1.0
-    assert results["zeroshot/auroc_mean_posneg"] > 0.95
+    assert results["zeroshot/auroc_mean"] > 0.95 and results["zeroshot/auroc_mean_ensemble"] > 0.9
     assert results["zeroshot/auroc_mean_ci_low"] <= results["zeroshot/auroc_mean"] <= \
         results["zeroshot/auroc_mean_ci_high"]
+    assert results["zeroshot/classes"] == 3 and results["zeroshot/classes_skipped"] == 0
+    assert "notes" not in raw
+    # The headline's per-class scores are p(positive) of the pos/neg pair; the accuracy is their
+    # argmax over classes on single-label images (here the 30 with one positive class).
+    probability = np.stack([raw["roc"]["zeroshot"][n][0] for n in names], 1)
+    assert np.all((probability >= 0) & (probability <= 1))
+    single = labels.sum(1) == 1
+    assert results["zeroshot/accuracy_single_label"] == pytest.approx(
+        np.mean(probability[single].argmax(1) == labels[single].argmax(1)))
     # 'No Finding' has its own prompts: never the inverted "no {}" template.
     assert not any(p.startswith("no no finding") for p in prompt_dirs)
     assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
         "no acute cardiopulmonary process"
+
+
+def test_zero_shot_needs_negatives_where_positive_prompts_alone_fail():
+    """Images of a finding sit near the *negated* finding (what reports mostly say): a positive
+    prompt alone ranks them wrongly, the positive/negative pair recovers them."""
+    rng = np.random.default_rng(3)
+    names = ("edema", "nodule")
+    labels = (rng.random((60, 2)) > 0.5).astype(np.float32)
+    axes = _normal(rng.normal(size=(3, 8)))      # normal study, edema, nodule
+    images = _normal(axes[0] + labels @ axes[1:] + 0.05 * rng.normal(size=(60, 8)))
+
+    def embed_texts(texts):  # "edema" and "no edema" both sit near normal studies
+        out = []
+        for text in texts:
+            direction = axes[1] if "edema" in text else axes[2]
+            negated = text.startswith(("no ", "there is no"))
+            out.append(axes[0] + (-0.2 if negated else 0.2) * direction)
+        return _normal(np.array(out))
+
+    results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
+                              bootstrap=0)
+    assert results["zeroshot/auroc_mean_ensemble"] < 0.5 < 0.9 < results["zeroshot/auroc_mean"]
+
+
+def test_zero_shot_on_positive_only_labels_skips_with_a_reason(tmp_path):
+    """MS-CXR-like label sets mark only present findings: no class has a negative example, so
+    there is no AUROC, no warning, no empty ROC figure, and report.md says why."""
+    import warnings
+
+    from rmc_jax.evaluate import report
+
+    rng = np.random.default_rng(0)
+    names = ("nodule", "pneumothorax", "edema")
+    labels = np.zeros((12, 3), np.float32)
+    labels[:8, 0] = labels[8:, 1] = 1
+    known = labels > 0                      # only positives are known; edema never appears
+    images = _normal(rng.normal(size=(12, 8)))
+
+    def embed_texts(texts):
+        return _normal(rng.normal(size=(len(texts), 8)))
+
+    raw = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = tasks.zero_shot(images, labels, known, names, embed_texts, raw=raw)
+        path = report.write_report(results, raw, str(tmp_path))
+    assert not any(k.startswith(("zeroshot/auroc", "zeroshot/accuracy")) for k in results)
+    assert results["zeroshot/classes"] == 0 and results["zeroshot/classes_skipped"] == 3
+    assert "roc" not in raw and not list(tmp_path.glob("roc_*.png"))
+    text = open(path).read()
+    assert "## Notes" in text and ("no AUROC for 3 of 3 classes (an AUROC needs a known "
+                                   "positive and a known negative example): nodule (no negative "
+                                   "example), pneumothorax (no negative example), edema (no "
+                                   "known label)") in text
+    # One class with both kinds of example: scored, the others still named.
+    known[:2, 1] = True
+    raw = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        results = tasks.zero_shot(images, labels, known, names, embed_texts, raw=raw)
+    assert set(raw["roc"]["zeroshot"]) == {"pneumothorax"}
+    assert results["zeroshot/auroc_mean"] == results["zeroshot/auroc/pneumothorax"]
+    assert results["zeroshot/classes_skipped"] == 2
 
 
 def _region_data(n=6, r=2, e=8, k=5, seed=0, noise=0.0):
@@ -142,7 +215,7 @@ def test_retrieval_leaves_out_examples_without_a_report():
     # ("sharing" the empty report) nor crowd the candidates.
     assert len(raw["ranks"]["retrieval/image_to_report"]) == 2
     assert results["retrieval/image_to_report_R@1"] == 0.5
-    assert "retrieval" not in raw.get("notes", {})
+    assert "notes" not in raw
 
 
 def test_no_retrieval_numbers_without_reports():
@@ -154,8 +227,8 @@ def test_no_retrieval_numbers_without_reports():
                                            raw=raw)
     # Every empty report "shares" the same text: scored, that would be R@1 = 1.000.
     assert results == {"x/retrieval/examples": 0.0, "x/retrieval/left_out_no_report": 4.0}
-    assert raw["notes"]["x/retrieval"] == ("not computed: 0 of the 4 examples have report text "
-                                          "(image-report retrieval ranks at least 2)")
+    assert raw["notes"] == ["`x/retrieval`: not computed: 0 of the 4 examples have report "
+                            "text (image-report retrieval ranks at least 2)"]
     one = tasks.image_report_retrieval(emb, emb, np.arange(4, dtype=np.uint64),
                                        has_report=np.array([1, 0, 0, 0], bool))
     assert set(one) == {"retrieval/examples", "retrieval/left_out_no_report"}

@@ -119,11 +119,11 @@ def test_report_names_the_bad_examples_and_says_why_a_task_is_absent(tmp_path):
                "ms_cxr/skipped": 2.0}
     raw = {"skipped": {"eval": ["mimic_cxr[3]: ImageDecodeError: cannot decode /d/3.jpg"],
                        "ms_cxr": ["ms_cxr[0]: OSError: /m/0.jpg", "ms_cxr[1]: OSError: /m/1.jpg"]},
-           "notes": {"retrieval": "not computed: 0 of the 15 examples have report text"}}
+           "notes": ["`retrieval`: not computed: 0 of the 15 examples have report text"]}
     text = open(report.write_report(results, raw, str(tmp_path))).read()
     assert "**1 bad example(s) left out of `eval`**" in text
     assert "- `mimic_cxr[3]: ImageDecodeError: cannot decode /d/3.jpg`" in text
     assert "**2 bad example(s) left out of `ms_cxr`**" in text and "`ms_cxr[1]: OSError" in text
-    assert "## Not computed\n\n- `retrieval`: not computed: 0 of the 15 examples have report " \
+    assert "## Notes\n\n- `retrieval`: not computed: 0 of the 15 examples have report " \
            "text" in text
     assert "| `eval/skipped` | 1 |" in text

@@ -171,19 +171,77 @@ def test_negative_caption_matches_numpy(rng):
     assert np.all(np.asarray(grads[2])[~neg_mask] == 0)
 
 
-def test_soft_targets_match_numpy_and_reduce_to_infonce(rng):
-    img, txt = normed(rng, 5, 4), normed(rng, 5, 4)
-    labels = (rng.random((5, 3)) > 0.5).astype(float)
-    targets = np.eye(5) + labels @ labels.T
-    value = L.soft_target_contrastive_loss(*f32(img, txt, targets), 0.2)
-    logits = img @ txt.T / 0.2
-    row, col = targets / targets.sum(1, keepdims=True), targets / targets.sum(0, keepdims=True)
-    log_row = logits - np.array([np_logsumexp(r) for r in logits])[:, None]
-    log_col = logits - np.array([np_logsumexp(c) for c in logits.T])[None, :]
-    expected = 0.5 * (-(row * log_row).sum(1).mean() - (col * log_col).sum(0).mean())
-    np.testing.assert_allclose(value, expected, rtol=1e-5)
-    identity = L.soft_target_contrastive_loss(*f32(img, txt, np.eye(5)), 0.2)
-    np.testing.assert_allclose(identity, np_global(img, txt, 0.2), rtol=1e-5)
+def medclip_package_losses():
+    """The ``medclip`` package's own ``medclip/losses.py`` (0.0.3), loaded by file path: the
+    package's ``__init__`` imports its models and with them torchvision, which the tests do not
+    install (``pip install --no-deps medclip==0.0.3``; losses.py itself needs torch only)."""
+    import importlib.metadata
+    import importlib.util
+    import os
+
+    pytest.importorskip("torch")
+    spec = importlib.util.find_spec("medclip")
+    if spec is None:
+        pytest.skip("the medclip package is not installed: pip install --no-deps medclip==0.0.3")
+    assert importlib.metadata.version("medclip") == "0.0.3"
+    path = os.path.join(spec.submodule_search_locations[0], "losses.py")
+    module_spec = importlib.util.spec_from_file_location("medclip_losses_0_0_3", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("n,c,tau", [(8, 5, 0.07), (6, 14, 0.5)])
+def test_medclip_loss_matches_the_medclip_package(rng, n, c, tau, dtype, rtol):
+    """Value and gradients (image and text embeddings) against MedCLIP's
+    ``ImageTextContrastiveLoss._soft_clip_loss`` on its logits img @ txt.T * exp(logit_scale)."""
+    import torch
+
+    reference = medclip_package_losses().ImageTextContrastiveLoss(model=None)
+    img, txt = normed(rng, n, 16).astype(dtype), normed(rng, n, 16).astype(dtype)
+    img_labels = rng.integers(-1, 2, (n, c)).astype(dtype)   # 1 / 0 / -1 as MedCLIP encodes
+    txt_labels = rng.integers(-1, 2, (n, c)).astype(dtype)
+    img_labels[0] = 0                                          # no label known at all
+    t_img, t_txt = (torch.tensor(x, requires_grad=True) for x in (img, txt))
+    scale = 1 / torch.tensor(tau, dtype=t_img.dtype)         # MedCLIPModel.compute_logits
+    logits = (torch.matmul(t_txt, t_img.t()) * scale).t()
+    expected = reference._soft_clip_loss(
+        logits, torch.matmul(torch.tensor(img_labels), torch.tensor(txt_labels).T))
+    expected.backward()
+    with jax.enable_x64(dtype == "float64"):
+        args = tuple(jnp.asarray(x, dtype) for x in (img, txt, img_labels, txt_labels))
+        value, grads = jax.value_and_grad(L.medclip_contrastive_loss, argnums=(0, 1))(
+            *args, jnp.asarray(tau, dtype))
+        assert value.dtype == dtype
+    np.testing.assert_allclose(value, expected.item(), rtol=rtol)
+    for grad, ref in zip(grads, (t_img.grad.numpy(), t_txt.grad.numpy())):
+        np.testing.assert_allclose(grad, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_medclip_labels_encoding_and_loss_properties(rng):
+    labels = jnp.array([[1, 0, 1, 0], [0, 0, 1, 1]], jnp.float32)
+    mask = jnp.array([[1, 1, 0, 0], [1, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(L.medclip_labels(labels, mask), [[1, -1, 0, 0], [-1, 0, 1, 1]])
+    img, txt = normed(rng, 6, 8), normed(rng, 6, 8)
+    y = L.medclip_labels(jnp.asarray(rng.random((6, 3)) > 0.5, jnp.float32),
+                         jnp.asarray(rng.random((6, 3)) > 0.2))
+    full = L.medclip_contrastive_loss(*f32(img, txt), y, y, 0.1)
+    half = L.medclip_contrastive_loss(jnp.asarray(img, jnp.bfloat16),
+                                      jnp.asarray(txt, jnp.bfloat16), y, y, 0.1)
+    assert half.dtype == jnp.float32 and full.shape == ()
+    np.testing.assert_allclose(half, full, rtol=2e-2)
+    batched = jax.vmap(jax.jit(L.medclip_contrastive_loss), in_axes=(0, 0, None, None, None))(
+        *f32(normed(rng, 2, 6, 8), normed(rng, 2, 6, 8)), y, y, 0.1)
+    assert batched.shape == (2,) and np.all(np.isfinite(batched))
+    # Very sharp label targets (one class shared by nobody else) approach plain InfoNCE.
+    sharp = 50.0 * jnp.eye(6)
+    np.testing.assert_allclose(L.medclip_contrastive_loss(*f32(img, txt), sharp, sharp, 0.1),
+                               np_global(img, txt, 0.1), rtol=1e-5)
+    with pytest.raises(ValueError, match="img_labels and txt_labels"):
+        L.medclip_contrastive_loss(*f32(img, txt), y, y[:, :2], 0.1)
+    with pytest.raises(ValueError, match="one row per embedding"):
+        L.medclip_contrastive_loss(*f32(img, txt), y[:4], y[:4], 0.1)
 
 
 @pytest.mark.parametrize("temps", [(1.0, 1.0), (0.01, 0.01), (0.5, 2.0)])

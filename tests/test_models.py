@@ -619,3 +619,22 @@ def test_bfloat16_attention_matches_float32_attention_on_the_same_inputs(causal)
     # Keys past each sequence's length get no attention and no gradient.
     grad_k = np.asarray(grads(g)[1], np.float32)
     assert np.all(grad_k[1, 7:] == 0) and np.all(grad_k[2, 4:] == 0)
+
+
+def test_auto_compute_dtype_is_bfloat16_where_bf16_units_exist(tmp_path, monkeypatch):
+    from rmc_jax.models import layers
+
+    intel = tmp_path / "amx"
+    intel.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    amd = tmp_path / "zen3"
+    amd.write_text("flags\t\t: fpu sse2 avx2 fma f16c vaes\n")
+    assert layers._cpu_has_bf16_units.__wrapped__(str(intel))
+    assert not layers._cpu_has_bf16_units.__wrapped__(str(amd))
+    assert not layers._cpu_has_bf16_units.__wrapped__(str(tmp_path / "missing"))
+    for units, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(layers, "_cpu_has_bf16_units", lambda units=units: units)
+        assert layers.fast_compute_dtype("cpu") == expected
+        assert layers.canonical_dtype("auto") == jnp.dtype(expected)  # this test runs on CPU
+        assert layers.fast_compute_dtype("gpu") == layers.fast_compute_dtype("tpu") == "bfloat16"
+    with pytest.raises(ValueError, match="'float32', 'bfloat16' or 'auto'"):
+        layers.canonical_dtype("bf16")

@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -21,8 +22,10 @@ from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
 
 def smoke(variant="roi", **overrides):
     config = get_config(f"{variant},steps=4" if variant != "smoke" else "smoke")
-    config.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2)
-    config.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32)
+    config.model.vision.update(image_size=32, patch_size=8, width=32, depth=1, num_heads=2,
+                               dtype="float32")
+    config.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
+                             dtype="float32")
     config.model.embed_dim, config.model.roi_output_size = 16, 2
     config.teacher.update(crop_size=16, warmup_steps=0)
     config.data.update(image_size=32, max_regions=4, num_negatives=2, max_text_len=32,
@@ -83,16 +86,82 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    # One data worker process: its iterator state is checkpointed and restored too.
-    straight = train.train(smoke(total_steps=6, **{"data.workers": 1}), str(tmp_path / "a"))
-    train.train(smoke(total_steps=6, checkpoint_every=100, **{"data.workers": 1}),
-                str(tmp_path / "b"), stop_at_step=3)
-    resumed = train.train(smoke(total_steps=6, **{"data.workers": 1}), str(tmp_path / "b"))
+    # With per-tower control (its own optimizer state: partitioned AdamW, nothing for the frozen
+    # image tower) and one data worker process, whose iterator state is checkpointed too.
+    towers = {"data.workers": 1, "optimizer.tower_lr": "text=2e-3", "optimizer.freeze": "image"}
+    straight = train.train(smoke(total_steps=6, **towers), str(tmp_path / "a"))
+    train.train(smoke(total_steps=6, checkpoint_every=100, **towers), str(tmp_path / "b"),
+                stop_at_step=3)
+    resumed = train.train(smoke(total_steps=6, **towers), str(tmp_path / "b"))
     for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # The frozen tower is bit-identical to its initialisation; the rest has moved.
+    config = smoke(total_steps=6, **towers)
+    model = train.build_model(config.model)
+    initial, _ = train.init_state(model, train.make_optimizer(config)[0], config,
+                                  shd.make_mesh(1, 1))
+    groups = train.tower_labels(initial["params"])
+    moved = {"image": [], "text": [], "rest": []}
+    for group, x, y in zip(jax.tree.leaves(groups), jax.tree.leaves(initial["params"]),
+                           jax.tree.leaves(straight["state"]["params"])):
+        moved[group].append(not np.array_equal(np.asarray(x), np.asarray(y)))
+    assert not any(moved["image"]) and all(moved["text"]), moved
+    assert any(moved["rest"]), moved
+    lines = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
+    assert all(x["learning_rate/image"] == 0 and x["learning_rate/text"] > x["learning_rate"]
+               for x in lines), lines
     # Another worker count reads the data in another order: refused, with the fix.
     with pytest.raises(ValueError, match=r"--config\.data\.workers=1"):
-        train.train(smoke(total_steps=8, **{"data.workers": 0}), str(tmp_path / "b"))
+        train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": 0})),
+                    str(tmp_path / "b"))
+
+
+def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
+    """One Adam step on constant gradients moves every unclipped leaf by exactly its group's
+    scheduled rate (weight decay off): the rate of each group is applied to its leaves only."""
+    config = smoke(total_steps=10, **{"optimizer.tower_lr": "text=1e-3, image=4e-4",
+                                      "optimizer.weight_decay": 0.0,
+                                      "optimizer.warmup_steps": 2})
+    model = train.build_model(config.model)
+    abstract = jax.eval_shape(lambda key: model.init(key, **train.example_inputs(model)),
+                              jax.random.key(0))["params"]
+    params = jax.tree.map(lambda x: np.full(x.shape, 0.5, x.dtype), abstract)
+    groups = train.tower_labels(params)
+    assert {g for g in jax.tree.leaves(groups)} == {"image", "text", "rest"}
+    named = {shd.path_name(path): group for path, group in
+             jax.tree_util.tree_flatten_with_path(groups)[0]}
+    assert named["image_proj/kernel"] == "image" and named["text_proj/kernel"] == "text"
+    assert named["log_inv_temperature"] == named["region_head/post/fc/kernel"] == \
+        named["region_proj/kernel"] == "rest"
+    tx, learning_rates = train.make_optimizer(config)
+    state, grads = tx.init(params), jax.tree.map(jnp.ones_like, params)
+    apply = jax.jit(tx.update)
+    for step in range(3):
+        updates, state = apply(grads, state, params)
+        rates = {k: float(v) for k, v in learning_rates(step).items()}
+        expected = {"image": rates["learning_rate/image"], "text": rates["learning_rate/text"],
+                    "rest": rates["learning_rate"]}
+        for group, update in zip(jax.tree.leaves(groups), jax.tree.leaves(updates)):
+            np.testing.assert_allclose(np.asarray(update), -expected[group], rtol=1e-5)
+    assert rates == pytest.approx({"learning_rate": 5e-4, "learning_rate/image": 4e-4,
+                                   "learning_rate/text": 1e-3})  # step 2: the peak
+    # Frozen (its parameters stay bit-identical: test_resume_is_bit_identical): no moments held
+    # for its leaves. Without tower options the state is the plain AdamW one (checkpoints of
+    # earlier runs restore).
+    frozen = smoke(**{"optimizer.freeze": "image"})
+    tx, learning_rates = train.make_optimizer(frozen)
+    sizes = {g: sum(x.size for x, l in zip(jax.tree.leaves(params), jax.tree.leaves(groups))
+                    if l == g) for g in ("image", "text", "rest")}
+    moments = sum(x.size for x in jax.tree.leaves(tx.init(params))
+                  if jnp.issubdtype(x.dtype, jnp.floating))
+    assert moments == 2 * (sizes["text"] + sizes["rest"])
+    assert float(learning_rates(3)["learning_rate/image"]) == 0.0
+    plain, learning_rates = train.make_optimizer(smoke())
+    assert jax.tree.structure(plain.init(params)) == jax.tree.structure(optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(optax.constant_schedule(1e-3),
+                    mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))).init(params))
+    assert set(learning_rates(0)) == {"learning_rate"}
 
 
 def _fixed_batch_setup(config, mesh):
@@ -186,6 +255,15 @@ def test_fsdp_mesh_shards_parameters():
     ({"data.image_size": 64}, "data.image_size = 64 differs"),
     ({"loss.backend": "allreduce"}, "loss.backend"),
     ({"data.max_caption_len": 64}, "exceed model.text.max_len"),
+    ({"optimizer.tower_lr": "vision=1e-4"}, "unknown tower 'vision'; the towers are"),
+    ({"optimizer.tower_lr": "text:1e-4"}, "is not TOWER=RATE"),
+    ({"optimizer.tower_lr": "text=fast"}, "text='fast' is not a number"),
+    ({"optimizer.tower_lr": "text=0"}, "optimizer.freeze=text"),
+    ({"optimizer.freeze": "image,vision"}, r"unknown tower\(s\) \['vision'\]"),
+    ({"optimizer.freeze": "text", "optimizer.tower_lr": "text=1e-4"}, "drop one of the two"),
+    ({"optimizer.freeze": "image,text", "loss.roi_weight": 0.0, "loss.neg_weight": 0.0,
+      "loss.distill_weight": 0.0}, "only the temperature would train"),
+    ({"loss.global_loss": "siglip"}, "loss.global_loss"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -355,3 +433,19 @@ def test_checkpoint_from_one_device_restores_on_eight_and_back(tmp_path):
     back = train.train(smoke(total_steps=5, **one), str(tmp_path))
     assert int(back["state"]["step"]) == 5
     assert len(back["state"]["params"]["image_proj"]["kernel"].sharding.device_set) == 1
+
+
+def test_auto_dtype_resolves_to_the_backends_faster_one(monkeypatch):
+    from configs.base import get_config as base_config
+    from rmc_jax.models import layers
+
+    config = base_config("roi")
+    assert config.model.vision.dtype == config.model.text.dtype == "auto"
+    assert base_config("smoke").model.vision.dtype == "float32"  # tests: same numbers anywhere
+    for units, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(layers, "_cpu_has_bf16_units", lambda units=units: units)
+        resolved = train.resolve_compute_dtypes(config)
+        assert resolved.model.vision.dtype == resolved.model.text.dtype == expected
+        assert config.model.vision.dtype == "auto"  # a copy; the user's config is untouched
+    pinned = base_config("roi,dtype=float32")
+    assert train.resolve_compute_dtypes(pinned) is pinned

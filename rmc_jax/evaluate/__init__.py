@@ -306,9 +306,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
 
 def summary(results: dict) -> str:
-    """A few headline numbers for the end of a run."""
-    keys = ["zeroshot/auroc_mean", "retrieval/image_to_report_R@5",
-            "regions/region_to_caption_semantic_R@1", "hard_negatives/accuracy/laterality"]
+    """A few headline numbers for the end of a run (zero-shot: the CheXzero pos/neg protocol),
+    and the bad examples left out of each evaluated split."""
+    keys = ["zeroshot/auroc_mean", "zeroshot/accuracy_single_label",
+            "retrieval/image_to_report_R@5", "regions/region_to_caption_semantic_R@1",
+            "hard_negatives/accuracy/laterality", "grounding/pointing_accuracy"]
     line = "  ".join(f"{k}={results[k]:.3f}" for k in keys
                      if k in results and np.isfinite(results[k]))
     skipped = {k: int(v) for k, v in results.items() if k.endswith("/skipped") and v}

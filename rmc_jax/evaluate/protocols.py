@@ -11,15 +11,18 @@ protocol           what is measured (metric names)
 chexpert_5x200     5-way zero-shot classification of the pinned "GLoRIA-style" CheXpert 5x200
                    (``chexpert.CheXpert5x200``: frontal train images positive for exactly one
                    competition label, 200 per class, seed 0, or the CSV in
-                   ``datasets.chexpert_5x200_csv``): argmax over the 5 classes' prompt
-                   ensembles, ``chexpert_5x200/zeroshot/accuracy_single_label``; also the
+                   ``datasets.chexpert_5x200_csv``): argmax over the 5 classes of the
+                   headline p(positive) (``tasks.zero_shot``),
+                   ``chexpert_5x200/zeroshot/accuracy_single_label`` (the argmax over the
+                   positive-prompt ensembles of GLoRIA/MedCLIP: ``..._ensemble``); also the
                    one-vs-rest ``chexpert_5x200/zeroshot/auroc/<class>``, ``.../auroc_mean``.
 chexpert_test      the CheXpert test set (``test_labels.csv`` / ``groundtruth.csv``, frontal
                    images, under ``datasets.chexpert_test`` or else ``datasets.chexpert``):
                    ``chexpert_test/zeroshot/auroc_mean`` over the 5 competition labels
                    (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), per class
-                   ``chexpert_test/zeroshot/auroc/<class>``, CheXzero's positive/negative prompt
-                   softmax ``chexpert_test/zeroshot/auroc_mean_posneg``.
+                   ``chexpert_test/zeroshot/auroc/<class>``, all under CheXzero's
+                   positive/negative prompt softmax (its 0.889 is this number); the
+                   positive-prompt ensemble alone: ``.../auroc_mean_ensemble``.
 rsna_pneumonia     pneumonia (Target 1) vs normal (class 'Normal' of
                    ``stage_2_detailed_class_info.csv``; every Target 0 image when that file is
                    absent): softmax over the two classes' prompt ensembles,

@@ -12,7 +12,10 @@ Figures (PNG, next to the report):
 * ``hard_negatives.png``: hard-negative accuracy per perturbation type (region head and crop
   baseline), chance at 0.5.
 
-The report starts with a table of headline numbers, then the figures, then every metric.
+The report starts with the bad examples left out of each split, by name (``raw['skipped']``),
+a table of headline numbers, then notes on what could not be measured (``raw['notes']``, e.g.
+zero-shot classes without a negative example, retrieval without reports), the figures, and
+every metric.
 Plots use matplotlib's Agg backend through ``Figure`` objects (no pyplot state, no display).
 """
 
@@ -37,9 +40,12 @@ from rmc_jax.evaluate import metrics as M  # noqa: E402
 
 # (metric, what it is) in the order of the headline table; absent metrics are skipped.
 HEADLINE = (
-    ("zeroshot/auroc_mean", "zero-shot AUROC, mean over classes (prompt ensemble)"),
-    ("zeroshot/auroc_mean_posneg", "zero-shot AUROC, CheXzero positive/negative prompts"),
-    ("zeroshot/accuracy_single_label", "zero-shot accuracy on single-label images"),
+    ("zeroshot/auroc_mean", "zero-shot AUROC, mean over classes: the headline protocol, "
+     "CheXzero's softmax over positive/negative prompt ensembles"),
+    ("zeroshot/accuracy_single_label", "zero-shot accuracy on single-label images: argmax of "
+     "p(positive) over the classes"),
+    ("zeroshot/auroc_mean_ensemble", "zero-shot AUROC, positive-prompt ensemble alone "
+     "(secondary)"),
     ("retrieval/image_to_report_R@5", "image -> report R@5"),
     ("retrieval/report_to_image_R@5", "report -> image R@5"),
     ("regions/region_to_caption_R@1", "region -> caption R@1 (region head)"),
@@ -59,7 +65,8 @@ HEADLINE = (
     ("grounding/pointing_accuracy", "phrase grounding pointing accuracy"),
     ("chexpert_5x200/zeroshot/accuracy_single_label", "CheXpert 5x200 5-way accuracy"),
     ("chexpert_test/zeroshot/auroc_mean", "CheXpert test mean AUROC (5 competition labels)"),
-    ("chexpert_test/zeroshot/auroc_mean_posneg", "CheXpert test mean AUROC, CheXzero prompts"),
+    ("chexpert_test/zeroshot/auroc_mean_ensemble",
+     "CheXpert test mean AUROC, positive-prompt ensemble alone (secondary)"),
     ("rsna_pneumonia/zeroshot/auroc", "RSNA pneumonia vs normal AUROC"),
     ("rsna_pneumonia/zeroshot/accuracy", "RSNA pneumonia vs normal accuracy"),
     ("ms_cxr/grounding/cnr", "MS-CXR grounding CNR"),
@@ -87,16 +94,19 @@ def plot_roc(curves: dict, title: str, path: str) -> str:
     figure = Figure(figsize=(5.5, 5))
     ax = figure.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    drawn = 0
     for name, (scores, labels) in curves.items():
         fpr, tpr = M.roc_curve(scores, labels)
         if not len(fpr):
             continue
+        drawn += 1
         ax.plot(fpr, tpr, linewidth=1.4,
                 label=f"{name} ({M.auroc(scores, labels):.3f}, n+={int(np.sum(labels))})")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
            title=title)
-    ax.legend(fontsize=7, loc="lower right", title="class (AUROC, positives)",
-              title_fontsize=7)
+    if drawn:
+        ax.legend(fontsize=7, loc="lower right", title="class (AUROC, positives)",
+                  title_fontsize=7)
     figure.tight_layout()
     return _save(figure, path)
 
@@ -200,17 +210,13 @@ def _format(value: float) -> str:
 
 
 def _left_out(finite: dict, raw: dict) -> list[str]:
-    """Report lines on what the numbers do not cover: the bad examples left out of each split
-    (named) and the tasks not computed, with the reason."""
+    """Report lines naming the bad examples left out of each split (``raw['skipped']``)."""
     lines = []
     for split, names in raw.get("skipped", {}).items():
         count = int(finite.get(f"{split}/skipped", len(names)))
         lines += [f"**{count} bad example(s) left out of `{split}`** (could not be read or "
                   "prepared; every metric covers the readable examples only):", ""]
         lines += [f"- `{name}`" for name in names] + [""]
-    if raw.get("notes"):
-        lines += ["## Not computed", ""]
-        lines += [f"- `{key}`: {text}" for key, text in sorted(raw["notes"].items())] + [""]
     return lines
 
 
@@ -220,7 +226,7 @@ def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax
     os.makedirs(directory, exist_ok=True)
     figures = []
     for group, curves in raw.get("roc", {}).items():
-        if curves:
+        if any(0 < np.sum(labels) < len(labels) for _, labels in curves.values()):
             name = f"roc_{_file_name(group)}.png"
             plot_roc(curves, f"ROC per class: {group}", os.path.join(directory, name))
             figures.append((f"ROC curves: {group}", name))
@@ -250,6 +256,8 @@ def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax
                 value += f" [{low:.3f}, {high:.3f}]"
             lines.append(f"| `{key}` | {value} | {meaning} |")
     lines.append("")
+    if raw.get("notes"):  # what was not measured, and why
+        lines += ["## Notes", ""] + [f"- {note}" for note in raw["notes"]] + [""]
     for caption, name in figures:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     lines += ["## All metrics", "", "| metric | value |", "|---|---|"]

@@ -1,8 +1,10 @@
 """The evaluation tasks, each a function of embedded data -> flat ``{metric: number}``.
 
 Names are stable (documented in the README):
-  zeroshot/auroc/<class>, zeroshot/auroc_mean (+ _ci_low/_ci_high), zeroshot/auroc_mean_max,
-  zeroshot/auroc_mean_posneg, zeroshot/accuracy_single_label
+  zeroshot/auroc/<class>, zeroshot/auroc_mean (+ _ci_low/_ci_high), zeroshot/accuracy_single_label
+    (the headline: CheXzero positive/negative prompt ensembles), zeroshot/auroc_ensemble/<class>,
+    zeroshot/auroc_mean_ensemble, zeroshot/accuracy_single_label_ensemble (positive prompts
+    only), zeroshot/auroc_mean_max, zeroshot/classes, zeroshot/classes_skipped
   retrieval/image_to_report_R@K, retrieval/report_to_image_R@K, .../median_rank
   regions/region_to_caption_R@K, regions/region_to_caption_semantic_R@K,
   regions/caption_to_region_R@K, regions/caption_to_region_semantic_R@K
@@ -51,72 +53,124 @@ def _normalise(x, axis=-1):
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
+def _class_prompts(name: str, spec, label_names) -> dict[str, list[str]]:
+    """A class's {'positive': [...], 'negative': [...]}: a user's plain list (or a dict without
+    negatives) sets the positive prompts, the negatives stay the defaults."""
+    if isinstance(spec, (list, tuple)):
+        spec = {"positive": list(spec)}
+    negative = spec.get("negative") or default_prompts(label_names)[name]["negative"]
+    return {"positive": list(spec["positive"]), "negative": list(negative)}
+
+
+def _single_label_accuracy(scores, labels, label_mask):
+    """Accuracy of argmax(scores) over classes on the images with exactly one positive class
+    and every class known; None when there is no such image."""
+    single = (labels.sum(1) == 1) & label_mask.all(1)
+    if not single.any():
+        return None
+    predicted = scores[single].argmax(1)
+    return float(np.mean(labels[single][np.arange(single.sum()), predicted] == 1))
+
+
 def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=None,
               temperature=0.07, bootstrap: int = 200, *, prefix: str = "zeroshot",
               raw: dict | None = None) -> dict:
     """Zero-shot multi-label classification from prompt embeddings.
 
-    Scores per class: (a) image . mean of its prompt embeddings (ensemble) and the max over
-    prompts; (b) CheXzero: softmax over (positive, negative) prompt similarities.
-    ``embed_texts(list[str]) -> [n, E]`` embeds prompts; ``prompts`` is {class: [...]} or the
-    {class: {'positive': [...], 'negative': [...]}} form (defaults: ``default_prompts``).
-    ``raw['roc'][prefix][class]`` receives (ensemble scores, labels) of the known examples.
+    Headline, CheXzero's protocol with prompt ensembles on both sides: per class, the image's
+    cosine similarities to the normalised mean embedding of the class's positive prompts and to
+    that of its negative prompts, softmax over the pair at ``temperature`` -> p(positive).
+    Reports use most findings only in negations ("no pleural effusion"), so a positive prompt
+    alone lands near normal images; the negative prompts cancel that. Metrics:
+    ``<prefix>/auroc/<class>`` and ``<prefix>/auroc_mean`` of p(positive) (bootstrap 95%
+    interval ``_ci_low``/``_ci_high``), ``<prefix>/accuracy_single_label``: argmax of p(positive)
+    over the classes on images with exactly one positive class (every class known).
+    Secondary: the positive-prompt ensemble (image . mean positive prompt embedding, open_clip's
+    classifier) ``<prefix>/auroc_ensemble/<class>``, ``<prefix>/auroc_mean_ensemble``,
+    ``<prefix>/accuracy_single_label_ensemble``; the max over positive prompts
+    ``<prefix>/auroc_mean_max``.
+
+    A class needs a known positive and a known negative example for an AUROC (label sets that
+    mark only present findings, like MS-CXR's, have none): classes without are left out of
+    every AUROC, counted in ``<prefix>/classes_skipped`` and named, with the reason, in
+    ``raw['notes']``; ``<prefix>/classes`` counts the scored ones. ``embed_texts(list[str]) ->
+    [n, E]`` embeds prompts; ``prompts`` is {class: [...]} (positive prompts) or {class:
+    {'positive': [...], 'negative': [...]}} (defaults: ``default_prompts``).
+    ``raw['roc'][prefix][class]`` receives (p(positive), labels) of the known examples of each
+    scored class.
     """
     prompts = default_prompts(label_names) if prompts is None else prompts
-    results, ensemble_scores = {}, []
-    curves = raw.setdefault("roc", {}).setdefault(prefix, {}) if raw is not None else {}
-    per_class = {"ensemble": [], "max": [], "posneg": []}
+    results, skipped = {}, []
+    scores = {"posneg": [], "ensemble": []}          # [N] per class with prompts
+    aurocs = {"posneg": [], "ensemble": [], "max": []}
+    columns, scored = [], []
+    curves = {}
     for c, name in enumerate(label_names):
-        spec = prompts.get(name)
-        if spec is None:
+        if prompts.get(name) is None:
+            skipped.append(f"{name} (no prompts)")
             continue
-        if isinstance(spec, (list, tuple)):
-            spec = {"positive": list(spec), "negative": []}
+        spec = _class_prompts(name, prompts[name], label_names)
         positive = embed_texts(spec["positive"])
-        sims = image_emb @ positive.T                                     # [N, P]
         ensemble = image_emb @ _normalise(positive.mean(0))
-        scores = {"ensemble": ensemble, "max": sims.max(1)}
-        if spec.get("negative"):
-            negative = _normalise(embed_texts(spec["negative"]).mean(0))
-            logits = np.stack([ensemble, image_emb @ negative], 1) / temperature
-            logits -= logits.max(1, keepdims=True)
-            scores["posneg"] = np.exp(logits[:, 0]) / np.exp(logits).sum(1)
+        negative = image_emb @ _normalise(embed_texts(spec["negative"]).mean(0))
+        logits = np.stack([ensemble, negative], 1) / temperature
+        logits -= logits.max(1, keepdims=True)
+        posneg = np.exp(logits[:, 0]) / np.exp(logits).sum(1)
+        columns.append(c)
+        scores["posneg"].append(posneg)
+        scores["ensemble"].append(ensemble)
         known = label_mask[:, c].astype(bool)
-        for kind, score in scores.items():
-            value = M.auroc(score[known], labels[known, c])
-            per_class[kind].append(value)
-            if kind == "ensemble":
-                results[f"{prefix}/auroc/{name}"] = value
-                curves[name] = (score[known], labels[known, c])
-        ensemble_scores.append((c, ensemble))
-    means = {k: float(np.nanmean(v)) if v else float("nan") for k, v in per_class.items()}
-    results[f"{prefix}/auroc_mean"] = means["ensemble"]
-    results[f"{prefix}/auroc_mean_max"] = means["max"]
-    results[f"{prefix}/auroc_mean_posneg"] = means["posneg"]
-    if ensemble_scores and bootstrap:
-        columns = [c for c, _ in ensemble_scores]
-        score_matrix = np.stack([s for _, s in ensemble_scores], 1)
+        truth = labels[known, c] > 0
+        if not truth.any() or truth.all():
+            reason = ("no known label" if not known.any() else
+                      "no negative example" if truth.all() else "no positive example")
+            skipped.append(f"{name} ({reason})")
+            continue
+        scored.append(c)
+        by_kind = {"posneg": posneg, "ensemble": ensemble, "max": (image_emb @ positive.T).max(1)}
+        for kind, score in by_kind.items():
+            aurocs[kind].append(M.auroc(score[known], truth))
+        results[f"{prefix}/auroc/{name}"] = aurocs["posneg"][-1]
+        results[f"{prefix}/auroc_ensemble/{name}"] = aurocs["ensemble"][-1]
+        curves[name] = (posneg[known], labels[known, c])
+    results[f"{prefix}/classes"] = float(len(scored))
+    results[f"{prefix}/classes_skipped"] = float(len(skipped))
+    if skipped and raw is not None:
+        raw.setdefault("notes", []).append(
+            f"`{prefix}`: no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
+            f"needs a known positive and a known negative example): {', '.join(skipped)}.")
+    if curves and raw is not None:
+        raw.setdefault("roc", {})[prefix] = curves
+    if scored:
+        for kind, suffix in (("posneg", ""), ("ensemble", "_ensemble"), ("max", "_max")):
+            results[f"{prefix}/auroc_mean{suffix}"] = float(np.mean(aurocs[kind]))
+    if not columns:
+        return results
+    y, known = labels[:, columns], label_mask[:, columns].astype(bool)
+    matrices = {kind: np.stack(values, 1) for kind, values in scores.items()}
+    if scored and bootstrap:
+        keep = [columns.index(c) for c in scored]
 
-        def mean_auroc(scores, y, known):
-            values = [M.auroc(scores[known[:, i], i], y[known[:, i], i])
-                      for i in range(scores.shape[1])]
-            return np.nanmean(values) if np.isfinite(values).any() else np.nan
+        def mean_auroc(score, truth, mask):
+            values = [M.auroc(score[mask[:, i], i], truth[mask[:, i], i])
+                      for i in range(score.shape[1])]
+            finite = [v for v in values if np.isfinite(v)]
+            return float(np.mean(finite)) if finite else np.nan
 
-        low, high = M.bootstrap_ci(mean_auroc, score_matrix, labels[:, columns],
-                                   label_mask[:, columns].astype(bool), n=bootstrap)
+        low, high = M.bootstrap_ci(mean_auroc, matrices["posneg"][:, keep], y[:, keep],
+                                   known[:, keep], n=bootstrap)
         results[f"{prefix}/auroc_mean_ci_low"], results[f"{prefix}/auroc_mean_ci_high"] = low, high
-        single = (labels[:, columns].sum(1) == 1) & label_mask[:, columns].all(1)
-        if single.any():
-            predicted = score_matrix[single].argmax(1)
-            results[f"{prefix}/accuracy_single_label"] = float(
-                np.mean(labels[single][:, columns][np.arange(single.sum()), predicted] == 1))
+    for kind, suffix in (("posneg", ""), ("ensemble", "_ensemble")):
+        accuracy = _single_label_accuracy(matrices[kind], y, known)
+        if accuracy is not None:
+            results[f"{prefix}/accuracy_single_label{suffix}"] = accuracy
     return results
 
 
 def note(raw: dict | None, key: str, text: str) -> None:
-    """Say in the report why a task's metrics are absent: ``raw['notes'][key] = text``."""
+    """Say in the report (its Notes) what ``key``'s metrics leave out and why."""
     if raw is not None:
-        raw.setdefault("notes", {})[key] = text
+        raw.setdefault("notes", []).append(f"`{key}`: {text}")
 
 
 def image_report_retrieval(image_emb, report_emb, report_key, ks=(1, 5, 10), *,
@@ -128,7 +182,7 @@ def image_report_retrieval(image_emb, report_emb, report_key, ks=(1, 5, 10), *,
     Examples without report text are left out: an empty report describes nothing (and every
     empty report would "match" every other). ``<prefix>/examples`` and
     ``<prefix>/left_out_no_report`` count them; with fewer than 2 examples left there is
-    nothing to rank, the recall metrics are absent and ``raw['notes'][prefix]`` says why.
+    nothing to rank, the recall metrics are absent and ``raw['notes']`` says why.
     ``raw['ranks']['<prefix>/<direction>']`` receives each query's rank.
     """
     keep = (np.ones(len(image_emb), bool) if has_report is None
