@@ -316,5 +316,5 @@ def summary(results: dict) -> str:
     skipped = {k: int(v) for k, v in results.items() if k.endswith("/skipped") and v}
     if skipped:
         line += "  " + "  ".join(f"{k}={v}" for k, v in skipped.items()) + \
-            " (bad examples left out: eval/report.md names them)"
+            " (bad examples left out, named in the warnings and in eval/report.md)"
     return line
