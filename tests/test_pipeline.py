@@ -241,6 +241,18 @@ def test_training_epoch_holds_every_readable_example_once(tokenizer):
         "tiny[17]: ImageDecodeError: cannot decode image /data/17.png: truncated"}
 
 
+def test_a_bad_example_met_at_several_mixture_positions_has_one_name(tokenizer):
+    from rmc_jax.data.sources.mixture import Mixture
+
+    small = TinySource(2, bad={1})
+    small.name = "small"
+    mixture = Mixture([small, TinySource(6)], [1, 1])  # 'small' cycled to 6 positions
+    cfg = config(augment=False, max_bad_fraction=0.9)
+    got = list(pipe.make_dataset(mixture, cfg, tokenizer, batch_size=9, seed=0, train=False))
+    names = [n for b in got for lines in b["skipped_examples"] for n in lines.split("\n") if n]
+    assert names == ["small[1]: ImageDecodeError: cannot decode image /data/1.png: truncated"] * 3
+
+
 def test_restored_iterator_with_bad_examples_yields_the_same_batches(tokenizer):
     dataset = pipe.make_dataset(TinySource(24, bad={3, 10, 20}), config(), tokenizer,
                                 batch_size=4, seed=0, train=True)

@@ -169,7 +169,7 @@ class SkipLog:
 
 class RobustSource:
     """A source whose per-example errors become ``Skipped`` markers: item ``i`` is
-    ``(i, example)`` or ``Skipped(source name, i, reason)``, with a warning naming it.
+    ``(i, example)`` or ``Skipped(dataset, position, reason)``, with a warning naming it.
 
     Any ``Exception`` counts (an undecodable image, a truncated record, a malformed
     annotation, a missing file); KeyboardInterrupt and SystemExit are not caught.
@@ -182,18 +182,28 @@ class RobustSource:
     def __len__(self):
         return len(self.source)
 
+    def where(self, index: int) -> tuple[str, int]:
+        """(dataset name, position in it) of item ``index``: in a mixture, the dataset and
+        the position there, so that an example met at several mixture positions (the smaller
+        datasets are cycled) has one name."""
+        locate = getattr(self.source, "locate", None)
+        if locate is None:
+            return self.name, int(index)
+        k, position = locate(index)
+        return _source_name(self.source.sources[k]), int(position)
+
     def __getitem__(self, index):
-        item = attempt(self.source.__getitem__, self.name, index)
+        item = attempt(lambda: self.source[index], *self.where(index))
         return item if isinstance(item, Skipped) else (index, item)
 
 
 def attempt(read, source: str, index: int, what: str = "unreadable example",
             stage: str = ""):
-    """``read(index)``, or a ``Skipped`` marker (its reason ``stage`` + the error), with a
-    warning naming it, when that raises any ``Exception`` (KeyboardInterrupt and SystemExit
-    are not caught)."""
+    """``read()``, or a ``Skipped(source, index, stage + the error)`` marker, with a warning
+    naming it, when that raises any ``Exception`` (KeyboardInterrupt and SystemExit are not
+    caught). ``source[index]`` names the example read."""
     try:
-        return read(index)
+        return read()
     except Exception as error:  # noqa: BLE001 -- any bad example is skipped and named
         skipped = Skipped(source, int(index), _reason(error, stage))
         warnings.warn(f"skipping {what} {index} of {source}: {skipped.reason}", stacklevel=3)
@@ -206,15 +216,14 @@ def spread_texts(source, count: int, max_bad_fraction: float = 1.0):
     one cannot stop a corpus. An example whose text cannot be read (a corrupt record, a
     truncated scene graph) is left out with a warning naming it, within ``max_bad_fraction``
     of those read (``BadDataError`` beyond)."""
-    name = _source_name(source)
     if not hasattr(source, "texts"):
-        raise TypeError(f"data source {name!r} has no texts(index) -> (report, captions): every "
-                        "source gives an example's text without decoding its image "
-                        "(rmc_jax.data.sources.base.Source)")
-    log = SkipLog(max_bad_fraction, "examples' texts read")
+        raise TypeError(f"data source {_source_name(source)!r} has no texts(index) -> (report, "
+                        "captions): every source gives an example's text without decoding its "
+                        "image (rmc_jax.data.sources.base.Source)")
+    log, where = SkipLog(max_bad_fraction, "examples' texts read"), RobustSource(source).where
     count = min(count, len(source))
     for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
-        item = attempt(source.texts, name, index, "unreadable text of example")
+        item = attempt(lambda: source.texts(index), *where(index), "unreadable text of example")
         log.add(*((0, [item]) if isinstance(item, Skipped) else (1,)))
         log.check()
         if not isinstance(item, Skipped):
@@ -237,21 +246,21 @@ class Prepare(grain.transforms.RandomMap):
     at the bad-example budget, with the errors listed."""
 
     def __init__(self, config: PipelineConfig, tokenizer: Tokenizer, caption_tokenizer: Tokenizer,
-                 train: bool, source_name: str = "source"):
+                 train: bool, where=lambda index: ("source", index)):
         self.config = config
         self.tokenizer = tokenizer
         self.caption_tokenizer = caption_tokenizer
         self.train = train
-        self.source_name = source_name
+        self.where = where  # index -> (dataset name, position), as ``RobustSource.where``
 
     def random_map(self, item, rng: np.random.Generator):
         if isinstance(item, Skipped):
             return item
         index, example = item
-        out = attempt(lambda _: prepare_example(example, self.config, self.tokenizer,
-                                                self.caption_tokenizer,
-                                                rng if self.train else None),
-                      self.source_name, index, "example",
+        out = attempt(lambda: prepare_example(example, self.config, self.tokenizer,
+                                              self.caption_tokenizer,
+                                              rng if self.train else None),
+                      *self.where(index), "example",
                       f"{example.source}:{example.example_id}: cannot prepare: ")
         if not isinstance(out, Skipped):
             out["index"] = np.int32(index)
@@ -369,7 +378,7 @@ def prepared(source, config: PipelineConfig, tokenizer: Tokenizer, *, seed: int,
     if train:
         dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
     dataset = dataset[process_index::process_count]
-    return dataset.random_map(Prepare(config, tokenizer, caption_tokenizer, train, robust.name),
+    return dataset.random_map(Prepare(config, tokenizer, caption_tokenizer, train, robust.where),
                               seed=seed)
 
 
