@@ -458,17 +458,18 @@ class EvaluationBatches:
     def __iter__(self):
         self.log, self.count = SkipLog(self.log.limit, self.log.what), 0
         pending = []
-        for item in self.dataset.to_iter_dataset():
-            if isinstance(item, Skipped):
-                self.log.add(skipped=[item])
-                self.log.check()
-                continue
-            self.log.add(readable=1)
-            self.count += 1
-            pending.append(item)
-            if len(pending) == self.batch_size:
-                yield _stack(pending)
-                pending = []
+        with closing(iter(self.dataset.to_iter_dataset())) as items:  # stops the read-ahead
+            for item in items:
+                if isinstance(item, Skipped):
+                    self.log.add(skipped=[item])
+                    self.log.check()
+                    continue
+                self.log.add(readable=1)
+                self.count += 1
+                pending.append(item)
+                if len(pending) == self.batch_size:
+                    yield _stack(pending)
+                    pending = []
         self.log.check(complete=True)
         if pending:
             yield _stack(pending + pending[-1:] * (self.batch_size - len(pending)))
