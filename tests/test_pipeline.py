@@ -271,6 +271,9 @@ def test_restored_iterator_with_bad_examples_yields_the_same_batches(tokenizer):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
     assert sum(int(b["skipped"].sum()) for b in expected) >= 3  # a full epoch's skips
+    # The budget's counts resume too: the restored iterator judges as the first one does.
+    assert state["bad_examples"]["read"] == 16 + state["bad_examples"]["skipped"]
+    assert restored.get_state() == iterator.get_state()
 
 
 def test_over_the_budget_the_iterator_stops_with_the_list(tokenizer):

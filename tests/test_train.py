@@ -85,16 +85,46 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
     assert results == result["eval"] or set(results) <= set(result["eval"])
 
 
-def test_resume_is_bit_identical(tmp_path):
+class _EveryTenthUnreadable:
+    """A source whose examples 0, 10, 20, ... raise as unreadable images do."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if index % 10 == 0:
+            raise OSError(f"cannot identify image file '/data/{index}.png'")
+        return self.source[index]
+
+    def __getattr__(self, name):
+        if name == "source":  # not set yet while unpickling (in the input worker)
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable example")
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
     # With per-tower control (its own optimizer state: partitioned AdamW, nothing for the frozen
-    # image tower) and one data worker process, whose iterator state is checkpointed too.
-    towers = {"data.workers": 1, "optimizer.tower_lr": "text=2e-3", "optimizer.freeze": "image"}
+    # image tower), one data worker process, whose iterator state is checkpointed too, and bad
+    # examples skipped on both sides of the interruption, whose run total survives it.
+    towers = {"data.workers": 1, "optimizer.tower_lr": "text=2e-3", "optimizer.freeze": "image",
+              "data.max_bad_fraction": 0.2}
+    open_source = train.data_sources.open_source
+    monkeypatch.setattr(train.data_sources, "open_source",
+                        lambda *a, **k: _EveryTenthUnreadable(open_source(*a, **k)))
     straight = train.train(smoke(total_steps=6, **towers), str(tmp_path / "a"))
     train.train(smoke(total_steps=6, checkpoint_every=100, **towers), str(tmp_path / "b"),
                 stop_at_step=3)
     resumed = train.train(smoke(total_steps=6, **towers), str(tmp_path / "b"))
     for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    before = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")][0]
+    assert before["step"] == 2 and before["bad_examples_total"] > 0
+    assert resumed["metrics"]["bad_examples_total"] == \
+        straight["metrics"]["bad_examples_total"] > before["bad_examples_total"]
     # The frozen tower is bit-identical to its initialisation; the rest has moved.
     config = smoke(total_steps=6, **towers)
     model = train.build_model(config.model)

@@ -10,9 +10,12 @@ image, a corrupt record, a malformed annotation) becomes a ``Skipped`` marker na
 the index and the error (whose message names the file or shard). Markers are not batched: the
 skip stage drops them and attaches their descriptions to the next readable example, so a
 batch holds only readable examples (none is repeated to fill a gap) and says what was skipped
-before each. The skip stage's state is its parent's, so the iterator stays checkpointable.
+before each. The skip stage's state is its parent's and its counts, so the iterator stays
+checkpointable.
 Over ``max_bad_fraction`` of the examples read, the iterator raises ``BadDataError`` listing
-the bad examples; ``EvaluationBatches`` does the same for an evaluation split.
+the bad examples (its counts are part of its checkpointed state, so a resumed run judges the
+fraction as the uninterrupted one would); ``EvaluationBatches`` does the same for an
+evaluation split.
 
 Everything random comes from Grain's per-element seeded RNG, so a pipeline is a pure function
 of (source, config, seed) and its iterator state can be checkpointed and restored to yield
@@ -147,6 +150,14 @@ class SkipLog:
         for description in skipped:
             if len(self.distinct) < self.MAX_LISTED:
                 self.distinct.setdefault(description)
+
+    def state(self) -> dict:
+        """The counts and names, as JSON (checkpointed with the iterator)."""
+        return {"read": self.read, "skipped": self.skipped, "distinct": list(self.distinct)}
+
+    def restore(self, state: dict) -> None:
+        self.read, self.skipped = int(state["read"]), int(state["skipped"])
+        self.distinct = dict.fromkeys(state["distinct"])
 
     def listing(self, limit: int = 20) -> str:
         """The first ``limit`` distinct bad examples, one per line."""
@@ -434,9 +445,12 @@ class _SkipBadIterator(grain.DatasetIterator):
                     skipped_examples="\n".join(skipped))
 
     def get_state(self):
-        return self._parent.get_state()
+        return {"parent": self._parent.get_state(), "bad_examples": self.log.state()}
 
     def set_state(self, state):
+        if "bad_examples" in state:  # (a state saved before the budget was kept has none)
+            self.log.restore(state["bad_examples"])
+            state = state["parent"]
         self._parent.set_state(state)
 
 
