@@ -100,6 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
         student_temperature=0.01,
         threshold=0.1,              # keep regions whose top teacher probability exceeds this
+        concepts="findings",        # what regions are scored against: 'findings' (no sides: a
+                                    # crop has lost its position) or 'findings_and_sides'
         warmup_steps=100))          # distillation starts after the teacher has learnt a little
 
     c.model = ml_collections.ConfigDict(dict(
@@ -123,10 +125,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
     c.data.source_options = ""
     c.data.flip_probability = 0.0   # training flips swap left/right in captions and report too
-    # Report text the text tower reads: 'findings_impression', 'impression_findings' (impression
-    # first, so the token limit cuts findings rather than the summary), 'impression' (CheXzero)
-    # or 'full' (every section with its header).
-    c.data.report_sections = "findings_impression"
+    # Report text the text tower reads: 'impression_findings' (impression first, so the token
+    # limit cuts findings rather than the summary; it raised zero-shot accuracy and AUROC in
+    # experiments/results/recipes.md), 'findings_impression', 'impression' (CheXzero) or 'full'
+    # (every section with its header).
+    c.data.report_sections = "impression_findings"
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 

@@ -60,6 +60,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("temperature", "student_temperature"):
         if config.teacher[key] <= 0:
             fail(f"teacher.{key} = {config.teacher[key]} must be > 0")
+    if config.teacher.concepts not in CONCEPT_SETS:
+        fail(f"teacher.concepts = {config.teacher.concepts!r}; choose one of {CONCEPT_SETS}")
     if config.teacher.source not in TEACHER_SOURCES:
         fail(f"teacher.source = {config.teacher.source!r}; choose one of {TEACHER_SOURCES}")
     if config.teacher.source == "checkpoint" and not os.path.isdir(
@@ -128,15 +130,27 @@ def corpus(source, limit: int = 2000, max_bad_fraction: float = 1.0):
         yield from captions
 
 
-def concept_prompts(label_names) -> list[str]:
-    """The caption set the distillation teacher and student score every region against:
-    each finding alone and on each side (the side is what a global model tends to miss)."""
+CONCEPT_SETS = ("findings", "findings_and_sides")
+
+
+def concept_prompts(label_names, concepts: str = "findings") -> list[str]:
+    """The caption set the distillation teacher and student score every region against: each
+    finding (``'findings'``), or each finding alone and on each side (``'findings_and_sides'``).
+
+    The teacher sees a region cropped out of its image and resized, which removes where the
+    region was, and the side of a finding is where it is (the patient's left is on the
+    image's right): a crop's preference between 'left X' and 'right X' is noise, and
+    distilling it taught the student's region head that noise (laterality accuracy fell), so
+    the default set has no sides."""
+    if concepts not in CONCEPT_SETS:
+        raise ValueError(f"teacher.concepts = {concepts!r}; choose one of {CONCEPT_SETS}")
     prompts = []
     for name in label_names:
         if name in ("no_finding", "No Finding"):
             continue
         finding = name.replace("_", " ").lower()
-        prompts += [finding, f"right {finding}", f"left {finding}"]
+        prompts += [finding] + ([f"right {finding}", f"left {finding}"]
+                                if concepts == "findings_and_sides" else [])
     return prompts
 
 
@@ -527,7 +541,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                 caption_tokenizer=caption_tokenizer)
     data_iter = iter(pipe.prefetch(dataset, config.data.workers))
     concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
-        concept_prompts(train_source.label_names)))
+        concept_prompts(train_source.label_names, config.teacher.concepts)))
 
     # ---- model, optimiser, state ------------------------------------------------------------
     model = build_model(config.model)
@@ -544,7 +558,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         restored_counts = checkpointer.restore_counters()
         print(f"resumed from step {int(state['step'])} in {checkpointer.directory}", flush=True)
     frozen_teacher = load_frozen_teacher(config, state, mesh,
-                                         concept_prompts(train_source.label_names))
+                                         concept_prompts(train_source.label_names,
+                                                         config.teacher.concepts))
     train_step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding)
 
     # ---- loop -------------------------------------------------------------------------------

@@ -236,7 +236,8 @@ def readable_examples(name: str, root: str, split: str, source_options: str) -> 
 def check_families(results: dict, examples: list) -> dict[str, bool]:
     """results.json holds retrieval / zero-shot / grounding exactly when the readable examples
     support them; retrieval counts the examples with and without report text."""
-    reports = sum(bool(model_text(e.report, "findings_impression").strip()) for e in examples)
+    sections = get_config("smoke").data.report_sections  # what the text tower reads
+    reports = sum(bool(model_text(e.report, sections).strip()) for e in examples)
     known = np.stack([e.label_mask.astype(bool) for e in examples])
     positive = np.stack([e.labels for e in examples]) == 1
     expected = {

@@ -111,7 +111,9 @@ def nih(tmp, rows=fx_b.NIH_ROWS, boxes=fx_b.NIH_BOXES):
     fx_b.write_nih(tmp, rows=rows, boxes=boxes)
     return dict(entry=os.path.join(tmp, "Data_Entry_2017.csv"),
                 bbox=os.path.join(tmp, "BBox_List_2017.csv"),
-                open=lambda: NIHChestXray14(tmp, "all"))
+                train_list=os.path.join(tmp, "train_val_list.txt"),
+                open=lambda: NIHChestXray14(tmp, "all"),
+                open_train=lambda: NIHChestXray14(tmp, "train"))
 
 
 def array_record(tmp):
@@ -141,6 +143,13 @@ def write_bytes(key, data: bytes):
     def inject(ctx):
         with open(ctx[key], "wb") as handle:
             handle.write(data)
+    return inject
+
+
+def append_text(key, text: str):
+    def inject(ctx):
+        with open(ctx[key], "a") as handle:
+            handle.write(text)
     return inject
 
 
@@ -372,6 +381,10 @@ ROWS = [
     Fault("chest_imagenome", "a phrase that is not text", imagenome,
           edit_json("json", lambda g: g["attributes"][0].update(phrases=[3])), EXAMPLE,
           r"{json}: not a valid scene graph \(TypeError"),
+    Fault("chest_imagenome", "object without coordinates", imagenome,
+          edit_json("json", lambda g: g["objects"][0].update(
+              dict.fromkeys(("x1", "original_x1")))), WARNS,
+          r"dropped 2 box\(es\).*{json} object 'right upper lung zone' \(no coordinates\)"),
     Fault("chest_imagenome", "duplicate split row", imagenome, edit("split", 0, copy=True),
           WARNS, r"ignored 1 repeated split row\(s\).*{split}:{line} \(dicom_id 02aa.* repeats "
           r"line 2\)"),
@@ -393,6 +406,9 @@ ROWS = [
           r"line 2\)"),
     Fault("mimic_cxr", "split typo", mimic, edit("split", 4, split="tset"), WARNS,
           r"1 image\(s\) in no split .*{split}:{line} \('tset'\)", open="open_train"),
+    Fault("mimic_cxr", "image without a split row", mimic, edit("split", 4, dicom_id="d9"),
+          WARNS, r"1 image\(s\) of the metadata without a row in the split file.*"
+          r"{metadata}:6 \(d5-ap\)", open="open_train"),
     Fault("mimic_cxr", "split typo empties the split", mimic, edit("split", 4, split="tset"),
           RAISES, r"mimic_cxr: split 'test' .* no examples; the copy holds 'train': 3, "
           r"'tset': 1, 'validate': 1", open="open_split"),
@@ -439,6 +455,10 @@ ROWS = [
     Fault("nih_cxr14", "duplicate image row", with_nih_rows(fx_b.NIH_ROWS[0]), nothing, WARNS,
           r"ignored 1 repeated image row\(s\).*{entry}:6 \(Image Index 00000001_000.png "
           r"repeats line 2\)"),
+    Fault("nih_cxr14", "split list names an image not in Data_Entry", nih,
+          append_text("train_list", "00000009_000.png\n"), WARNS,
+          r"skipping 1 image\(s\) of {train_list} that are not in {entry}: 00000009_000.png",
+          open="open_train"),
     Fault("nih_cxr14", "box outside the image", with_nih_boxes(("00000001_000.png", "Mass",
                                                                 1030, 10, 20, 20)), nothing,
           WARNS, r"dropped 2 box\(es\).*{bbox}:5 \(empty.*{bbox}:6 \(outside the 1024x1024"),

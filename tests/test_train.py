@@ -479,3 +479,13 @@ def test_auto_dtype_resolves_to_the_backends_faster_one(monkeypatch):
         assert config.model.vision.dtype == "auto"  # a copy; the user's config is untouched
     pinned = base_config("roi,dtype=float32")
     assert train.resolve_compute_dtypes(pinned) is pinned
+
+
+def test_distillation_concepts_have_no_sides_by_default(tmp_path):
+    names = ("nodule", "pleural_effusion", "no_finding")
+    assert train.concept_prompts(names) == ["nodule", "pleural effusion"]
+    assert train.concept_prompts(names, "findings_and_sides") == [
+        "nodule", "right nodule", "left nodule", "pleural effusion", "right pleural effusion",
+        "left pleural effusion"]
+    with pytest.raises(ValueError, match="teacher.concepts"):
+        train.train(smoke(**{"teacher.concepts": "sides"}), str(tmp_path))

@@ -74,7 +74,7 @@ class PipelineConfig:
     # captions, the report and side_ids with them (independent of ``augment``).
     flip_probability: float = 0.0
     # Which report sections the text tower reads, in order (``reports.REPORT_SECTIONS``).
-    report_sections: str = "findings_impression"
+    report_sections: str = "impression_findings"
     # The largest fraction of the examples read that may be bad (unreadable, unpreparable)
     # and skipped before iterating raises BadDataError.
     max_bad_fraction: float = 0.01

@@ -30,15 +30,15 @@ Every ``attributes`` entry with at least one phrase and an object of the same ``
 becomes one region: its box is the object's ``original_*`` box normalised by the decoded image's
 width and height (the JSON has no image size); when those keys are missing, the 224-space
 ``x1..y2`` divided by 224 (``use_original_coords=False`` forces this). Boxes are converted in
-``__getitem__`` (partly outside: clipped, counted in ``clipped_boxes``; empty, inverted or
-outside: dropped, counted in ``dropped_boxes``; warned about, naming the JSON file and object,
-and counted once per image). A scene graph that is not readable JSON, lacks its lists, or has a
-coordinate that is not a number makes its example unreadable (``ExampleError`` naming the file
-and object; the pipeline skips and counts it). The caption
-is the region's phrases (whitespace-cleaned, deduplicated) joined by a space; ``finding_ids``
-the first positive attribute that maps to a canonical finding (``attribute_finding``), else -1;
-side and zone come from ``bbox_name`` ('right costophrenic angle' -> right, basal); size from
-the caption's wording for regions with a finding.
+``__getitem__`` (partly outside: clipped, counted in ``clipped_boxes``; empty, inverted,
+outside or without coordinates: dropped, counted in ``dropped_boxes``; warned about, naming
+the JSON file and object, and counted once per image). A scene graph that is not readable
+JSON, lacks its lists, has entries of the wrong type or a coordinate that is not a number
+makes its example unreadable (``ExampleError`` naming the file and object; the pipeline skips
+and counts it). The caption is the region's phrases (whitespace-cleaned, deduplicated) joined
+by a space; ``finding_ids`` the first positive attribute that maps to a canonical finding
+(``attribute_finding``), else -1; side and zone come from ``bbox_name`` ('right costophrenic
+angle' -> right, basal); size from the caption's wording for regions with a finding.
 
 Labels (``label_names`` = schema.FINDINGS): 1 when any region asserts the finding ('yes'), 0 when
 regions only deny it ('no'), unknown (mask False) when no region mentions it.
@@ -350,7 +350,7 @@ class ChestImaGenome(Source):
         labels = np.zeros(len(schema.FINDINGS), np.float32)
         mask = np.zeros(len(schema.FINDINGS), bool)
         all_phrases: list[str] = []
-        pixel, spaces, captions, findings, names = [], [], [], [], []
+        pixel, spaces, captions, findings, names, uncoordinated = [], [], [], [], [], []
         for entry in graph.get("attributes") or ():
             finding = -1
             for text in flatten_attributes(entry.get("attributes")):
@@ -375,6 +375,7 @@ class ChestImaGenome(Source):
                 continue
             box, space = self._box(obj, size, f"{path} object {bbox_name!r}")
             if box is None:
+                uncoordinated.append(f"{path} object {bbox_name!r} (no coordinates)")
                 continue
             pixel.append(box)
             spaces.append(space)
@@ -384,7 +385,7 @@ class ChestImaGenome(Source):
 
         keep = np.zeros(len(pixel), bool)
         boxes = np.zeros((len(pixel), 4), np.float32)
-        clipped, dropped = [], []
+        clipped, dropped = [], uncoordinated
         for space in dict.fromkeys(spaces):
             rows = np.array([i for i, s in enumerate(spaces) if s == space])
             checked = check_boxes([pixel[i] for i in rows], space,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -23,19 +24,27 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of a PNG/JPEG from its header, without decoding the pixels.
-
-    Raises FileNotFoundError for a missing file and ImageDecodeError for an unreadable header.
-    """
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike, what: str):
+    """The PIL image of ``path``; a missing file is a FileNotFoundError and any failure to read
+    it (while open) an ImageDecodeError, both naming the file."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.size
+            yield image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"cannot read the header of image {path}: {error}") from error
+        raise ImageDecodeError(f"cannot {what} {path}: {error}") from error
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a PNG/JPEG from its header, without decoding the pixels.
+
+    Raises FileNotFoundError for a missing file and ImageDecodeError for an unreadable header.
+    """
+    with _opened(path, "read the header of image") as image:
+        return image.size
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -43,14 +52,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Raises FileNotFoundError for a missing file and ImageDecodeError for a corrupt one.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return to_uint8(np.asarray(image))
-            return np.asarray(image.convert("L"), np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"cannot decode image {path}: {error}") from error
+    with _opened(path, "decode image") as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return to_uint8(np.asarray(image))
+        return np.asarray(image.convert("L"), np.uint8)

@@ -33,8 +33,9 @@ major term, every label the report's terms do not set is a known negative; a rep
 are only 'No Indexing' (or that has none) has all labels unknown, and so has (but for its
 positives) a report with a major term whose heading is not IU X-ray vocabulary (``mesh_known``:
 a typo such as 'Cardiomegally' must not make cardiomegaly a known negative; warned, naming the
-file and term). An image listed by two reports belongs to the first (warned). ``automatic`` terms are read
-(``mesh_automatic``) but only used when ``use_automatic=True``.
+file and term). An image listed by two reports belongs to the first (warned). ``automatic``
+terms are read (``mesh_automatic``) but only used when ``use_automatic=True`` (they are free
+text: one outside the mapping is not checked, so their negatives are less certain).
 
 There is no official split: ``split`` 'train' / 'val' / 'test' is a deterministic split of
 the reports (all images of a report together) by an MD5 hash of the report id with fractions
@@ -246,7 +247,7 @@ class IUXray(Source):
             report = parse_report(os.path.join(self.report_dir, name))
             part = split_of(report["uid"], split_fractions)
             self._split_sizes[part] += len(report["images"])
-            if self.split != "all" and part != self.split or not report["images"]:
+            if (self.split != "all" and part != self.split) or not report["images"]:
                 continue
             unknown += [f"{report['path']} ({t!r})" for t in report["mesh_major"]
                         if not mesh_known(t)]

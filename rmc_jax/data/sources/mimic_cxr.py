@@ -154,10 +154,12 @@ class MimicCXR(Source):
         self._study_labels = self._read_labels(self.labels_file)
         split_of = None if self.split == "all" else self._read_split()
         self.records = []
-        repeats = tabular.Repeats("dicom_id")
+        repeats, unsplit = tabular.Repeats("dicom_id"), []
         for row in tabular.iter_csv(_index_file(self.root, "metadata"), METADATA_COLUMNS,
                                     LAYOUT):
             dicom_id = row["dicom_id"].strip()
+            if split_of is not None and dicom_id not in split_of:
+                unsplit.append(f"{row.place} ({dicom_id})")
             if split_of is not None and split_of.get(dicom_id) != self.split:
                 continue
             view = row["ViewPosition"].strip().upper()
@@ -169,6 +171,8 @@ class MimicCXR(Source):
                                      "study_id": clean_id(row["study_id"]),
                                      "view": view_name(view)})
         repeats.warn("MIMIC-CXR: ignored {count} repeated image row(s)")
+        warn_places("MIMIC-CXR: {count} image(s) of the metadata without a row in the split "
+                    "file (in no split)", unsplit)
         if check_files and self.records:
             first = self.records[0]
             path = self.image_path(0)
@@ -190,14 +194,14 @@ class MimicCXR(Source):
         return labels
 
     def _read_split(self) -> dict:
-        """dicom_id -> canonical split; rows naming an unknown split are left out, warned."""
+        """dicom_id -> canonical split (None for a split value that is none of them: warned)."""
         split_of, repeats, unknown = {}, tabular.Repeats("dicom_id"), []
         for row in tabular.iter_csv(_index_file(self.root, "split"), SPLIT_COLUMNS, LAYOUT):
             value = row["split"].strip().lower()
             if value not in SPLIT_ALIASES:
                 unknown.append(f"{row.place} ({row['split']!r})")
-            elif repeats.first(row["dicom_id"].strip(), row, value):
-                split_of[row["dicom_id"].strip()] = SPLIT_ALIASES[value]
+            if repeats.first(row["dicom_id"].strip(), row, value):
+                split_of[row["dicom_id"].strip()] = SPLIT_ALIASES.get(value)
         repeats.warn("MIMIC-CXR: ignored {count} repeated row(s) of the split file")
         warn_places(f"MIMIC-CXR: {{count}} image(s) in no split (the split is not one of "
                     f"{sorted(set(SPLIT_ALIASES.values()))})", unknown)

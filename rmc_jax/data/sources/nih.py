@@ -219,8 +219,11 @@ class NIHChestXray14(Source):
         self._data_entry_names = set()
         for row in rows:
             name = row["Image Index"]
+            if not name:
+                raise SourceError(f"{row.place}: column 'Image Index' is blank; expected the "
+                                  f"image's file name (00000001_000.png)")
             self._data_entry_names.add(name)
-            if not name or (wanted is not None and name not in wanted):
+            if wanted is not None and name not in wanted:
                 continue
             if not repeats.first(name, row, dict(row)):
                 continue
@@ -245,6 +248,10 @@ class NIHChestXray14(Source):
                 "boxes": np.zeros((0, 4), np.float32), "box_labels": [],
             })
         repeats.warn("NIH ChestX-ray14: ignored {count} repeated image row(s)")
+        if wanted is not None:
+            warn_places(f"NIH ChestX-ray14: skipping {{count}} image(s) of {list_path} that are "
+                        f"not in {self.data_entry_path}",
+                        sorted(wanted - self._data_entry_names))
         warn_places("NIH ChestX-ray14: {count} finding label(s) outside the 14 classes; only "
                     "the known positives of those images are labelled", unknown)
 

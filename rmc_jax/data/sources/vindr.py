@@ -25,8 +25,8 @@ naming file:line and column; a row repeated verbatim is ignored with a counted w
 finding' rows have blank coordinates and only record that the reader read the image. Box
 classes outside the 14 below (the PhysioNet release annotates 22 local labels, e.g. 'Rib
 fracture', 'Emphysema') still become regions (``finding_ids`` -1 where schema.finding_id has no
-canonical meaning) but get no label column. DICOMs are decoded lazily with ``dicom.read_dicom`` (MONOCHROME1 inverted, rescale
-slope/intercept, VOI window).
+canonical meaning) but get no label column. DICOMs are decoded lazily with
+``dicom.read_dicom`` (MONOCHROME1 inverted, rescale slope/intercept, VOI window).
 
 Several radiologists (rad_id R1..R17, three per training image) annotate each image:
 
