@@ -135,10 +135,9 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         curves[name] = (posneg[known], labels[known, c])
     results[f"{prefix}/classes"] = float(len(scored))
     results[f"{prefix}/classes_skipped"] = float(len(skipped))
-    if skipped and raw is not None:
-        raw.setdefault("notes", []).append(
-            f"`{prefix}`: no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
-            f"needs a known positive and a known negative example): {', '.join(skipped)}.")
+    if skipped:
+        note(raw, prefix, f"no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
+             f"needs a known positive and a known negative example): {', '.join(skipped)}.")
     if curves and raw is not None:
         raw.setdefault("roc", {})[prefix] = curves
     if scored:
