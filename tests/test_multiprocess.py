@@ -1,4 +1,5 @@
-"""Two CPU processes (jax.distributed on localhost) train like one process on the same batch."""
+"""Two CPU processes (jax.distributed on localhost) train like one process on the same batch,
+and count bad examples over both."""
 
 import json
 import os
@@ -31,7 +32,10 @@ def test_two_processes_match_one(tmp_path):
                for i in range(2)]
     logs = [w.communicate(timeout=400)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), "\n".join(x[-3000:] for x in logs)
-    two = json.loads(out.read_text())
+    written = json.loads(out.read_text())
+    two = written["losses"]
+    assert written["counts"] == {"bad_examples": 3, "bad_examples_total": 8,
+                                 "regions_beyond_max_regions": 0, "regions_without_caption": 0}
     one = fixed_batch_losses(smoke(), steps, mesh_devices=1)
     for a, b in zip(one, two):
         for key in ("global", "roi", "neg", "distill", "total", "grad_norm"):
