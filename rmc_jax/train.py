@@ -335,6 +335,11 @@ def _global_loss(images, reports, has_report, temperature, **backend):
                                           **backend)
 
 
+def _masked_mean(values, mask):
+    """The mean of ``values`` where ``mask`` is true (0 where it is nowhere)."""
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
 def _roi_loss(regions, captions, mask, ids, temperature, **backend):
     return losses.roi_contrastive_loss(regions, captions, mask, temperature, caption_ids=ids,
                                        **backend)
@@ -359,7 +364,7 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
     report_emb, report_norms = measured(batch["text_ids"], batch["text_mask"],
                                         method=RegionCLIP.encode_text)
     logs = {"embedding_norm/image": image_norms["image"][0].mean(),
-            "embedding_norm/text": report_norms["text"][0].mean()}
+            "embedding_norm/text": _masked_mean(report_norms["text"][0], batch["has_report"])}
     terms = {}
     if config.loss.global_loss == "medclip":
         # MedCLIP's soft targets from label overlap; the report's labels are its image's. Dense
@@ -376,8 +381,7 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
     if uses_regions:
         region_emb, region_norms = measured(grid, boxes, box_mask,
                                             method=RegionCLIP.regions_from_patches)
-        logs["embedding_norm/regions"] = ((region_norms["regions"][0] * box_mask).sum()
-                                          / jnp.maximum(box_mask.sum(), 1))
+        logs["embedding_norm/regions"] = _masked_mean(region_norms["regions"][0], box_mask)
     if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
         # Captions and their hard negatives go through the text tower in one call, for the
         # packed real regions only (most of the R slots of an example are padding).
