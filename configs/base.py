@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=5e-4, warmup_steps=40, end_learning_rate_factor=0.02, weight_decay=0.05,
         b1=0.9, b2=0.98, grad_clip_norm=1.0,
-        # Per tower (train.TOWER_RULES: 'image' = image encoder + image projection, 'text' = text
+        # Per tower (optim.TOWER_RULES: 'image' = image encoder + image projection, 'text' = text
         # encoder + text projection; the region head and temperature keep learning_rate):
         tower_lr="",                # peak rates, same warmup/cosine shape: 'text=1e-4,image=5e-4'
         freeze=""))                 # locked towers (LiT): 'image', 'text' or 'image,text'

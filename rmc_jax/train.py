@@ -1,7 +1,8 @@
 """The trainer: config -> data -> model -> sharded jitted steps -> checkpoints and metrics.
 
-Read top to bottom: config checks, data, model and optimiser, the loss of one batch, the train
-step, and the loop (resume, logging, preemption, non-finite handling).
+Read top to bottom: config checks, data, model and state, the train step, and the loop (resume,
+logging, preemption, non-finite handling). The optimiser (towers, learning rates, freezing) is
+``rmc_jax.optim``; the loss of one batch and the distillation teacher, ``rmc_jax.objective``.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ import functools
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from rmc_jax import checkpoint as ckpt
 from rmc_jax import flops, losses, pretrained, summaries, text_pretrain
@@ -29,18 +27,16 @@ from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import tokenizer_for_run
-from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, build_model, example_inputs, roi_align
+from rmc_jax.models import RegionCLIP, build_model, example_inputs
 from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
+from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_SOURCES, batch_losses,
+                               region_teacher)
+from rmc_jax.optim import TOWERS, frozen_towers, make_optimizer, tower_norms, tower_options
 
-LOSS_TERMS = ("global", "roi", "neg", "distill")
 # Diagnostics the step logs to metrics.jsonl and TensorBoard, not to the console:
 # param_norm/<tower> and update_norm/<tower> (TOWER_RULES' groups), and embedding_norm/image,
 # /text (reports) and /regions, the norms of the projected embeddings before normalisation.
 DIAGNOSTICS = ("param_norm/", "update_norm/", "embedding_norm/")
-TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
-# 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
-# from label overlap (losses.medclip_contrastive_loss).
-GLOBAL_LOSSES = ("clip", "medclip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -156,136 +152,8 @@ def concept_prompts(label_names, concepts: str = "findings") -> list[str]:
 
 
 # =============================================================================================
-# Model, optimiser, state
+# Model and state (the optimiser: rmc_jax.optim)
 # =============================================================================================
-
-
-# The optimiser's parameter groups: regexes on the parameter path (sharding.path_name, e.g.
-# 'image_encoder/encoder/block_0/attn/qkv/kernel'), first match wins, as in the partition rules.
-# A tower is its encoder and its projection into the shared space; everything else (the region
-# head and region projection, which learn on top of either tower, and the temperature) is
-# 'rest' and always trains at optimizer.learning_rate.
-TOWER_RULES = (
-    ("image", r"^(image_encoder|image_proj)/"),
-    ("text", r"^(text_encoder|text_proj)/"),
-)
-TOWERS = tuple(name for name, _ in TOWER_RULES)
-
-
-def tower_labels(params):
-    """The group of every parameter: a tree of 'image' / 'text' / 'rest' matching ``params``."""
-    def label(path, _):
-        name = shd.path_name(path)
-        return next((tower for tower, pattern in TOWER_RULES if re.search(pattern, name)),
-                    "rest")
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
-def tower_norms(tree, name: str) -> dict:
-    """``{name/image, name/text, name/rest}``: the L2 norm of each group's leaves of ``tree``
-    (params, or anything shaped like them: updates, gradients), in float32."""
-    squares = {group: jnp.zeros((), jnp.float32) for group in TOWERS + ("rest",)}
-    for leaf, group in zip(jax.tree.leaves(tree), jax.tree.leaves(tower_labels(tree))):
-        squares[group] += jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-    return {f"{name}/{group}": jnp.sqrt(total) for group, total in squares.items()}
-
-
-def tower_options(optimizer) -> tuple[dict[str, float], tuple[str, ...]]:
-    """``optimizer.tower_lr`` ('text=1e-4,image=5e-4': a tower's peak learning rate) and
-    ``optimizer.freeze`` ('image', 'text' or 'image,text'), parsed and checked:
-    -> ({tower: peak rate}, frozen towers)."""
-    def fail(message):
-        raise ValueError(f"invalid config: {message}")
-
-    def items(key):
-        return [part.strip() for part in str(optimizer.get(key, "") or "").split(",")
-                if part.strip()]
-
-    rates = {}
-    for item in items("tower_lr"):
-        tower, sep, value = (part.strip() for part in item.partition("="))
-        if not sep:
-            fail(f"optimizer.tower_lr: {item!r} is not TOWER=RATE (e.g. "
-                 f"--config.optimizer.tower_lr=text=1e-4,image=5e-4)")
-        if tower not in TOWERS:
-            fail(f"optimizer.tower_lr: unknown tower {tower!r}; the towers are {TOWERS} "
-                 "(the region head and the temperature train at optimizer.learning_rate)")
-        if tower in rates:
-            fail(f"optimizer.tower_lr gives {tower!r} two rates")
-        try:
-            rates[tower] = float(value)
-        except ValueError:
-            fail(f"optimizer.tower_lr: {tower}={value!r} is not a number")
-        if not (math.isfinite(rates[tower]) and rates[tower] > 0):
-            fail(f"optimizer.tower_lr: {tower}={value} must be a positive number (to stop a "
-                 f"tower training, use --config.optimizer.freeze={tower})")
-    frozen = tuple(dict.fromkeys(items("freeze")))
-    unknown = [t for t in frozen if t not in TOWERS]
-    if unknown:
-        fail(f"optimizer.freeze: unknown tower(s) {unknown}; choose from {TOWERS}, "
-             "comma-separated")
-    both = sorted(set(rates) & set(frozen))
-    if both:
-        fail(f"optimizer.tower_lr sets a rate for {both}, which optimizer.freeze freezes; "
-             "drop one of the two")
-    return rates, frozen
-
-
-def make_optimizer(config) -> tuple[optax.GradientTransformation, Callable]:
-    """AdamW with linear warmup, cosine decay and global-norm clipping -> (tx, learning_rates).
-
-    With ``optimizer.tower_lr`` or ``optimizer.freeze`` the parameters are split into the
-    groups of TOWER_RULES (``optax.partition``, formerly ``multi_transform``): each group follows
-    the same warmup/cosine shape to its own peak rate; a frozen tower gets no update, no weight
-    decay and no optimizer moments. ``learning_rates(step)`` gives the rates to log:
-    'learning_rate' (optimizer.learning_rate's schedule) and, when towers are configured,
-    'learning_rate/image' and 'learning_rate/text' (0 for a frozen tower).
-    """
-    o = config.optimizer
-    rates, frozen = tower_options(o)
-
-    def schedule(peak):
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=peak, warmup_steps=o.warmup_steps,
-            decay_steps=max(config.total_steps, o.warmup_steps + 1),
-            end_value=peak * o.end_learning_rate_factor)
-
-    def decay_mask(params):  # no weight decay on biases, norms, embeddings' 1-D params, tau
-        return jax.tree.map(lambda x: x.ndim >= 2, params)
-
-    def adamw(peak):
-        return optax.adamw(schedule(peak), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                           mask=decay_mask)
-
-    clip = optax.clip_by_global_norm(o.grad_clip_norm)
-    base = schedule(o.learning_rate)
-    if not rates and not frozen:  # one group: a plain AdamW state (checkpoints stay compatible)
-        return optax.chain(clip, adamw(o.learning_rate)), (
-            lambda step: {"learning_rate": base(step)})
-    peaks = {tower: rates.get(tower, o.learning_rate) for tower in TOWERS if tower not in frozen}
-    groups = {tower: adamw(peak) for tower, peak in peaks.items()}
-    groups.update({tower: optax.set_to_zero() for tower in frozen}, rest=adamw(o.learning_rate))
-    schedules = {tower: schedule(peak) for tower, peak in peaks.items()}
-
-    def learning_rates(step):
-        logged = {"learning_rate": base(step)}
-        for tower in TOWERS:
-            logged[f"learning_rate/{tower}"] = (schedules[tower](step) if tower in schedules
-                                                else jnp.zeros((), jnp.float32))
-        return logged
-
-    return optax.chain(clip, optax.partition(groups, tower_labels)), learning_rates
-
-
-def frozen_towers(params, config):
-    """``params`` with the towers of ``optimizer.freeze`` behind stop_gradient: no gradient is
-    computed for them (and none counts in the clipping norm or grad_norm)."""
-    _, frozen = tower_options(config.optimizer)
-    if not frozen:
-        return params
-    return jax.tree.map(lambda p, tower: jax.lax.stop_gradient(p) if tower in frozen else p,
-                        params, tower_labels(params))
 
 
 def init_state(model: RegionCLIP, tx, config, mesh, warm_start: dict | None = None):
@@ -312,182 +180,7 @@ def init_state(model: RegionCLIP, tx, config, mesh, warm_start: dict | None = No
 
 
 # =============================================================================================
-# The loss of one batch
-# =============================================================================================
-
-
-def _contrastive(mesh, config, fn, *args):
-    """Run a contrastive loss ``fn(*arrays, temperature, **backend)`` over the global batch:
-    the sharded backend inside shard_map on a multi-device mesh, dense or tiled on one device.
-    Every array argument is split over the batch axis; the temperature (last) is replicated."""
-    chunk = config.loss.chunk_size or None
-    if mesh.shape[shd.BATCH_AXIS] == 1:
-        return fn(*args, chunk_size=chunk)
-    local = functools.partial(fn, axis_name=shd.BATCH_AXIS, backend=config.loss.backend,
-                              chunk_size=chunk)
-    specs = (P(shd.BATCH_AXIS),) * (len(args) - 1) + (P(),)
-    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(),
-                         axis_names={shd.BATCH_AXIS})(*args)
-
-
-def _global_loss(images, reports, has_report, temperature, **backend):
-    return losses.global_contrastive_loss(images, reports, temperature, pair_mask=has_report,
-                                          **backend)
-
-
-def _masked_mean(values, mask):
-    """The mean of ``values`` where ``mask`` is true (0 where it is nowhere)."""
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-
-
-def _roi_loss(regions, captions, mask, ids, temperature, **backend):
-    return losses.roi_contrastive_loss(regions, captions, mask, temperature, caption_ids=ids,
-                                       **backend)
-
-
-def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config, mesh):
-    """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives,
-    T concepts. ``teacher_logits`` [B, R, T]: the teacher's scores of the regions against the
-    ``concepts`` (``region_teacher``), or None (no distillation term)."""
-    apply = functools.partial(model.apply, {"params": params})
-
-    def measured(*args, method):  # embeddings, and their norms before normalisation
-        out, sown = apply(*args, method=method, mutable=[EMBEDDING_NORMS])
-        return out, sown[EMBEDDING_NORMS]
-
-    images, boxes, box_mask = batch["image"], batch["boxes"], batch["box_mask"]
-    b, r = box_mask.shape
-    tau = apply(method=RegionCLIP.temperature)
-
-    slots, box_mask = region_slots(box_mask, caption_budget(b * r, config, mesh))
-    (image_emb, grid), image_norms = measured(images, method=RegionCLIP.image_features)
-    report_emb, report_norms = measured(batch["text_ids"], batch["text_mask"],
-                                        method=RegionCLIP.encode_text)
-    logs = {"embedding_norm/image": image_norms["image"][0].mean(),
-            "embedding_norm/text": _masked_mean(report_norms["text"][0], batch["has_report"])}
-    terms = {}
-    if config.loss.global_loss == "medclip":
-        # MedCLIP's soft targets from label overlap; the report's labels are its image's. Dense
-        # on the global batch (XLA partitions it on a multi-device mesh), as in MedCLIP.
-        labels = losses.medclip_labels(batch["labels"], batch["label_mask"])
-        terms["global"] = losses.medclip_contrastive_loss(image_emb, report_emb, labels, labels,
-                                                          tau)
-    else:
-        # An image without report text has no report to match: it sits out the global loss.
-        terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
-                                       batch["has_report"], tau)
-
-    uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
-    if uses_regions:
-        region_emb, region_norms = measured(grid, boxes, box_mask,
-                                            method=RegionCLIP.regions_from_patches)
-        logs["embedding_norm/regions"] = _masked_mean(region_norms["regions"][0], box_mask)
-    if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
-        # Captions and their hard negatives go through the text tower in one call, for the
-        # packed real regions only (most of the R slots of an example are padding).
-        tokens = jnp.concatenate([batch["caption_ids"][:, :, None], batch["neg_ids"]], axis=2)
-        masks = jnp.concatenate([batch["caption_mask"][:, :, None], batch["neg_mask"]], axis=2)
-        text = encode_packed(apply, tokens, masks, slots)
-        caption_emb, negative_emb = text[:, :, 0], text[:, :, 1:]
-    if config.loss.roi_weight > 0:
-        # Equal caption texts are positives together; otherwise every region is its own class.
-        ids = (batch["caption_hash"] if config.loss.multi_positive_captions
-               else jnp.arange(b * r, dtype=jnp.int32).reshape(b, r))
-        terms["roi"] = _contrastive(mesh, config, _roi_loss, region_emb, caption_emb, box_mask,
-                                    ids, tau)
-    if config.loss.neg_weight > 0:
-        terms["neg"] = losses.negative_caption_loss(region_emb, caption_emb, negative_emb,
-                                                    box_mask, batch["neg_valid"], tau)
-    if config.loss.distill_weight > 0 and teacher_logits is not None:
-        concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
-        student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
-        probs = jax.nn.softmax(teacher_logits / config.teacher.temperature, axis=-1)
-        keep = box_mask & (probs.max(-1) > config.teacher.threshold)
-        active = step >= config.teacher.warmup_steps
-        terms["distill"] = losses.distillation_loss(
-            student_logits, teacher_logits, keep & active,
-            student_temperature=config.teacher.student_temperature,
-            teacher_temperature=config.teacher.temperature)
-        logs["distill_kept"] = (keep & active).sum() / jnp.maximum(box_mask.sum(), 1)
-    logs["regions_over_budget"] = batch["box_mask"].sum() - box_mask.sum()
-    weights = {t: config.loss[f"{t}_weight"] for t in LOSS_TERMS}
-    total, term_logs = losses.total_loss(terms, weights)
-    logs.update(term_logs)
-    logs["temperature"] = tau
-    return total, logs
-
-
-def caption_budget(slots: int, config, mesh) -> int:
-    """How many region captions one step encodes: ``loss.caption_fraction`` of the B x R
-    slots, rounded up to a multiple of the data-parallel devices."""
-    devices = mesh.shape[shd.BATCH_AXIS]
-    budget = math.ceil(slots * config.loss.caption_fraction)
-    return min(slots, -(-budget // devices) * devices) if budget < slots else slots
-
-
-def region_slots(box_mask, budget: int):
-    """Flat indices [budget] of the first ``budget`` real regions (padding: B*R, out of range)
-    and the mask of the regions that got a slot (the rest sit out this step's region losses)."""
-    flat = box_mask.reshape(-1)
-    kept = flat & (jnp.cumsum(flat) <= budget)
-    (index,) = jnp.nonzero(kept, size=budget, fill_value=flat.size)
-    return index, kept.reshape(box_mask.shape)
-
-
-def encode_packed(apply, tokens, masks, slots):
-    """Text embeddings [B, R, T, E] of tokens [B, R, T, L], computed only at ``slots``; the
-    other positions are zeros (their regions are masked out of every loss)."""
-    b, r, t, length = tokens.shape
-    # 'clip' repeats a real row into the padding slots (no all-masked sequence, no NaN);
-    # those rows are dropped again by the scatter below.
-    packed_tokens = jnp.take(tokens.reshape(b * r, t, length), slots, axis=0, mode="clip")
-    packed_masks = jnp.take(masks.reshape(b * r, t, length), slots, axis=0, mode="clip")
-    emb = apply(packed_tokens.reshape(-1, length), packed_masks.reshape(-1, length),
-                method=RegionCLIP.encode_text).reshape(len(slots), t, -1)
-    out = jnp.zeros((b * r, t, emb.shape[-1]), emb.dtype).at[slots].set(emb, mode="drop")
-    return out.reshape(b, r, t, -1)
-
-
-def region_teacher(config, model) -> Callable | None:
-    """The distillation teacher, chosen once from ``teacher.source``: a function
-    ``(teacher, images, boxes, concepts) -> logits [B, R, T]`` (no gradient) that scores each
-    region's crop against the concept set, or None when nothing is distilled.
-
-    ``teacher`` is what the train step holds for it: the EMA params ('ema'), a finished run's
-    params ('checkpoint'), or a pretrained CLIP's ``{'params', 'concepts'}`` ('hf'), which
-    scores crops at its own image size against the concepts encoded by its own tokenizer.
-    """
-    if config.loss.distill_weight <= 0 or config.teacher.source == "none":
-        return None
-    if config.teacher.source == "hf":
-        clip, crop_size = pretrained.teacher_model(config), pretrained.teacher_crop_size(config)
-
-        def pretrained_clip(teacher, images, boxes, concepts):
-            del concepts  # encoded by the teacher's tokenizer, in ``teacher``
-            return teacher_scores(teacher["params"], images, boxes, teacher["concepts"],
-                                  model=clip, crop_size=crop_size)
-
-        return pretrained_clip
-    return functools.partial(teacher_scores, model=model, crop_size=config.teacher.crop_size)
-
-
-def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size):
-    """RegionCLIP teacher: each region is cropped from the image (RoIAlign as crop-and-resize),
-    embedded by the teacher's image tower, and scored against the concept set.
-    Returns cosine similarities [B, R, T] with no gradient."""
-    teacher_params = jax.lax.stop_gradient(teacher_params)
-    apply = functools.partial(model.apply, {"params": teacher_params})
-    b, r = boxes.shape[:2]
-    crop = functools.partial(roi_align, output_size=crop_size, sampling_ratio=2, aligned=True)
-    crops = jax.vmap(crop)(images, boxes)                              # [B, R, c, c, C]
-    crop_emb = apply(crops.reshape(b * r, crop_size, crop_size, images.shape[-1]),
-                     method=RegionCLIP.encode_image).reshape(b, r, -1)
-    concept_emb = apply(*concepts, method=RegionCLIP.encode_text)
-    return jax.lax.stop_gradient(jnp.einsum("bre,te->brt", crop_emb, concept_emb))
-
-
-# =============================================================================================
-# The train step
+# The train step (the loss of one batch: rmc_jax.objective)
 # =============================================================================================
 
 

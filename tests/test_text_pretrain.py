@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs.base import get_config  # noqa: E402
 
+from rmc_jax import optim  # noqa: E402
 from rmc_jax import text_pretrain as tp  # noqa: E402
 from rmc_jax import train  # noqa: E402
 from rmc_jax.data import sources  # noqa: E402
@@ -97,7 +98,7 @@ def test_warm_start_learns_is_cached_and_fits_the_model(tmp_path, monkeypatch):
         tp.warm_start(config, str(tmp_path), tokenizer, source)
     # The warm-started tower replaces the random one in the train state; nothing else changes.
     model = build_model(config.model)
-    tx, _ = train.make_optimizer(config)
+    tx, _ = optim.make_optimizer(config)
     mesh = train.shd.make_mesh(1, 1)
     cold, _ = train.init_state(model, tx, config, mesh)
     state, _ = train.init_state(model, tx, config, mesh, warm)

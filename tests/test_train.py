@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs.base import VARIANTS, get_config  # noqa: E402
 
 from rmc_jax import checkpoint as ckpt  # noqa: E402
+from rmc_jax import objective, optim  # noqa: E402
 from rmc_jax import sharding as shd  # noqa: E402
 from rmc_jax import train  # noqa: E402
 from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
@@ -135,9 +136,9 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     # The frozen tower is bit-identical to its initialisation; the rest has moved.
     config = smoke(total_steps=6, **towers)
     model = train.build_model(config.model)
-    initial, _ = train.init_state(model, train.make_optimizer(config)[0], config,
+    initial, _ = train.init_state(model, optim.make_optimizer(config)[0], config,
                                   shd.make_mesh(1, 1))
-    groups = train.tower_labels(initial["params"])
+    groups = optim.tower_labels(initial["params"])
     moved = {"image": [], "text": [], "rest": []}
     for group, x, y in zip(jax.tree.leaves(groups), jax.tree.leaves(initial["params"]),
                            jax.tree.leaves(straight["state"]["params"])):
@@ -149,13 +150,13 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
                for x in lines), lines
     # Per-tower diagnostics: the norm of each group's parameters after the step, and of the
     # step's update (none for the frozen tower).
-    final = train.tower_norms(straight["state"]["params"], "param_norm")
+    final = optim.tower_norms(straight["state"]["params"], "param_norm")
     assert lines[-1]["step"] == 6
     for group in ("image", "text", "rest"):
         logged, computed = lines[-1][f"param_norm/{group}"], final[f"param_norm/{group}"]
         assert logged == pytest.approx(float(computed), rel=1e-6)
     assert float(final["param_norm/image"]) == float(
-        train.tower_norms(initial["params"], "param_norm")["param_norm/image"])
+        optim.tower_norms(initial["params"], "param_norm")["param_norm/image"])
     assert all(x["update_norm/image"] == 0 and x["update_norm/text"] > 0
                and x["update_norm/rest"] > 0 for x in lines), lines
     # Another worker count reads the data in another order: refused, with the fix.
@@ -174,14 +175,14 @@ def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
     abstract = jax.eval_shape(lambda key: model.init(key, **train.example_inputs(model)),
                               jax.random.key(0))["params"]
     params = jax.tree.map(lambda x: np.full(x.shape, 0.5, x.dtype), abstract)
-    groups = train.tower_labels(params)
+    groups = optim.tower_labels(params)
     assert {g for g in jax.tree.leaves(groups)} == {"image", "text", "rest"}
     named = {shd.path_name(path): group for path, group in
              jax.tree_util.tree_flatten_with_path(groups)[0]}
     assert named["image_proj/kernel"] == "image" and named["text_proj/kernel"] == "text"
     assert named["log_inv_temperature"] == named["region_head/post/fc/kernel"] == \
         named["region_proj/kernel"] == "rest"
-    tx, learning_rates = train.make_optimizer(config)
+    tx, learning_rates = optim.make_optimizer(config)
     state, grads = tx.init(params), jax.tree.map(jnp.ones_like, params)
     apply = jax.jit(tx.update)
     for step in range(3):
@@ -197,14 +198,14 @@ def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
     # for its leaves. Without tower options the state is the plain AdamW one (checkpoints of
     # earlier runs restore).
     frozen = smoke(**{"optimizer.freeze": "image"})
-    tx, learning_rates = train.make_optimizer(frozen)
+    tx, learning_rates = optim.make_optimizer(frozen)
     sizes = {g: sum(x.size for x, l in zip(jax.tree.leaves(params), jax.tree.leaves(groups))
                     if l == g) for g in ("image", "text", "rest")}
     moments = sum(x.size for x in jax.tree.leaves(tx.init(params))
                   if jnp.issubdtype(x.dtype, jnp.floating))
     assert moments == 2 * (sizes["text"] + sizes["rest"])
     assert float(learning_rates(3)["learning_rate/image"]) == 0.0
-    plain, learning_rates = train.make_optimizer(smoke())
+    plain, learning_rates = optim.make_optimizer(smoke())
     assert jax.tree.structure(plain.init(params)) == jax.tree.structure(optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.adamw(optax.constant_schedule(1e-3),
@@ -230,7 +231,7 @@ def _fixed_batch_setup(config, mesh):
     concepts = tuple(jnp.asarray(x) for x in captions(
         train.concept_prompts(source.label_names)))
     model = train.build_model(config.model)
-    tx, schedule = train.make_optimizer(config)
+    tx, schedule = optim.make_optimizer(config)
     state, sharding = train.init_state(model, tx, config, mesh)
     step = train.make_train_step(model, tx, schedule, config, mesh, sharding)
     return step, state, shd.global_batch(local, mesh), concepts
@@ -265,8 +266,8 @@ def test_eight_devices_equal_one_device(backend):
         mesh = shd.make_mesh(devices, 1)
         step, state, batch, concepts = _fixed_batch_setup(config, mesh)
         model = train.build_model(config.model)
-        loss_fn = functools.partial(train.batch_losses, model=model, config=config, mesh=mesh)
-        teacher = train.region_teacher(config, model)  # the EMA teacher, equal to the params
+        loss_fn = functools.partial(objective.batch_losses, model=model, config=config, mesh=mesh)
+        teacher = objective.region_teacher(config, model)  # the EMA teacher, equal to the params
         teacher_logits = jax.jit(teacher)(state["params"], batch["image"], batch["boxes"],
                                           concepts)
         grads = jax.jit(jax.grad(lambda p: loss_fn(p, teacher_logits, batch, concepts, 0)[0]))(
@@ -288,7 +289,7 @@ def test_fsdp_mesh_shards_parameters():
     config = smoke()
     mesh = shd.make_mesh(2, 4)
     model = train.build_model(config.model)
-    tx, _ = train.make_optimizer(config)
+    tx, _ = optim.make_optimizer(config)
     state, _ = train.init_state(model, tx, config, mesh)
     kernel = state["params"]["text_encoder"]["token_embed"]["embedding"]
     assert "fsdp" in str(kernel.sharding.spec)

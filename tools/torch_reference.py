@@ -2,7 +2,7 @@
 
 It exists to answer one question: is rmc_jax's jitted training step as fast as the same
 model and loss written in plain PyTorch on the same machine? So it mirrors, layer for layer,
-``rmc_jax.models.RegionCLIP`` and ``rmc_jax.train.batch_losses`` / ``make_train_step``:
+``rmc_jax.models.RegionCLIP`` and ``rmc_jax.objective.batch_losses`` / ``make_train_step``:
 
 * image tower: ViT with a class token, learned position embeddings, pre-LN blocks (fused QKV,
   exact GELU MLP, LayerNorm eps 1e-6), final LayerNorm, CLS pooling; patch grid kept;
@@ -284,7 +284,7 @@ def random_batch(d: Dims, batch_size: int, seed: int = 0) -> dict:
 
 
 def batch_losses(model, teacher, batch, d: Dims, variant: str):
-    """Total loss of one batch (``rmc_jax.train.batch_losses`` for 'global' / 'roi')."""
+    """Total loss of one batch (``rmc_jax.objective.batch_losses`` for 'global' / 'roi')."""
     tau = model.temperature()
     image_emb, grid = model.image_features(batch["image"])
     report_emb = model.encode_text(batch["text_ids"], batch["text_mask"])
