@@ -20,6 +20,11 @@ Contrastive losses scale three ways, all giving the same value and gradients:
 Multi-positive InfoNCE: where several candidates share an id with the anchor, they are all
 positives together: loss_i = logsumexp_{j valid} s_ij/tau - logsumexp_{j positive} s_ij/tau.
 With unique ids this is the usual InfoNCE.
+
+One module of about 500 lines on purpose: the public losses (``global_contrastive_loss`` on)
+are short and all stand on the one contrastive kernel above them (dense, tiled with its custom
+VJP, gathered and ring-sharded row losses); apart, the kernel's private helpers would only move
+behind an import.
 """
 
 from __future__ import annotations

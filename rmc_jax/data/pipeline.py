@@ -35,6 +35,10 @@ L = max_text_len, C = labels, S = image size):
     regions_without_caption [B] int32 (boxes whose caption is empty, left out)
     skipped [B] int32, skipped_examples [B] str: bad examples skipped just before this one and
         their descriptions, one per line (``make_dataset`` batches only)
+
+One module of about 530 lines on purpose: it is the one chain drawn above, read top to bottom,
+and its bad-data parts (``Skipped``, ``SkipLog``, ``RobustSource``, the skip stage) are stages
+of that chain whose counts live in its checkpointed iterator state.
 """
 
 from __future__ import annotations
