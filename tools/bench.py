@@ -409,7 +409,7 @@ class Worker:
     built and ``DONE {"times", "extra"}`` after each ``run N`` on its stdin."""
 
     def __init__(self, label: str, spec: dict, env: dict | None = None,
-                 script: str = os.path.abspath(__file__)):
+                 script: str = os.path.abspath(__file__), wait: bool = True):
         self.label, self.spec, self.env = label, spec, env or {}
         full_env = dict(os.environ)
         for key, value in self.env.items():
@@ -422,9 +422,18 @@ class Worker:
         self.process = subprocess.Popen(
             prefix + [sys.executable, script, "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
-        self.info = self._expect("READY")
+        self.info = None
         self.rates: list[float] = []
         self.extra = None
+        if wait:
+            self.ready()
+
+    def ready(self) -> dict:
+        """Wait until the worker is built (``wait=False`` starts it without waiting, so that
+        several contestants compile at once)."""
+        if self.info is None:
+            self.info = self._expect("READY")
+        return self.info
 
     def _expect(self, tag: str):
         for line in self.process.stdout:
@@ -584,6 +593,10 @@ def parse_args(argv=None):
                         help="add torch.compile contestants (minutes of compilation)")
     parser.add_argument("--accelerator_batch", type=int, default=256,
                         help="'accelerator' group: batch of the base config (ViT-S: a quarter)")
+    parser.add_argument("--parallel_build", action="store_true",
+                        help="start and compile every contestant of a group at once (an "
+                             "accelerator host's cores compile them side by side), then time "
+                             "them one at a time as usual")
     parser.add_argument("--b16_batch", type=int, default=256,
                         help="'accelerator' group: batch of the ViT-B/16 + BERT-base rows")
     parser.add_argument("--b16_text_len", type=int, default=64,
@@ -604,13 +617,24 @@ def _fmt(x, spec=".1f"):
 def run_group(name, rows, args, peaks):
     workers = []
     try:
+        # --parallel_build: every contestant starts (and compiles) at once, then all are
+        # awaited; the timed rounds below run one contestant at a time either way.
+        started = time.perf_counter()
         for label, spec, env in rows:
             if args.only and not any(s in label for s in args.only):
                 continue
-            started = time.perf_counter()
-            workers.append(Worker(label, spec, env))
-            print(f"  [{name}] ready: {label} ({time.perf_counter() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
+            if not args.parallel_build:
+                started = time.perf_counter()
+            workers.append(Worker(label, spec, env, wait=not args.parallel_build))
+            if not args.parallel_build:
+                print(f"  [{name}] ready: {label} ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+        for w in workers:
+            if args.parallel_build:
+                w.ready()
+                print(f"  [{name}] ready: {w.label} (compiled in {w.info.get('compile_s', 0):.0f}"
+                      f" s; {time.perf_counter() - started:.0f} s since the start)",
+                      file=sys.stderr, flush=True)
         ratios = {w.label: [] for w in workers[1:]}
         for round_index in range(args.rounds):
             shift = round_index % len(workers)
