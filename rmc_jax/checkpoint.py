@@ -4,7 +4,8 @@ One ``CheckpointManager`` per workdir (``<workdir>/checkpoints``): asynchronous 
 ``save_every`` steps, the last ``keep`` kept, a forced save on preemption, restore against an
 abstract state carrying the target shardings (a 1-device checkpoint restores on 8 devices and
 back). Nothing is pickled: arrays go through Orbax's array format, the iterator state through
-Grain's JSON handler.
+Grain's JSON handler, the run's counters (``counters``: e.g. the bad examples skipped so far,
+so that a resumed run keeps its totals) through Orbax's JSON handler.
 """
 
 from __future__ import annotations
@@ -24,19 +25,37 @@ class Checkpointer:
                                                max_to_keep=keep, create=True,
                                                enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data"),
+            self.directory, options=options, item_names=("state", "data", "counters"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler()})
+                           "data": grain.checkpoint.CheckpointHandler(),
+                           "counters": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
-        """Save if ``step`` is due (or ``force``); returns whether a save started."""
+    def save(self, step: int, state, data_iterator=None, *, counters=None,
+             force: bool = False) -> bool:
+        """Save if ``step`` is due (or ``force``); returns whether a save started.
+        ``counters``: a JSON-able dict, or a function returning one (called only when the
+        save is due: it may gather figures from every process)."""
+        if not (force or self.manager.should_save(step)):
+            return False
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if counters is not None:
+            items["counters"] = ocp.args.JsonSave(counters() if callable(counters) else counters)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore_counters(self, step: int | None = None) -> dict:
+        """The counters saved with ``step`` (default: latest); {} when it has none."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None or not os.path.isdir(os.path.join(self.directory, str(step),
+                                                          "counters")):
+            return {}
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(counters=ocp.args.JsonRestore()))
+        return dict(restored["counters"] or {})
 
     def restore(self, abstract_state, data_iterator=None, step: int | None = None):
         """Restore ``step`` (default: latest) into arrays shaped and sharded like

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rmc_jax.data import pipeline
 from rmc_jax.data.sources.reports import model_text
 from rmc_jax.models import model_config
 from rmc_jax.models.layers import Dense, exact_gelu
@@ -145,17 +146,16 @@ def masked_lm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array) ->
     return (nll * weights).sum() / jnp.maximum(weights.sum(), 1.0)
 
 
-def corpus(source, size: int, report_sections: str) -> list[str]:
+def corpus(source, size: int, report_sections: str, max_bad_fraction: float = 1.0
+           ) -> list[str]:
     """The reports (as the tower reads them: ``report_sections``) of ``size`` examples spread
-    evenly over ``source``, read without decoding images; empty reports are left out. (Region
-    captions are phrases of the reports; at the report length they would be mostly padding.)"""
-    count = min(size, len(source))
-    texts = []
-    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
-        text = model_text(source.texts(index)[0], report_sections)
-        if text.strip():
-            texts.append(text)
-    return texts
+    evenly over ``source``, read without decoding images (``pipeline.spread_texts``: an
+    unreadable text is left out within ``max_bad_fraction``); empty reports are left out.
+    (Region captions are phrases of the reports; at the report length they would be mostly
+    padding.)"""
+    texts = [model_text(report, report_sections)
+             for report, _ in pipeline.spread_texts(source, size, max_bad_fraction)]
+    return [text for text in texts if text.strip()]
 
 
 def train_masked_lm(texts: Sequence[str], tokenizer, text_config, settings: Settings, seed: int,
@@ -229,7 +229,8 @@ def warm_start(config, workdir: str, tokenizer, source, log=None) -> dict:
     if settings.steps == 0 or config.init.get("text", ""):
         return {}
     text_config = model_config(config.model).text
-    texts = corpus(source, settings.corpus_size, config.data.report_sections)
+    texts = corpus(source, settings.corpus_size, config.data.report_sections,
+                   config.data.get("max_bad_fraction", 1.0))
     key = fingerprint(texts, tokenizer, text_config, settings, config.seed)
     directory = os.path.join(workdir, CACHE_DIR)
     params_path, meta_path = (os.path.join(directory, name) for name in (PARAMS_FILE, META_FILE))

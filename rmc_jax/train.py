@@ -121,14 +121,11 @@ def resolve_compute_dtypes(config: ml_collections.ConfigDict) -> ml_collections.
 # =============================================================================================
 
 
-def corpus(source, limit: int = 2000):
+def corpus(source, limit: int = 2000, max_bad_fraction: float = 1.0):
     """Reports and captions of ``limit`` examples spread evenly over the source (tokenizer
-    training text; spread so that every part of a mixture contributes)."""
-    texts = getattr(source, "texts", None)  # sources that can skip decoding images
-    count = min(limit, len(source))
-    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
-        report, captions = texts(index) if texts else (source[index].report,
-                                                       source[index].captions)
+    training text), read without decoding an image; unreadable texts are left out within
+    ``max_bad_fraction`` (``pipeline.spread_texts``)."""
+    for report, captions in pipe.spread_texts(source, limit, max_bad_fraction):
         yield report
         yield from captions
 
@@ -530,7 +527,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                config.data.source_options)
     tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
                                   path=config.data.tokenizer or None,
-                                  corpus=corpus(train_source), vocab_size=config.data.vocab_size)
+                                  corpus=corpus(train_source,
+                                                max_bad_fraction=config.data.max_bad_fraction),
+                                  vocab_size=config.data.vocab_size)
     if tokenizer.vocab_size > config.model.text.vocab_size:
         raise ValueError(f"invalid config: the tokenizer has {tokenizer.vocab_size} tokens but "
                          f"model.text.vocab_size = {config.model.text.vocab_size}")
@@ -553,8 +552,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             text_pretrain.warm_start(config, workdir, tokenizer, train_source,
                                      log=lambda line: print(line, flush=True)))
     state, state_sharding = init_state(model, tx, config, mesh, warm)
+    restored_counts = {}
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(ckpt.abstract_like(state), data_iter)
+        restored_counts = checkpointer.restore_counters()
         print(f"resumed from step {int(state['step'])} in {checkpointer.directory}", flush=True)
     frozen_teacher = load_frozen_teacher(config, state, mesh,
                                          concept_prompts(train_source.label_names,
@@ -568,17 +569,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     flops_per_step, peak = None, flops.peak_flops()
     step = int(state["step"])
     pending, last_metrics = None, {}
-    bad_total = read_total = regions_cut = 0
+    counts = InputCounts(restored_counts, config.data.max_bad_fraction)
     window_start, window_steps = time.perf_counter(), 0
     # Closing the iterator stops its worker processes and frees the shared memory of the
     # batches they had ready, at the end of the run, on preemption and on errors alike.
     with pipe.closing(data_iter), _Preemption() as preemption:
         while step < config.total_steps:
-            local = next(data_iter)
-            bad = int(local.pop("replaced").sum())
-            regions_cut += int(local.pop("regions_cut").sum())
-            bad_total, read_total = bad_total + bad, read_total + bad + len(local["image"])
-            _check_bad_fraction(bad_total, read_total, config.data.max_bad_fraction)
+            local = next(data_iter)  # over data.max_bad_fraction: BadDataError, listing them
+            counts.add(local)
             batch = shd.global_batch(local, mesh)
             if flops_per_step is None:  # lower and compile once, explicitly, to count FLOPs
                 lowered = train_step.lower(state, batch, concepts, frozen_teacher)
@@ -595,7 +593,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
             # Read the previous step's metrics: the host never waits on the step just queued.
             if pending is not None:
                 last_metrics = _check_finite(pending, config, checkpointer)
-            pending = (step, metrics, bad)
+            pending = (step, metrics)
             if step % config.log_every == 0 or step == config.total_steps:
                 last_metrics = _check_finite(pending, config, checkpointer)
                 pending = None
@@ -604,17 +602,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 utilisation = flops.mfu(flops_per_step, window_steps / elapsed, peak)
                 if utilisation is not None:
                     last_metrics["mfu"] = utilisation
-                last_metrics["regions_beyond_max_regions"] = regions_cut
+                last_metrics.update(counts.log_metrics())
                 writer.write(step, last_metrics)
                 window_start, window_steps = time.perf_counter(), 0
-            checkpointer.save(step, state, data_iter)
+            checkpointer.save(step, state, data_iter, counters=counts.state)
             if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
                 run_evaluation(config, workdir, model, state, tokenizer, writer, step)
             if step == stop_at_step:
                 break
             if preemption.requested or checkpointer.reached_preemption(step):
                 if checkpointer.latest_step() != step:
-                    checkpointer.save(step, state, data_iter, force=True)
+                    checkpointer.save(step, state, data_iter, counters=counts.state,
+                                      force=True)
                 checkpointer.close()
                 writer.message(f"preempted at step {step}: checkpoint saved in "
                                f"{checkpointer.directory}")
@@ -623,8 +622,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         if pending is not None:
             last_metrics = _check_finite(pending, config, checkpointer)
         if checkpointer.latest_step() != step:
-            checkpointer.save(step, state, data_iter, force=True)
+            checkpointer.save(step, state, data_iter, counters=counts.state, force=True)
     checkpointer.close()
+    writer.message(counts.summary())
     results = None
     if config.evals.enabled and step >= config.total_steps:
         results = run_evaluation(config, workdir, model, state, tokenizer, writer, step)
@@ -648,16 +648,69 @@ def run_evaluation(config, workdir, model, state, tokenizer, writer, step) -> di
     return results
 
 
-def _check_bad_fraction(bad: int, read: int, limit: float) -> None:
-    """Fail once enough examples were read to tell that too many images are unreadable."""
-    if bad and read >= 1.0 / max(limit, 1e-9) and bad / read > limit:
-        raise RuntimeError(f"{bad} of {read} examples read so far were unreadable and skipped "
-                           f"({bad / read:.1%} > data.max_bad_fraction = {limit:.1%}); check "
-                           "the dataset copy (the warnings above name the files)")
+class InputCounts:
+    """What the input pipeline left out, run totals for metrics.jsonl, TensorBoard and the
+    end-of-run summary: bad examples skipped (``bad_examples`` since the last logged step,
+    ``bad_examples_total``, and the distinct ones by name), regions beyond
+    ``data.max_regions`` and regions without a caption.
+
+    Totals cover every process (summed when logged, a collective: call ``log_metrics`` and
+    ``state`` on every process at the same steps) and survive a resume (``state`` is saved with
+    each checkpoint). The distinct names are those this process read.
+    """
+
+    TOTALS = ("bad_examples_total", "regions_beyond_max_regions", "regions_without_caption")
+
+    def __init__(self, restored: dict | None = None, max_bad_fraction: float = 1.0):
+        restored = restored if restored and jax.process_index() == 0 else {}
+        self.offset = {key: int(restored.get(key, 0)) for key in self.TOTALS}
+        self.local = dict.fromkeys(self.TOTALS, 0)
+        self.limit = max_bad_fraction
+        self.log = pipe.SkipLog(max_bad_fraction)
+        self.log.add(skipped=restored.get("bad_examples_seen", ()))
+        self.logged = self.offset["bad_examples_total"]
+
+    def add(self, batch: dict) -> None:
+        """Count a batch's bookkeeping fields and take them out of it (they are not inputs)."""
+        names = [n for lines in batch.pop("skipped_examples").tolist()
+                 for n in lines.split("\n") if n]
+        self.log.add(skipped=names)
+        self.local["bad_examples_total"] += int(batch.pop("skipped").sum())
+        self.local["regions_beyond_max_regions"] += int(batch.pop("regions_cut").sum())
+        self.local["regions_without_caption"] += int(batch.pop("regions_without_caption").sum())
+        batch.pop("index")
+
+    def totals(self) -> dict[str, int]:
+        values = np.array([self.local[key] for key in self.TOTALS], np.int64)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            values = np.asarray(multihost_utils.process_allgather(values)).sum(0)
+        return {key: int(v) + self.offset[key] for key, v in zip(self.TOTALS, values)}
+
+    def log_metrics(self) -> dict[str, int]:
+        """The totals and ``bad_examples``, the bad examples skipped since the last call."""
+        totals = self.totals()
+        window, self.logged = totals["bad_examples_total"] - self.logged, \
+            totals["bad_examples_total"]
+        return {"bad_examples": window, **totals}
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the totals and the distinct bad examples' names."""
+        return {**self.totals(), "bad_examples_seen": list(self.log.distinct)}
+
+    def summary(self) -> str:
+        """One line (more with bad examples: their names) for the end of the run."""
+        total = self.totals()["bad_examples_total"]
+        if not total:
+            return "bad data:    no example skipped in training"
+        where = " read by this process" if jax.process_count() > 1 else ""
+        return (f"bad data:    {total} bad example(s) skipped in training (within "
+                f"data.max_bad_fraction = {self.limit:.1%}), {len(self.log.distinct)} distinct"
+                f"{where}:\n{self.log.listing()}")
 
 
 def _check_finite(pending, config, checkpointer) -> dict:
-    step, metrics, bad = pending
+    step, metrics = pending
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not metrics.pop("finite"):
         offending = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -667,7 +720,6 @@ def _check_finite(pending, config, checkpointer) -> dict:
                 f"non-finite loss at step {step} in {offending}; last good checkpoint: "
                 f"step {checkpointer.latest_step()} in {checkpointer.directory}")
         logging.warning("skipped step %d: non-finite %s", step, offending)
-    metrics["bad_examples"] = bad
     return metrics
 
 

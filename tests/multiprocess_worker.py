@@ -22,6 +22,10 @@ import jax  # noqa: E402
 def main(coordinator: str, process_id: int, out_path: str, steps: int):
     jax.distributed.initialize(coordinator, 2, process_id)
     sys.path.insert(0, os.path.dirname(__file__))
+    from test_train import _bookkeeping
+
+    from rmc_jax import train
+
     if MODEL == "b16":
         from test_b16 import b16, fixed_batch_losses
 
@@ -31,9 +35,13 @@ def main(coordinator: str, process_id: int, out_path: str, steps: int):
         from test_train import fixed_batch_losses, smoke
 
         losses = fixed_batch_losses(smoke(), steps, mesh_devices=-1)
+    # Bad-example counts over both processes: a resumed total (5) and 1 + 2 new skips.
+    counts = train.InputCounts({"bad_examples_total": 5, "bad_examples_seen": ["a[0]: x"]})
+    counts.add(_bookkeeping([f"p[{process_id}]: bad"] * (process_id + 1)))
+    logged = counts.log_metrics()
     if jax.process_index() == 0:
         with open(out_path, "w") as f:
-            json.dump(losses, f)
+            json.dump({"losses": losses, "counts": logged}, f)
     jax.distributed.shutdown()
 
 

@@ -200,6 +200,40 @@ def test_image_report_retrieval_with_shared_reports():
     assert results["retrieval/report_to_image_median_rank"] == 1.0
 
 
+def test_retrieval_leaves_out_examples_without_a_report():
+    rng = np.random.default_rng(1)
+    reports = _normal(rng.normal(size=(5, 8)))
+    images = reports.copy()
+    keys = np.array([1, 2, 9, 9, 9], np.uint64)  # examples 2-4: the same (empty) report
+    has_report = np.array([True, True, False, False, False])
+    images[1] = reports[0]  # image 1 matches report 0 best: a miss
+    raw = {}
+    results = tasks.image_report_retrieval(images, reports, keys, has_report=has_report,
+                                           raw=raw)
+    assert results["retrieval/examples"] == 2 and results["retrieval/left_out_no_report"] == 3
+    # Ranked among the 2 examples with a report only: the empty ones neither score as hits
+    # ("sharing" the empty report) nor crowd the candidates.
+    assert len(raw["ranks"]["retrieval/image_to_report"]) == 2
+    assert results["retrieval/image_to_report_R@1"] == 0.5
+    assert "notes" not in raw
+
+
+def test_no_retrieval_numbers_without_reports():
+    rng = np.random.default_rng(2)
+    emb = _normal(rng.normal(size=(4, 8)))
+    raw = {}
+    results = tasks.image_report_retrieval(emb, emb, np.zeros(4, np.uint64),
+                                           has_report=np.zeros(4, bool), prefix="x/retrieval",
+                                           raw=raw)
+    # Every empty report "shares" the same text: scored, that would be R@1 = 1.000.
+    assert results == {"x/retrieval/examples": 0.0, "x/retrieval/left_out_no_report": 4.0}
+    assert raw["notes"] == ["`x/retrieval`: not computed: 0 of the 4 examples have report "
+                            "text (image-report retrieval ranks at least 2)"]
+    one = tasks.image_report_retrieval(emb, emb, np.arange(4, dtype=np.uint64),
+                                       has_report=np.array([1, 0, 0, 0], bool))
+    assert set(one) == {"retrieval/examples", "retrieval/left_out_no_report"}
+
+
 def test_results_json_is_flat_and_finite(tmp_path):
     path = write_results({"a/b": 0.5, "c": float("nan"), "d": 2}, str(tmp_path))
     import json

@@ -91,14 +91,61 @@ def test_scores_match_direct_numpy_and_sklearn_on_random_maps():
         assert scores["pointing"][i] == inside[i].ravel()[maps[i].argmax()]
 
 
-def test_content_boxes_find_letterbox_padding():
-    pad = -2.0
-    images = np.full((2, 8, 8, 1), pad, np.float32)
-    images[0, 2:6, :, 0] = 0.3          # wide image: padded above and below
-    images[1, :, 1:7, 0] = 0.1          # tall image: padded left and right
-    images[1, 3, 3, 0] = pad            # a padding-valued pixel inside the content is kept
-    np.testing.assert_allclose(G.content_boxes(images, pad),
-                               [[0, 0.25, 1, 0.75], [0.125, 0, 0.875, 1]])
+def _wide_example_with_black_borders():
+    """A 20 x 40 radiograph whose top and bottom 3 rows are black (as collimated films are),
+    one box in its upper half, through the evaluation pipeline at 16 px: the image fills rows
+    4-12 of the square, rows 0-3 and 12-15 are letterbox padding."""
+    from rmc_jax.data import pipeline as pipe
+    from rmc_jax.data.schema import Example
+    from rmc_jax.data.tokenizer import train_wordpiece
+
+    image = np.full((20, 40), 120, np.uint8)
+    image[:3] = image[-3:] = 0
+    example = Example(example_id="wide", image=image, report="Findings: nodule.",
+                      labels=np.zeros(1, np.float32), label_mask=np.ones(1, bool),
+                      boxes=np.array([[0.25, 0.0, 0.5, 0.5]], np.float32),
+                      captions=("right upper zone nodule",), finding_ids=np.zeros(1, np.int32),
+                      source="test")
+    tokenizer = train_wordpiece(["right upper zone nodule findings"] * 3, 50, max_len=8)
+    config = pipe.PipelineConfig(image_size=16, max_regions=1, num_negatives=1, max_text_len=8,
+                                 max_caption_len=8, augment=False)
+    return pipe.prepare_example(example, config, tokenizer, tokenizer, None)
+
+
+def test_grounding_covers_the_image_not_the_letterbox_padding():
+    prepared = _wide_example_with_black_borders()
+    # The content box is the letterbox geometry, black image rows included.
+    np.testing.assert_allclose(prepared["content"], [0, 0.25, 1, 0.75])
+    np.testing.assert_allclose(prepared["boxes"][0], [0.25, 0.25, 0.5, 0.5])
+    # A map whose maximum lies in the padding above the image, a lesser peak on the box.
+    size = 16
+    maps = np.zeros((size, size))
+    maps[:4] = 0.9                       # padding rows: the global maximum
+    maps[4:8, 4:8] = 0.6                 # the box (rows 4-7, columns 4-7)
+    maps[8:12] = 0.2
+    data = {"patch_maps": maps[None, None], "boxes": prepared["boxes"][None],
+            "box_mask": prepared["box_mask"][None],
+            "caption_hash": prepared["caption_hash"][None],
+            "content": prepared["content"][None]}
+    # phrase_grounding upsamples the patch map; at the input size the upsampling is exact.
+    results = G.phrase_grounding(data, size)
+    assert results["grounding/pointing_accuracy"] == 1.0
+    content = np.zeros((size, size), bool)
+    content[4:12] = True
+    inside = np.zeros((size, size), bool)
+    inside[4:8, 4:8] = True
+    outside = content & ~inside
+    cnr = abs(maps[inside].mean() - maps[outside].mean()) / np.sqrt(
+        maps[inside].var() + maps[outside].var())
+    assert results["grounding/cnr"] == pytest.approx(cnr)
+    # Thresholds 0.1-0.5 on the content: the map's 0.2 band joins the box only below 0.2.
+    ious = [(((maps > t) & content) & inside).sum() / (((maps > t) & content) | inside).sum()
+            for t in G.BIOVIL_THRESHOLDS]
+    assert results["grounding/miou"] == pytest.approx(np.mean(ious))
+    # Counting the padding, its 0.9 rows would take the maximum: pointing would be a miss.
+    everywhere = G.grounding_scores(maps[None], inside[None])
+    assert everywhere["pointing"][0] == 0.0
+    assert G.peaks(maps[None], content[None])[0] == 4 * size + 4
 
 
 def test_phrase_grounding_groups_boxes_of_one_caption():

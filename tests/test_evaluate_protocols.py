@@ -229,3 +229,79 @@ def test_bad_options_say_what_is_expected(tiny):
     with pytest.raises(ValueError, match="evals.datasets.chexpert_test or evals.datasets."
                                          "chexpert is empty"):
         P.open_protocol("chexpert_test", {"chexpert": ""})
+
+
+class _Unreadable:
+    """``source`` with example ``bad`` raising as an unreadable image does; ``keep`` (the other
+    indices) gives the same source without it."""
+
+    def __init__(self, source, bad=None, keep=None):
+        self.source, self.bad = source, bad
+        self.keep = list(range(len(source))) if keep is None else keep
+
+    def __len__(self):
+        return len(self.keep)
+
+    def __getitem__(self, index):
+        if self.keep[index] == self.bad:
+            raise OSError(f"cannot identify image file '/data/{self.bad}.png'")
+        return self.source[self.keep[index]]
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+
+def test_evaluation_skips_an_unreadable_example_and_counts_it(tiny):
+    model, params, tokenizer = tiny
+    from rmc_jax.data.sources import open_source
+
+    source = open_source("synthetic", "", "test", 9, 0, 32)
+    config = tiny_config()
+    config.data.max_bad_fraction = 0.2
+    with pytest.warns(UserWarning, match=r"skipping unreadable example 4 of synthetic"):
+        with_bad, raw = E.compute(model, params, config, tokenizer,
+                                  source=_Unreadable(source, bad=4), batch_size=4)
+    readable, _ = E.compute(model, params, config, tokenizer,
+                            source=_Unreadable(source, keep=[0, 1, 2, 3, 5, 6, 7, 8]),
+                            batch_size=4)
+    assert with_bad.pop("eval/skipped") == 1 and readable.pop("eval/skipped") == 0
+    # Every number is the one of the 8 readable examples: none stands in for example 4.
+    assert with_bad.keys() == readable.keys() and with_bad["eval/examples"] == 8
+    for key, value in readable.items():
+        assert with_bad[key] == pytest.approx(value, nan_ok=True), key
+    assert raw["skipped"] == {"eval": [
+        "synthetic[4]: OSError: cannot identify image file '/data/4.png'"]}
+    config.data.max_bad_fraction = 0.1
+    with pytest.raises(E.pipe.BadDataError, match=r"1 of 9 examples of the evaluation split "
+                                                   r"\(synthetic\) .*\n  synthetic\[4\]: OSError"):
+        E.compute(model, params, config, tokenizer, source=_Unreadable(source, bad=4))
+
+
+def test_the_evaluation_split_gets_the_source_options(tmp_path):
+    images, reports = str(tmp_path / "mimic"), str(tmp_path / "reports")
+    fx.write_mimic_cxr(images, reports_root=reports)
+    fx.write_ms_cxr(str(tmp_path / "ms_cxr"), images_root=images)
+    config = tiny_config()
+    config.data.update(train="ms_cxr", root=str(tmp_path / "ms_cxr"), eval="ms_cxr",
+                       eval_split="test",
+                       source_options=f"images_root={images},reports_root={reports}")
+    (example,) = [E.eval_source(config)[i] for i in range(1)]
+    assert example.example_id == "ms2" and "Small right pleural effusion" in example.report
+    # Training on another dataset: options aimed at ms_cxr by name reach its evaluation split.
+    config.data.update(train="synthetic", source_options=f"ms_cxr.images_root={images},"
+                                                         f"ms_cxr.reports_root={reports}")
+    assert "Small right pleural effusion" in E.eval_source(config)[0].report
+
+
+def test_a_mixture_is_evaluated_on_each_example_once(tmp_path):
+    from fixtures import cxr_formats_b as fx_b
+
+    fx_b.write_nih(str(tmp_path / "nih"))
+    fx_b.write_iu_xray(str(tmp_path / "iu"))
+    config = tiny_config()
+    config.data.update(eval="nih_cxr14:1,iu_xray:3", eval_split="all", eval_size=0,
+                       eval_root=f"nih_cxr14={tmp_path / 'nih'},iu_xray={tmp_path / 'iu'}")
+    source = E.eval_source(config)
+    ids = [source[i].example_id for i in range(len(source))]
+    # 4 NIH + 5 IU X-ray images; the training weights (1:3) would cycle IU's 5 to fill 12.
+    assert len(ids) == len(set(ids)) == 9

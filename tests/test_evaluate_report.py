@@ -80,6 +80,7 @@ def _raw_and_results():
             "box_mask": np.array([[True, True], [True, False]]),
             "captions": [["small right upper lobe nodule", "left pleural effusion"],
                          ["moderate cardiomegaly", ""]],
+            "content": np.array([[0, 0.25, 1, 0.75], [0, 0, 1, 1]], np.float32),
             "patch_maps": rng.normal(size=(2, 2, 4, 4))},
     }
     results = {"zeroshot/auroc_mean": 0.61, "zeroshot/auroc_mean_ci_low": 0.5,
@@ -110,3 +111,19 @@ def test_report_without_raw_data_still_lists_the_metrics(tmp_path):
     path = report.write_report({"retrieval/image_to_report_R@5": 0.1}, {}, str(tmp_path))
     text = open(path).read()
     assert "| `retrieval/image_to_report_R@5` | 0.1 |" in text and ".png" not in text
+
+
+def test_report_names_the_bad_examples_and_says_why_a_task_is_absent(tmp_path):
+    results = {"eval/examples": 15.0, "eval/skipped": 1.0, "eval/regions": 0.0,
+               "retrieval/examples": 0.0, "retrieval/left_out_no_report": 15.0,
+               "ms_cxr/skipped": 2.0}
+    raw = {"skipped": {"eval": ["mimic_cxr[3]: ImageDecodeError: cannot decode /d/3.jpg"],
+                       "ms_cxr": ["ms_cxr[0]: OSError: /m/0.jpg", "ms_cxr[1]: OSError: /m/1.jpg"]},
+           "notes": ["`retrieval`: not computed: 0 of the 15 examples have report text"]}
+    text = open(report.write_report(results, raw, str(tmp_path))).read()
+    assert "**1 bad example(s) left out of `eval`**" in text
+    assert "- `mimic_cxr[3]: ImageDecodeError: cannot decode /d/3.jpg`" in text
+    assert "**2 bad example(s) left out of `ms_cxr`**" in text and "`ms_cxr[1]: OSError" in text
+    assert "## Notes\n\n- `retrieval`: not computed: 0 of the 15 examples have report " \
+           "text" in text
+    assert "| `eval/skipped` | 1 |" in text

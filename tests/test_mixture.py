@@ -115,3 +115,15 @@ def test_source_options_reach_the_datasets_that_take_them(tmp_path):
             open_source("ms_cxr", str(tmp_path / "csv"), "train", options=bad)
     with pytest.raises(ValueError, match="no dataset in"):
         open_source("ms_cxr,synthetic", f"ms_cxr={tmp_path / 'csv'}", "train", options="q=1")
+
+
+def test_a_prefix_of_a_source_pickles_for_input_workers():
+    import pickle
+
+    from rmc_jax.data.sources import Prefix
+    from rmc_jax.data.synthetic import SyntheticSource
+
+    prefix = Prefix(SyntheticSource(split="train", seed=0, size=8), 3)
+    copy = pickle.loads(pickle.dumps(prefix))  # what Grain does for data.workers >= 1
+    assert len(copy) == 3 and copy.name == prefix.name
+    assert copy.texts(2) == prefix.texts(2)

@@ -1,4 +1,5 @@
-"""Two CPU processes (jax.distributed on localhost) train like one process on the same batch."""
+"""Two CPU processes (jax.distributed on localhost) train like one process on the same batch,
+and count bad examples over both."""
 
 import json
 import os
@@ -18,8 +19,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_processes(tmp_path, steps: int, *model: str) -> list[dict]:
-    """Metrics of ``steps`` fixed-batch steps run by two worker processes together."""
+def two_processes(tmp_path, steps: int, *model: str) -> dict:
+    """{'losses': metrics of ``steps`` fixed-batch steps run by two worker processes together,
+    'counts': bad-example counts logged over both}."""
     coordinator = f"localhost:{free_port()}"
     out = tmp_path / "losses.json"
     env = dict(os.environ, PYTHONPATH=os.path.join(HERE, ".."))
@@ -37,7 +39,10 @@ def test_two_processes_match_one(tmp_path):
     from test_train import fixed_batch_losses, smoke
 
     steps = 3
-    two = two_processes(tmp_path, steps)
+    written = two_processes(tmp_path, steps)
+    two = written["losses"]
+    assert written["counts"] == {"bad_examples": 3, "bad_examples_total": 8,
+                                 "regions_beyond_max_regions": 0, "regions_without_caption": 0}
     one = fixed_batch_losses(smoke(), steps, mesh_devices=1)
     for a, b in zip(one, two):
         for key in ("global", "roi", "neg", "distill", "total", "grad_norm"):
@@ -53,7 +58,7 @@ def test_two_processes_match_one_b16(tmp_path, depth):
     from test_b16 import b16, fixed_batch_losses
 
     steps = 2
-    two = two_processes(tmp_path, steps, "b16", str(depth))
+    two = two_processes(tmp_path, steps, "b16", str(depth))["losses"]
     one = fixed_batch_losses(b16("global", depth=depth, res=64, text_len=16), steps,
                              mesh_devices=1)
     assert len(one) == len(two) == steps

@@ -3,6 +3,7 @@ per-process slicing and bad input."""
 
 import dataclasses
 import os
+import re
 import sys
 import warnings
 
@@ -17,6 +18,10 @@ from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.images import ImageDecodeError
 from rmc_jax.data.sources.reports import model_text
 from rmc_jax.data.tokenizer import train_wordpiece
+
+# Skipping a bad example warns, naming it: asserted with pytest.warns where it is the point,
+# kept out of the summary elsewhere.
+pytestmark = pytest.mark.filterwarnings("ignore:skipping (unreadable )?example")
 
 CAPTIONS = ["small nodule in the right upper zone", "moderate left pleural effusion",
             "large right pneumothorax", "left lower lobe consolidation"]
@@ -83,7 +88,8 @@ def test_batch_shapes_masks_and_negatives(tokenizer):
     assert np.all(batch["neg_valid"][mask].sum(-1) >= 1)
     kinds = batch["neg_kind"][batch["neg_valid"]]
     assert np.all((kinds >= 0) & (kinds < len(PERTURBATION_TYPES)))
-    assert np.all(batch["caption_hash"][mask] >= 0) and np.all(batch["replaced"] == 0)
+    assert np.all(batch["caption_hash"][mask] >= 0) and np.all(batch["skipped"] == 0)
+    assert batch["skipped_examples"].tolist() == [""] * 4
 
 
 def test_regions_beyond_max_regions_are_cut_and_counted(tokenizer):
@@ -152,14 +158,204 @@ def test_evaluation_order_is_the_source_order_once(tokenizer):
     assert _example_values(got, cfg) == list(range(8))
 
 
-def test_unreadable_image_is_skipped_with_warning_and_counted(tokenizer):
+class FailingSource(TinySource):
+    """TinySource whose examples in ``bad`` raise ``error(message naming the file)``."""
+
+    def __init__(self, n=8, bad=(), error=ImageDecodeError):
+        super().__init__(n, bad)
+        self.error = error
+
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise self.error(f"/data/{i}.png: broken")
+        return super().__getitem__(i)
+
+
+def test_unreadable_image_is_skipped_not_replaced_and_named(tokenizer):
     cfg = config(augment=False)
     with pytest.warns(UserWarning, match=r"skipping unreadable example 2 .*2\.png"):
-        got = list(pipe.make_dataset(TinySource(8, bad={2}), cfg, tokenizer, batch_size=4,
+        got = list(pipe.make_dataset(TinySource(9, bad={2}), cfg, tokenizer, batch_size=4,
                                      seed=0, train=False))
+    # Example 2 is left out, nothing stands in for it: 8 readable examples, each once.
+    assert _example_values(got, cfg) == [0, 1, 3, 4, 5, 6, 7, 8]
+    assert [b["skipped"].tolist() for b in got] == [[0, 0, 1, 0], [0, 0, 0, 0]]
+    assert got[0]["skipped_examples"][2] == (
+        "tiny[2]: ImageDecodeError: cannot decode image /data/2.png: truncated")
+
+
+@pytest.mark.parametrize("error", [
+    __import__("json").JSONDecodeError.__name__, "ValueError", "OSError", "KeyError",
+    "RuntimeError"])
+def test_any_per_example_error_is_skipped_and_named(tokenizer, error):
+    """A truncated scene graph (JSONDecodeError), a non-numeric coordinate (ValueError), a
+    corrupt record (RuntimeError from the reader), a missing key: each is one bad example."""
+    import json
+
+    kind = {"JSONDecodeError": lambda m: json.JSONDecodeError(m, "{", 1)}.get(
+        error, getattr(__import__("builtins"), error, None))
+    source = FailingSource(8, bad={5}, error=kind)
+    cfg = config(augment=False)
+    with pytest.warns(UserWarning, match="skipping unreadable example 5 of tiny"):
+        got = list(pipe.make_dataset(source, cfg, tokenizer, batch_size=7, seed=0,
+                                     train=False))
+    assert _example_values(got, cfg) == [0, 1, 2, 3, 4, 6, 7]
+    (description,) = [d for d in got[0]["skipped_examples"] if d]
+    assert description.startswith(f"tiny[5]: {error}: ") and "/data/5.png" in description
+
+
+def test_interrupts_are_not_swallowed(tokenizer):
+    source = FailingSource(8, bad={1}, error=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        list(pipe.make_dataset(source, config(augment=False), tokenizer, batch_size=4, seed=0,
+                               train=False))
+
+
+class OddImageSource(TinySource):
+    """Example 3's image is 3-D (a multi-frame DICOM read as a volume): no transform takes it."""
+
+    def __getitem__(self, i):
+        example = super().__getitem__(i)
+        if i == 3:
+            example = dataclasses.replace(example, image=np.zeros((2, 40, 60), np.uint8))
+        return example
+
+
+def test_an_example_that_cannot_be_prepared_is_skipped_and_named(tokenizer):
+    cfg = config(augment=False)
+    with pytest.warns(UserWarning, match="skipping example 3 of tiny"):
+        got = list(pipe.make_dataset(OddImageSource(9), cfg, tokenizer, batch_size=4, seed=0,
+                                     train=False))
+    assert _example_values(got, cfg) == [0, 1, 2, 4, 5, 6, 7, 8]
+    assert got[0]["skipped"].tolist() == [0, 0, 0, 1]
+    assert got[0]["skipped_examples"][3] == (
+        "tiny[3]: tiny:3: cannot prepare: ValueError: tiny:3: image of shape (2, 40, 60); "
+        "expected a grayscale [H, W] array with H, W >= 1")
+
+
+def test_training_epoch_holds_every_readable_example_once(tokenizer):
+    cfg = config(augment=False)
+    got = batches(TinySource(24, bad={5, 17}), tokenizer, 2, cfg=cfg, batch_size=11)
     values = _example_values(got, cfg)
-    assert 2 not in values and values[2] == 3  # replaced by the next readable example
-    assert sum(int(b["replaced"].sum()) for b in got) == 1
+    # Two passes' worth of batches: the first 22 readable examples of the shuffled epoch are
+    # the 22 readable ones, none twice (a replacement would duplicate its neighbour).
+    assert sorted(values) == sorted(set(range(24)) - {5, 17})
+    assert sum(int(b["skipped"].sum()) for b in got) == 2
+    assert {d for b in got for d in b["skipped_examples"] if d} == {
+        "tiny[5]: ImageDecodeError: cannot decode image /data/5.png: truncated",
+        "tiny[17]: ImageDecodeError: cannot decode image /data/17.png: truncated"}
+
+
+def test_a_bad_example_met_at_several_mixture_positions_has_one_name(tokenizer):
+    from rmc_jax.data.sources.mixture import Mixture
+
+    small = TinySource(2, bad={1})
+    small.name = "small"
+    mixture = Mixture([small, TinySource(6)], [1, 1])  # 'small' cycled to 6 positions
+    cfg = config(augment=False, max_bad_fraction=0.9)
+    got = list(pipe.make_dataset(mixture, cfg, tokenizer, batch_size=9, seed=0, train=False))
+    names = [n for b in got for lines in b["skipped_examples"] for n in lines.split("\n") if n]
+    assert names == ["small[1]: ImageDecodeError: cannot decode image /data/1.png: truncated"] * 3
+
+
+def test_restored_iterator_with_bad_examples_yields_the_same_batches(tokenizer):
+    dataset = pipe.make_dataset(TinySource(24, bad={3, 10, 20}), config(), tokenizer,
+                                batch_size=4, seed=0, train=True)
+    iterator = iter(dataset)
+    for _ in range(4):
+        next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(8)]
+    restored = iter(dataset)
+    restored.set_state(state)
+    for x, y in zip(expected, (next(restored) for _ in range(8))):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert sum(int(b["skipped"].sum()) for b in expected) >= 3  # a full epoch's skips
+    # The budget's counts resume too: the restored iterator judges as the first one does.
+    assert state["bad_examples"]["read"] == 16 + state["bad_examples"]["skipped"]
+    assert restored.get_state() == iterator.get_state()
+
+
+def test_over_the_budget_the_iterator_stops_with_the_list(tokenizer):
+    bad = set(range(0, 250, 10))  # 10% of the examples
+    iterator = iter(pipe.make_dataset(TinySource(250, bad=bad), config(max_bad_fraction=0.05),
+                                      tokenizer, batch_size=4, seed=0, train=True))
+    with pytest.warns(UserWarning), pytest.raises(pipe.BadDataError) as error, \
+            pipe.closing(iterator):  # closed: no reading ahead after the test
+        for _ in range(60):
+            next(iterator)
+    message = str(error.value)
+    assert "data.max_bad_fraction = 5.0%" in message
+    named = re.findall(r"tiny\[(\d+)\]: ImageDecodeError: cannot decode image /data/(\d+)\.png",
+                       message)
+    # Judged after 1 / 5% = 20 examples: every bad one seen by then is listed.
+    assert f"({len(named)} distinct)" in message and len(named) >= 2
+    assert all(a == b and int(a) in bad for a, b in named)
+
+
+def test_a_dataset_with_no_readable_example_stops_whatever_the_budget(tokenizer):
+    dataset = pipe.make_dataset(TinySource(5, bad=set(range(5))), config(max_bad_fraction=1.0),
+                                tokenizer, batch_size=2, seed=0, train=True)
+    with pytest.raises(pipe.BadDataError, match=r"150 examples in a row.*\n  tiny\[\d\]"):
+        next(iter(dataset))
+
+
+def test_evaluation_batches_skip_bad_examples_and_pad_the_last_batch(tokenizer):
+    cfg = config(augment=False, max_bad_fraction=0.5)
+    batches_ = pipe.EvaluationBatches(TinySource(11, bad={2}), cfg, tokenizer, batch_size=4)
+    got = list(batches_)
+    assert _example_values(got, cfg) == [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10]
+    assert batches_.count == 10 and batches_.log.skipped == 1
+    assert [b["index"].tolist() for b in got][-1] == [9, 10, 10, 10]
+    assert list(batches_.log.distinct) == [
+        "tiny[2]: ImageDecodeError: cannot decode image /data/2.png: truncated"]
+    over = pipe.EvaluationBatches(TinySource(10, bad={2, 7}), config(max_bad_fraction=0.1),
+                                  tokenizer, batch_size=4)
+    with pytest.raises(pipe.BadDataError, match=r"2 of 10 examples .*\(20\.0% > data.max_bad_"
+                                                r"fraction = 10\.0%.*\n  tiny\[2\]: .*\n  tiny\[7\]"):
+        list(over)
+
+
+def test_skip_log_judges_the_fraction_once_enough_was_read():
+    log = pipe.SkipLog(0.01)
+    log.add(readable=9_999)
+    log.check()
+    log = pipe.SkipLog(0.01)
+    log.add(readable=45, skipped=["a[1]: x"] * 5)
+    log.check()                      # 50 read: too few to judge 1%
+    with pytest.raises(pipe.BadDataError, match=r"5 of 50 examples"):
+        log.check(complete=True)     # the whole split: judged
+    log = pipe.SkipLog(0.01)
+    log.add(readable=199, skipped=["a[1]: x"])
+    log.check()
+    log.add(skipped=["a[2]: y", "a[1]: x"])
+    with pytest.raises(pipe.BadDataError, match=r"3 of 202 examples .*\(2 distinct\)"):
+        log.check()
+
+
+def test_bad_examples_through_a_worker_process_are_named(tokenizer):
+    dataset = pipe.make_dataset(TinySource(24, bad={7}), config(), tokenizer, batch_size=4,
+                                seed=0, train=True)
+    worker = iter(pipe.prefetch(dataset, workers=1))
+    with pipe.closing(worker):
+        got = [next(worker) for _ in range(6)]  # one epoch
+    assert [d for b in got for d in b["skipped_examples"] if d] == [
+        "tiny[7]: ImageDecodeError: cannot decode image /data/7.png: truncated"]
+
+
+def test_report_presence_letterbox_content_and_uncaptioned_regions(tokenizer):
+    source = TinySource(4)
+    example = dataclasses.replace(source[2], report="  \n", captions=("", CAPTIONS[1]))
+    out = pipe.prepare_example(example, config(augment=False), tokenizer,
+                               tokenizer.with_max_len(12), None)
+    assert not out["has_report"] and out["regions_without_caption"] == 1
+    assert out["box_mask"].tolist() == [True, False]      # only the captioned box is kept
+    np.testing.assert_allclose(out["boxes"][0], [0.55, 0.5 * 21 / 32 + 5 / 32, 0.9,
+                                                 0.9 * 21 / 32 + 5 / 32], atol=1e-6)
+    # 40 x 60 letterboxed into 32 x 32: 21 rows of image, 5 rows of padding above.
+    np.testing.assert_allclose(out["content"], [0, 5 / 32, 1, 26 / 32])
+    assert pipe.prepare_example(source[2], config(augment=False), tokenizer,
+                                tokenizer.with_max_len(12), None)["has_report"]
 
 
 def test_sanitize_boxes_clips_and_drops_with_warnings():

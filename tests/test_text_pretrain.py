@@ -68,7 +68,7 @@ def test_masked_lm_loss_is_the_mean_cross_entropy_of_the_chosen_positions():
                                rtol=1e-6)
 
 
-def _config(steps=100):
+def _config(steps=20):
     config = get_config("smoke")
     config.text_pretrain.update(steps=steps, batch_size=16, warmup_steps=5, corpus_size=64,
                                 learning_rate=1e-2)
@@ -84,11 +84,8 @@ def test_warm_start_learns_is_cached_and_fits_the_model(tmp_path, monkeypatch):
     config = _config()
     tokenizer, source = _tokenizer_and_source(config)
     warm = tp.warm_start(config, str(tmp_path), tokenizer, source)
-    # The loss falls: the tower learns the reports' language.
     meta = json.load(open(tmp_path / tp.CACHE_DIR / tp.META_FILE))
-    losses = meta["losses_every_10_steps"]
-    assert meta["texts"] == 64 and len(losses) == 10
-    assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5, losses
+    assert meta["texts"] == 64 and len(meta["losses_every_10_steps"]) == 2
     # A second call with the same settings reads the cache instead of training.
     monkeypatch.setattr(tp, "train_masked_lm", lambda *a, **k: pytest.fail("retrained"))
     again = tp.warm_start(config, str(tmp_path), tokenizer, source)
@@ -112,6 +109,23 @@ def test_warm_start_learns_is_cached_and_fits_the_model(tmp_path, monkeypatch):
             for a, b in zip(jax.tree.leaves(state["params"][name]),
                             jax.tree.leaves(cold["params"][name])):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_masked_lm_learns_words_from_their_context():
+    """Sentences whose words follow from their neighbours: a masked word becomes predictable,
+    so the loss falls far below the cost of guessing among the vocabulary's words."""
+    config = _config()
+    sentences = ["small left pleural effusion at the left base",
+                 "large right upper zone consolidation in the right lung",
+                 "no pneumothorax and no focal consolidation are seen",
+                 "moderate cardiomegaly with a normal mediastinum"]
+    tokenizer = train_wordpiece(sentences * 4, 512, 16)
+    _, losses = tp.train_masked_lm(sentences * 16, tokenizer, build_model(config.model).text,
+                                   tp.Settings(steps=150, batch_size=16, warmup_steps=10,
+                                               learning_rate=1e-2, weight_decay=0.0), 0)
+    words = len({w for s in sentences for w in s.split()})
+    assert losses[0] > 0.8 * np.log(words) and np.mean(losses[-3:]) < 0.25 * np.log(words), \
+        losses
 
 
 def test_warm_start_is_off_by_default_and_for_imported_text_towers(tmp_path):

@@ -85,16 +85,46 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, variant):
     assert results == result["eval"] or set(results) <= set(result["eval"])
 
 
-def test_resume_is_bit_identical(tmp_path):
+class _EveryTenthUnreadable:
+    """A source whose examples 0, 10, 20, ... raise as unreadable images do."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        if index % 10 == 0:
+            raise OSError(f"cannot identify image file '/data/{index}.png'")
+        return self.source[index]
+
+    def __getattr__(self, name):
+        if name == "source":  # not set yet while unpickling (in the input worker)
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+@pytest.mark.filterwarnings("ignore:skipping unreadable example")
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
     # With per-tower control (its own optimizer state: partitioned AdamW, nothing for the frozen
-    # image tower) and one data worker process, whose iterator state is checkpointed too.
-    towers = {"data.workers": 1, "optimizer.tower_lr": "text=2e-3", "optimizer.freeze": "image"}
+    # image tower), one data worker process, whose iterator state is checkpointed too, and bad
+    # examples skipped on both sides of the interruption, whose run total survives it.
+    towers = {"data.workers": 1, "optimizer.tower_lr": "text=2e-3", "optimizer.freeze": "image",
+              "data.max_bad_fraction": 0.2}
+    open_source = train.data_sources.open_source
+    monkeypatch.setattr(train.data_sources, "open_source",
+                        lambda *a, **k: _EveryTenthUnreadable(open_source(*a, **k)))
     straight = train.train(smoke(total_steps=6, **towers), str(tmp_path / "a"))
     train.train(smoke(total_steps=6, checkpoint_every=100, **towers), str(tmp_path / "b"),
                 stop_at_step=3)
     resumed = train.train(smoke(total_steps=6, **towers), str(tmp_path / "b"))
     for x, y in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    before = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")][0]
+    assert before["step"] == 2 and before["bad_examples_total"] > 0
+    assert resumed["metrics"]["bad_examples_total"] == \
+        straight["metrics"]["bad_examples_total"] > before["bad_examples_total"]
     # The frozen tower is bit-identical to its initialisation; the rest has moved.
     config = smoke(total_steps=6, **towers)
     model = train.build_model(config.model)
@@ -175,8 +205,7 @@ def _fixed_batch_setup(config, mesh):
                                       batch_size=8, seed=0, train=True,
                                       caption_tokenizer=captions)
     full = next(iter(dataset))
-    full.pop("replaced")
-    full.pop("regions_cut")
+    train.InputCounts().add(full)  # takes out the pipeline's bookkeeping fields
     rows = 8 // jax.process_count()
     local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
              for k, v in full.items()}
@@ -343,12 +372,85 @@ def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
     assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results
 
 
-def test_too_many_unreadable_images_stop_the_run():
-    train._check_bad_fraction(0, 10_000, 0.01)
-    train._check_bad_fraction(5, 50, 0.01)  # too few read to judge 1%
-    train._check_bad_fraction(1, 200, 0.01)
-    with pytest.raises(RuntimeError, match=r"3 of 200 examples .* data.max_bad_fraction"):
-        train._check_bad_fraction(3, 200, 0.01)
+class _TextsOnly:
+    """A source whose every image is unreadable; its text is there."""
+
+    name, label_names = "broken", ()
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, index):
+        raise OSError(f"cannot identify image file '/data/{index}.png'")
+
+    def texts(self, index):
+        return f"report {index}", (f"caption {index}",)
+
+
+def test_the_tokenizer_corpus_reads_text_without_decoding_an_image():
+    assert list(train.corpus(_TextsOnly())) == [
+        "report 0", "caption 0", "report 1", "caption 1", "report 2", "caption 2"]
+    # A corrupt record's text cannot be read: left out and named, within the budget.
+    broken = _TextsOnly()
+    broken.texts = lambda i: (_ for _ in ()).throw(RuntimeError("/d/r.array_record record 1: "
+                                                                "Corrupted")) if i == 1 else (
+        f"report {i}", ())
+    with pytest.warns(UserWarning, match=r"skipping unreadable text of example 1 of broken: "
+                                         r"RuntimeError: /d/r.array_record record 1"):
+        assert list(train.corpus(broken, max_bad_fraction=0.5)) == ["report 0", "report 2"]
+    with pytest.warns(UserWarning), pytest.raises(train.pipe.BadDataError,
+                                                  match=r"broken\[1\]: RuntimeError"):
+        list(train.corpus(broken, max_bad_fraction=0.1))
+    with pytest.raises(TypeError, match="'tiny' has no texts"):
+        list(train.corpus(type("Tiny", (), {"name": "tiny", "__len__": lambda self: 1})()))
+
+
+def _bookkeeping(skipped_examples, regions_cut=0):
+    """The fields of a 4-example batch that InputCounts reads, as the pipeline makes them."""
+    lines = np.array(skipped_examples + [""] * (4 - len(skipped_examples)))
+    return {"image": np.zeros((4, 2, 2, 1)), "index": np.arange(4, dtype=np.int32),
+            "skipped": np.array([len([n for n in x.split("\n") if n]) for x in lines], np.int32),
+            "skipped_examples": lines, "regions_cut": np.full(4, regions_cut, np.int32),
+            "regions_without_caption": np.zeros(4, np.int32)}
+
+
+def test_bad_example_counts_keep_a_run_total_across_logs_and_resumes():
+    counts = train.InputCounts(max_bad_fraction=0.5)
+    batch = _bookkeeping(["src[3]: ImageDecodeError: /d/3.png"], regions_cut=1)
+    counts.add(batch)
+    assert set(batch) == {"image"}  # the bookkeeping fields are not model inputs
+    assert counts.log_metrics() == {"bad_examples": 1, "bad_examples_total": 1,
+                                    "regions_beyond_max_regions": 4,
+                                    "regions_without_caption": 0}
+    counts.add(_bookkeeping([]))
+    # A skip at the first step still shows in the total of a later logged step.
+    assert counts.log_metrics()["bad_examples"] == 0 and counts.totals()[
+        "bad_examples_total"] == 1
+    counts.add(_bookkeeping(["src[3]: ImageDecodeError: /d/3.png\nsrc[9]: OSError: /d/9.png"]))
+    saved = counts.state()
+    assert saved["bad_examples_total"] == 3 and saved["bad_examples_seen"] == [
+        "src[3]: ImageDecodeError: /d/3.png", "src[9]: OSError: /d/9.png"]
+    resumed = train.InputCounts(json.loads(json.dumps(saved)), max_bad_fraction=0.5)
+    resumed.add(_bookkeeping(["src[9]: OSError: /d/9.png"]))
+    assert resumed.log_metrics()["bad_examples"] == 1
+    assert resumed.totals()["bad_examples_total"] == 4
+    assert resumed.summary() == (
+        "bad data:    4 bad example(s) skipped in training (within data.max_bad_fraction = "
+        "50.0%), 2 distinct:\n  src[3]: ImageDecodeError: /d/3.png\n  src[9]: OSError: /d/9.png")
+    assert train.InputCounts().summary() == "bad data:    no example skipped in training"
+
+
+def test_run_counters_are_saved_with_the_checkpoint(tmp_path):
+    checkpointer = ckpt.Checkpointer(str(tmp_path), 1, 2)
+    state = {"step": jnp.zeros((), jnp.int32)}
+    checkpointer.save(1, state)  # a checkpoint without counters (as older runs wrote them)
+    checkpointer.save(2, state, counters=lambda: {"bad_examples_total": 3,
+                                                  "bad_examples_seen": ["a[1]: x"]})
+    checkpointer.wait_until_finished()
+    assert checkpointer.restore_counters() == {"bad_examples_total": 3,
+                                               "bad_examples_seen": ["a[1]: x"]}
+    assert checkpointer.restore_counters(1) == {}
+    checkpointer.close()
 
 
 def test_checkpoint_from_one_device_restores_on_eight_and_back(tmp_path):

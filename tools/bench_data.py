@@ -143,7 +143,7 @@ def step_rate(config, source, tokenizer, steps: int) -> tuple[list[float], float
                                 batch_size=config.batch_size, seed=config.seed, train=True,
                                 caption_tokenizer=caption_tokenizer)
     local = next(iter(dataset))
-    local.pop("replaced"), local.pop("regions_cut")
+    trainer.InputCounts().add(local)  # takes out the pipeline's bookkeeping fields
     batch = shd.global_batch(local, mesh)
     concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
         trainer.concept_prompts(source.label_names)))

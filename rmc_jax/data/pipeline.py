@@ -3,7 +3,19 @@
     MapDataset.source(robust source) -> shuffle(seed) -> repeat -> [process::process_count]
       -> random_map(prepare: [flip + mirrored text], crop, letterbox, intensity, tokenize,
                     hard negatives, pad)
-      -> to_iter_dataset -> batch(drop_remainder) -> mp_prefetch(workers)
+      -> to_iter_dataset -> skip bad examples -> batch(drop_remainder) -> mp_prefetch(workers)
+
+Bad data: an example whose ``source[i]`` or preparation raises (an unreadable or truncated
+image, a corrupt record, a malformed annotation) becomes a ``Skipped`` marker naming the source,
+the index and the error (whose message names the file or shard). Markers are not batched: the
+skip stage drops them and attaches their descriptions to the next readable example, so a
+batch holds only readable examples (none is repeated to fill a gap) and says what was skipped
+before each. The skip stage's state is its parent's and its counts, so the iterator stays
+checkpointable.
+Over ``max_bad_fraction`` of the examples read, the iterator raises ``BadDataError`` listing
+the bad examples (its counts are part of its checkpointed state, so a resumed run judges the
+fraction as the uninterrupted one would); ``EvaluationBatches`` does the same for an
+evaluation split.
 
 Everything random comes from Grain's per-element seeded RNG, so a pipeline is a pure function
 of (source, config, seed) and its iterator state can be checkpointed and restored to yield
@@ -17,8 +29,12 @@ L = max_text_len, C = labels, S = image size):
     neg_ids, neg_mask [B, R, K, L] int32           neg_valid [B, R, K] bool, neg_kind [B, R, K]
     labels [B, C] float32            label_mask [B, C] bool
     finding_ids, side_ids, zone_ids, size_ids [B, R] int32
-    replaced [B] int32 (unreadable examples skipped to reach this one)
+    has_report [B] bool (the example has report text; retrieval leaves out those without)
+    content [B, 4] float32 (normalised xyxy of the image inside the letterbox padding)
     regions_cut [B] int32 (regions beyond max_regions, left out; logged by the trainer)
+    regions_without_caption [B] int32 (boxes whose caption is empty, left out)
+    skipped [B] int32, skipped_examples [B] str: bad examples skipped just before this one and
+        their descriptions, one per line (``make_dataset`` batches only)
 """
 
 from __future__ import annotations
@@ -36,7 +52,6 @@ import numpy as np
 from rmc_jax.data import transforms
 from rmc_jax.data.captions import PERTURBATION_TYPES, hard_negatives
 from rmc_jax.data.schema import Example
-from rmc_jax.data.sources.images import ImageDecodeError
 from rmc_jax.data.sources.reports import REPORT_SECTIONS, model_text
 from rmc_jax.data.tokenizer import Tokenizer
 
@@ -60,6 +75,9 @@ class PipelineConfig:
     flip_probability: float = 0.0
     # Which report sections the text tower reads, in order (``reports.REPORT_SECTIONS``).
     report_sections: str = "impression_findings"
+    # The largest fraction of the examples read that may be bad (unreadable, unpreparable)
+    # and skipped before iterating raises BadDataError.
+    max_bad_fraction: float = 0.01
 
     @classmethod
     def from_data_config(cls, data, **overrides) -> "PipelineConfig":
@@ -69,7 +87,8 @@ class PipelineConfig:
             num_negatives=data.num_negatives, max_text_len=data.max_text_len,
             max_caption_len=data.max_caption_len, augment=data.augment,
             flip_probability=data.get("flip_probability", 0.0),
-            report_sections=data.get("report_sections", cls.report_sections))
+            report_sections=data.get("report_sections", cls.report_sections),
+            max_bad_fraction=data.get("max_bad_fraction", cls.max_bad_fraction))
         fields.update(overrides)
         return cls(**fields)
 
@@ -82,29 +101,145 @@ class PipelineConfig:
                              "be in [0, 1]")
 
 
-class RobustSource:
-    """Wraps a source so an unreadable image is skipped (warning naming it) and replaced by the
-    next readable example; each returned item says how many were skipped to reach it."""
+class BadDataError(RuntimeError):
+    """Too many examples could not be read or prepared (more than ``data.max_bad_fraction``)."""
 
-    def __init__(self, source, max_consecutive: int = 16):
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An example that could not be read or prepared: which one and why."""
+
+    source: str
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        """'source[index]: reason' on one line."""
+        return f"{self.source}[{self.index}]: " + " ".join(self.reason.splitlines())
+
+
+def _reason(error: BaseException, stage: str = "") -> str:
+    """'ImageDecodeError: cannot decode /x.png: ...' (the error's message names the file)."""
+    return f"{stage}{type(error).__name__}: {error}"
+
+
+def _source_name(source) -> str:
+    return getattr(source, "name", "") or type(source).__name__
+
+
+class SkipLog:
+    """Counts of the examples read and skipped, with the distinct bad ones, and the
+    ``max_bad_fraction`` budget over them (one log per iterator, trainer or evaluation).
+
+    The fraction is judged once enough examples were read for it to mean something (at least
+    ``1 / limit``), or at the end of a split (``complete``); the error lists the bad examples.
+    """
+
+    MAX_LISTED = 1000  # distinct bad examples remembered (and printed) at most
+
+    def __init__(self, limit: float = 1.0, what: str = "examples"):
+        self.limit, self.what = limit, what
+        self.read = self.skipped = 0
+        self.distinct: dict[str, None] = {}
+
+    def add(self, readable: int = 0, skipped=()) -> None:
+        """``readable`` examples read fine and the descriptions of those ``skipped``."""
+        skipped = [str(s) for s in skipped]
+        self.read += readable + len(skipped)
+        self.skipped += len(skipped)
+        for description in skipped:
+            if len(self.distinct) < self.MAX_LISTED:
+                self.distinct.setdefault(description)
+
+    def state(self) -> dict:
+        """The counts and names, as JSON (checkpointed with the iterator)."""
+        return {"read": self.read, "skipped": self.skipped, "distinct": list(self.distinct)}
+
+    def restore(self, state: dict) -> None:
+        self.read, self.skipped = int(state["read"]), int(state["skipped"])
+        self.distinct = dict.fromkeys(state["distinct"])
+
+    def listing(self, limit: int = 20) -> str:
+        """The first ``limit`` distinct bad examples, one per line."""
+        names = list(self.distinct)
+        more = len(names) - limit
+        return "\n".join(f"  {n}" for n in names[:limit]) + (
+            f"\n  ... and {more} more" if more > 0 else "")
+
+    def check(self, complete: bool = False) -> None:
+        """Raise ``BadDataError`` (with the list) when over the budget."""
+        limit = max(self.limit, 0.0)
+        enough = complete or self.read >= 1.0 / max(limit, 1e-9)
+        if self.skipped and enough and self.skipped / self.read > limit:
+            raise BadDataError(
+                f"{self.skipped} of {self.read} {self.what} read could not be read or "
+                f"prepared and were skipped ({self.skipped / self.read:.1%} > "
+                f"data.max_bad_fraction = {limit:.1%}); check the dataset copy. "
+                f"The bad examples ({len(self.distinct)} distinct):\n{self.listing()}")
+
+
+class RobustSource:
+    """A source whose per-example errors become ``Skipped`` markers: item ``i`` is
+    ``(i, example)`` or ``Skipped(dataset, position, reason)``, with a warning naming it.
+
+    Any ``Exception`` counts (an undecodable image, a truncated record, a malformed
+    annotation, a missing file); KeyboardInterrupt and SystemExit are not caught.
+    """
+
+    def __init__(self, source):
         self.source = source
-        self.max_consecutive = max_consecutive
+        self.name = _source_name(source)
 
     def __len__(self):
         return len(self.source)
 
+    def where(self, index: int) -> tuple[str, int]:
+        """(dataset name, position in it) of item ``index``: in a mixture, the dataset and
+        the position there, so that an example met at several mixture positions (the smaller
+        datasets are cycled) has one name."""
+        locate = getattr(self.source, "locate", None)
+        if locate is None:
+            return self.name, int(index)
+        k, position = locate(index)
+        return _source_name(self.source.sources[k]), int(position)
+
     def __getitem__(self, index):
-        n = len(self.source)
-        for skipped in range(self.max_consecutive + 1):
-            position = (index + skipped) % n
-            try:
-                return self.source[position], skipped
-            except (ImageDecodeError, FileNotFoundError) as error:
-                warnings.warn(f"skipping unreadable example {position} of "
-                              f"{getattr(self.source, 'name', type(self.source).__name__)}: "
-                              f"{error}", stacklevel=2)
-        raise RuntimeError(f"{self.max_consecutive + 1} unreadable examples in a row starting at "
-                           f"index {index}: check the dataset copy")
+        item = attempt(lambda: self.source[index], *self.where(index))
+        return item if isinstance(item, Skipped) else (index, item)
+
+
+def attempt(read, source: str, index: int, what: str = "unreadable example",
+            stage: str = ""):
+    """``read()``, or a ``Skipped(source, index, stage + the error)`` marker, with a warning
+    naming it, when that raises any ``Exception`` (KeyboardInterrupt and SystemExit are not
+    caught). ``source[index]`` names the example read."""
+    try:
+        return read()
+    except Exception as error:  # noqa: BLE001 -- any bad example is skipped and named
+        skipped = Skipped(source, int(index), _reason(error, stage))
+        warnings.warn(f"skipping {what} {index} of {source}: {skipped.reason}", stacklevel=3)
+        return skipped
+
+
+def spread_texts(source, count: int, max_bad_fraction: float = 1.0):
+    """(report, captions) of ``count`` examples spread evenly over ``source`` (every part of a
+    mixture contributes), read with ``source.texts``: no image is decoded, so an unreadable
+    one cannot stop a corpus. An example whose text cannot be read (a corrupt record, a
+    truncated scene graph) is left out with a warning naming it, within ``max_bad_fraction``
+    of those read (``BadDataError`` beyond)."""
+    if not hasattr(source, "texts"):
+        raise TypeError(f"data source {_source_name(source)!r} has no texts(index) -> (report, "
+                        "captions): every source gives an example's text without decoding its "
+                        "image (rmc_jax.data.sources.base.Source)")
+    log, where = SkipLog(max_bad_fraction, "examples' texts read"), RobustSource(source).where
+    count = min(count, len(source))
+    for index in np.linspace(0, len(source) - 1, count).round().astype(int).tolist():
+        item = attempt(lambda: source.texts(index), *where(index), "unreadable text of example")
+        log.add(*((0, [item]) if isinstance(item, Skipped) else (1,)))
+        log.check()
+        if not isinstance(item, Skipped):
+            yield item
+    log.check(complete=True)
 
 
 def caption_hash(text: str) -> int:
@@ -115,26 +250,42 @@ def caption_hash(text: str) -> int:
 
 
 class Prepare(grain.transforms.RandomMap):
-    """(Example, skipped) -> fixed-shape dict of arrays for one example."""
+    """(index, Example) -> fixed-shape dict of arrays for one example; a ``Skipped`` marker
+    passes through. An example whose preparation raises becomes a ``Skipped`` marker too:
+    what fails there (an image of an impossible shape, boxes or text a transform cannot take)
+    comes from that example's data, and a bug that fails every example still stops the run
+    at the bad-example budget, with the errors listed."""
 
     def __init__(self, config: PipelineConfig, tokenizer: Tokenizer, caption_tokenizer: Tokenizer,
-                 train: bool):
+                 train: bool, where=lambda index: ("source", index)):
         self.config = config
         self.tokenizer = tokenizer
         self.caption_tokenizer = caption_tokenizer
         self.train = train
+        self.where = where  # index -> (dataset name, position), as ``RobustSource.where``
 
     def random_map(self, item, rng: np.random.Generator):
-        example, skipped = item
-        return prepare_example(example, self.config, self.tokenizer, self.caption_tokenizer,
-                               rng if self.train else None, skipped)
+        if isinstance(item, Skipped):
+            return item
+        index, example = item
+        out = attempt(lambda: prepare_example(example, self.config, self.tokenizer,
+                                              self.caption_tokenizer,
+                                              rng if self.train else None),
+                      *self.where(index), "example",
+                      f"{example.source}:{example.example_id}: cannot prepare: ")
+        if not isinstance(out, Skipped):
+            out["index"] = np.int32(index)
+        return out
 
 
 def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokenizer,
-                    caption_tokenizer: Tokenizer, rng: np.random.Generator | None,
-                    skipped: int = 0) -> dict:
+                    caption_tokenizer: Tokenizer, rng: np.random.Generator | None) -> dict:
     """One Example -> padded arrays. ``rng=None`` means evaluation: no augmentation, and the
     hard negatives are drawn from a generator seeded by the example id (stable across runs).
+
+    A box whose caption is empty has no text to learn from or to be scored against: it is
+    left out (``box_mask`` False) and counted in ``regions_without_caption``. ``has_report``
+    says whether the report has any text (for the model: after ``report_sections``).
 
     A training flip (``config.flip_probability``) mirrors image and boxes and swaps the
     patient's sides in the captions, the report and ``side_ids`` before anything else uses
@@ -142,7 +293,14 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
     """
     r_max, k = config.max_regions, config.num_negatives
     where = f"{example.source}:{example.example_id}"
+    shape = np.shape(example.image)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"{where}: image of shape {shape}; expected a grayscale [H, W] array "
+                         "with H, W >= 1")
     boxes, keep = transforms.sanitize_boxes(example.boxes, where)
+    captioned = np.array([bool(str(c).strip()) for c in example.captions], bool)
+    uncaptioned = int((keep & ~captioned).sum())
+    keep &= captioned
     keep_index = np.flatnonzero(keep)[:r_max]
     boxes = boxes[keep_index]
     captions = [example.captions[i] for i in keep_index]
@@ -158,6 +316,8 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
         attributes["side_ids"] = transforms.mirror_side_ids(attributes["side_ids"])
     if rng is not None and config.augment:
         image, boxes = transforms.crop_keeping_regions(image, boxes, rng, config.min_crop_scale)
+    content = transforms.letterbox_content(image.shape[0], image.shape[1],
+                                           config.image_size)
     image, boxes = transforms.letterbox(image, boxes, config.image_size)
     if rng is not None and config.augment:
         image = transforms.adjust_intensity(image, rng)
@@ -189,8 +349,10 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
         "neg_kind": padded((r_max, k), np.int32, -1),
         "labels": example.labels.astype(np.float32),
         "label_mask": example.label_mask.astype(bool),
-        "replaced": np.int32(skipped),
+        "has_report": np.bool_(bool(report.strip())),
+        "content": content,
         "regions_cut": np.int32(max(0, int(keep.sum()) - r_max)),
+        "regions_without_caption": np.int32(uncaptioned),
     }
     for name, values in attributes.items():
         out[name] = padded((r_max,), np.int32, -1)
@@ -210,24 +372,125 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
     return out
 
 
+def prepared(source, config: PipelineConfig, tokenizer: Tokenizer, *, seed: int, train: bool,
+             process_index: int = 0, process_count: int = 1,
+             caption_tokenizer: Tokenizer | None = None,
+             num_epochs: int | None = None) -> grain.MapDataset:
+    """Per-example model inputs (dicts of arrays, see the module docstring) or ``Skipped``
+    markers, in the order this process reads them.
+
+    Training shuffles with ``seed`` and repeats forever (or ``num_epochs``); evaluation keeps the
+    source order and covers it once. Each process reads only its slice of the global order.
+    """
+    if caption_tokenizer is None:
+        caption_tokenizer = tokenizer.with_max_len(config.max_caption_len)
+    robust = RobustSource(source)
+    dataset = grain.MapDataset.source(robust)
+    if train:
+        dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
+    dataset = dataset[process_index::process_count]
+    return dataset.random_map(Prepare(config, tokenizer, caption_tokenizer, train, robust.where),
+                              seed=seed)
+
+
 def make_dataset(source, config: PipelineConfig, tokenizer: Tokenizer, *, batch_size: int,
                  seed: int, train: bool, process_index: int = 0, process_count: int = 1,
                  caption_tokenizer: Tokenizer | None = None,
                  num_epochs: int | None = None) -> grain.IterDataset:
-    """The batched dataset for one process.
+    """The batched dataset for one process (``prepared`` without its bad examples, batched;
+    ``batch_size`` is per process, the remainder is dropped).
 
-    Training shuffles with ``seed`` and repeats forever (or ``num_epochs``); evaluation keeps the
-    source order and covers it once. Each process reads only its slice of the global order;
-    ``batch_size`` is per process. Batches drop the remainder.
+    Each example carries the bad examples skipped just before it (``skipped``,
+    ``skipped_examples``); over ``config.max_bad_fraction`` of the examples read, iterating
+    raises ``BadDataError``, and so it does (whatever the budget) after ``10 * len(source) +
+    100`` bad examples in a row, where no readable example is left to wait for.
     """
-    if caption_tokenizer is None:
-        caption_tokenizer = tokenizer.with_max_len(config.max_caption_len)
-    dataset = grain.MapDataset.source(RobustSource(source))
-    if train:
-        dataset = dataset.shuffle(seed=seed).repeat(num_epochs)
-    dataset = dataset[process_index::process_count]
-    dataset = dataset.random_map(Prepare(config, tokenizer, caption_tokenizer, train), seed=seed)
-    return dataset.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    dataset = prepared(source, config, tokenizer, seed=seed, train=train,
+                       process_index=process_index, process_count=process_count,
+                       caption_tokenizer=caption_tokenizer, num_epochs=num_epochs)
+    return _SkipBad(dataset.to_iter_dataset(), config.max_bad_fraction,
+                    10 * len(source) + 100).batch(batch_size, drop_remainder=True)
+
+
+class _SkipBad(grain.IterDataset):
+    """Drops ``Skipped`` markers, attaching their descriptions to the next readable example
+    (``skipped`` int32, ``skipped_examples`` str, one per line), within the bad-data budget.
+    Bad examples after the last readable one of a finite stream are not reported."""
+
+    def __init__(self, parent: grain.IterDataset, max_bad_fraction: float, in_a_row: int):
+        super().__init__(parent)
+        self.max_bad_fraction, self.in_a_row = max_bad_fraction, max(int(in_a_row), 1)
+
+    def __iter__(self):
+        return _SkipBadIterator(self._parent.__iter__(), self.max_bad_fraction, self.in_a_row)
+
+
+class _SkipBadIterator(grain.DatasetIterator):
+    def __init__(self, parent, max_bad_fraction: float, in_a_row: int):
+        super().__init__(parent)
+        self.log, self.in_a_row = SkipLog(max_bad_fraction), in_a_row
+
+    def __next__(self):
+        skipped = []
+        while isinstance(item := next(self._parent), Skipped):
+            skipped.append(str(item))
+            self.log.add(skipped=[item])
+            self.log.check()
+            if len(skipped) >= self.in_a_row:
+                raise BadDataError(f"{len(skipped)} examples in a row could not be read or "
+                                   "prepared: check the dataset copy. The bad examples:\n"
+                                   f"{self.log.listing()}")
+        self.log.add(readable=1)
+        return dict(item, skipped=np.int32(len(skipped)),
+                    skipped_examples="\n".join(skipped))
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "bad_examples": self.log.state()}
+
+    def set_state(self, state):
+        if "bad_examples" in state:  # (a state saved before the budget was kept has none)
+            self.log.restore(state["bad_examples"])
+            state = state["parent"]
+        self._parent.set_state(state)
+
+
+class EvaluationBatches:
+    """Every readable example of ``source`` once, in source order, as batches of
+    ``batch_size`` for embedding: bad examples are skipped (never replaced by another) and
+    recorded in ``log`` (a ``SkipLog`` under ``config.max_bad_fraction``, judged on the whole
+    split at the end); the last batch is filled up by repeating its last example, and
+    ``count`` (set once iterated) says how many rows are real: they come first."""
+
+    def __init__(self, source, config: PipelineConfig, tokenizer: Tokenizer, *, batch_size: int,
+                 caption_tokenizer: Tokenizer | None = None, what: str = "examples"):
+        self.dataset = prepared(source, config, tokenizer, seed=0, train=False,
+                                caption_tokenizer=caption_tokenizer)
+        self.batch_size = batch_size
+        self.log = SkipLog(config.max_bad_fraction, what)
+        self.count = 0
+
+    def __iter__(self):
+        self.log, self.count = SkipLog(self.log.limit, self.log.what), 0
+        pending = []
+        with closing(iter(self.dataset.to_iter_dataset())) as items:  # stops the read-ahead
+            for item in items:
+                if isinstance(item, Skipped):
+                    self.log.add(skipped=[item])
+                    self.log.check()
+                    continue
+                self.log.add(readable=1)
+                self.count += 1
+                pending.append(item)
+                if len(pending) == self.batch_size:
+                    yield _stack(pending)
+                    pending = []
+        self.log.check(complete=True)
+        if pending:
+            yield _stack(pending + pending[-1:] * (self.batch_size - len(pending)))
+
+
+def _stack(items: list[dict]) -> dict:
+    return {name: np.stack([item[name] for item in items]) for name in items[0]}
 
 
 def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:

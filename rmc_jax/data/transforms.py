@@ -38,6 +38,14 @@ def sanitize_boxes(boxes: np.ndarray, where: str = "") -> tuple[np.ndarray, np.n
     return clipped, keep
 
 
+def _letterbox_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, new_height, new_width) of an image of ``height x width`` letterboxed into
+    a ``size x size`` square (the longer side resized to ``size``, centred)."""
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
+
+
 def letterbox(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Resize the longer side to ``size`` and pad the other to a square, centred.
 
@@ -45,18 +53,23 @@ def letterbox(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     Returns: (float32 [size, size] in [0, 1], boxes normalised to the square).
     """
     h, w = image.shape
-    scale = size / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left, new_h, new_w = _letterbox_geometry(h, w, size)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR),
                          np.float32) / 255.0
     out = np.zeros((size, size), np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top:top + new_h, left:left + new_w] = resized
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     fx, fy = new_w / size, new_h / size
     mapped = boxes * np.array([fx, fy, fx, fy], np.float32) + np.array(
         [left / size, top / size, left / size, top / size], np.float32)
     return out, mapped
+
+
+def letterbox_content(height: int, width: int, size: int) -> np.ndarray:
+    """[4] normalised xyxy of the part of the ``letterbox`` square that holds the image of
+    ``height x width`` (the rest is padding): exact pixel bounds, whatever the pixels hold."""
+    top, left, new_h, new_w = _letterbox_geometry(height, width, size)
+    return np.array([left, top, left + new_w, top + new_h], np.float32) / size
 
 
 def crop_keeping_regions(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator,

@@ -8,6 +8,13 @@ model's ``encode_*`` functions only and writes ``<workdir>/eval/results.json`` (
 ``{metric: number}``) and ``<workdir>/eval/report.md`` with its figures;
 ``evaluate_checkpoint(config, workdir)`` does the same from the latest checkpoint alone.
 
+Bad data: an example that cannot be read or prepared is left out of every metric (never
+replaced by another), counted in ``eval/skipped`` (``<protocol>/skipped``) and named in the
+report; more than ``data.max_bad_fraction`` of a split stops the evaluation with the list.
+Metrics that need text score only text that is there: examples without a report are left out
+of retrieval (``retrieval/left_out_no_report``), regions without a caption out of the region
+tasks; a task left with nothing to score is absent from results.json, and report.md says why.
+
 Options (``config.evals``): ``prompts`` (a JSON prompt set), ``region_mode`` ('head', 'crop',
 'both'), ``grounding``, ``report``, ``protocols`` and ``datasets`` (see ``protocols``).
 """
@@ -22,6 +29,7 @@ import numpy as np
 
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
+from rmc_jax.data.sources.mixture import Mixture
 from rmc_jax.data.tokenizer import SPECIAL_TOKENS
 from rmc_jax.evaluate import grounding
 from rmc_jax.evaluate import protocols as protocols_lib
@@ -42,10 +50,19 @@ def load_prompts(path: str) -> dict:
 
 
 def eval_source(config):
-    """The evaluation split named by ``config.data`` (eval, eval_root, eval_split, eval_size)."""
+    """The evaluation split named by ``config.data`` (eval, eval_root, eval_split, eval_size),
+    opened with ``data.source_options`` (e.g. MS-CXR's ``reports_root``). Options given to
+    every dataset are checked against the evaluation dataset only when it is also the training
+    dataset (they were written for that one); ``name.key`` options always apply. A mixture is
+    evaluated on every example of its datasets once: its weights, which repeat the examples
+    of the smaller datasets in training, would count them several times."""
     d = config.data
-    return data_sources.open_source(d.eval, d.eval_root or d.root, d.eval_split, d.eval_size,
-                                    config.seed, d.image_size)
+    source = data_sources.open_source(d.eval, d.eval_root or d.root, d.eval_split, d.eval_size,
+                                      config.seed, d.image_size, d.get("source_options", ""),
+                                      strict=d.eval == d.train)
+    if isinstance(source, Mixture):  # evaluated, each example of each dataset counts once
+        return Mixture(source.sources, [len(s) for s in source.sources])
+    return source
 
 
 REGION_MODES = ("head", "crop", "both")
@@ -58,25 +75,6 @@ def _option(config, name: str, default):
         return default
     value = evals.get(name, default) if hasattr(evals, "get") else getattr(evals, name, default)
     return default if value is None else value
-
-
-class _PaddedSource:
-    """A source whose length is rounded up to a multiple of ``multiple`` by repeating its last
-    example, so that batching (which drops a remainder) still covers every example; the repeats
-    are cut from the embeddings afterwards."""
-
-    def __init__(self, source, multiple: int):
-        self.source, self.count = source, len(source)
-        self.length = -(-self.count // multiple) * multiple
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        return self.source[min(index, self.count - 1)]
-
-    def __getattr__(self, name):
-        return getattr(self.source, name)
 
 
 class _Context:
@@ -107,17 +105,17 @@ class _Context:
                 self._text_cache[text] = emb
         return np.stack([self._text_cache[t] for t in texts])
 
-    def embed(self, source, *, crops: bool, patches: bool, keep_samples: int = 0):
-        """Embed every example of ``source`` -> (data [N, ...] arrays, samples)."""
-        count = len(source)
-        batch = max(1, min(self.batch_size, count))
-        dataset = pipe.make_dataset(_PaddedSource(source, batch), self.pipeline, self.tokenizer,
-                                    batch_size=batch, seed=self.config.seed, train=False,
-                                    caption_tokenizer=self.caption_tokenizer)
-        pad_value = (0.0 - self.pipeline.pixel_mean) / self.pipeline.pixel_std
-        data, samples = embed_batches(self.encoders, dataset, crops=crops, patches=patches,
-                                      pad_value=pad_value, keep_samples=keep_samples)
-        return {name: value[:count] for name, value in data.items()}, samples
+    def embed(self, source, what: str, *, crops: bool, patches: bool, keep_samples: int = 0):
+        """Embed every readable example of ``source`` -> (data [N, ...] arrays, samples, the
+        ``SkipLog`` of the examples left out); ``what`` names the split in errors."""
+        batches = pipe.EvaluationBatches(
+            source, self.pipeline, self.tokenizer, caption_tokenizer=self.caption_tokenizer,
+            batch_size=max(1, min(self.batch_size, len(source))), what=f"examples of {what}")
+        data, samples = embed_batches(self.encoders, batches, crops=crops, patches=patches,
+                                      keep_samples=keep_samples)
+        count = batches.count  # the rows after it repeat the last example to fill a batch
+        return ({name: value[:count] for name, value in data.items()},
+                {name: value[:count] for name, value in samples.items()}, batches.log)
 
     def decode(self, ids: np.ndarray) -> str:
         """Token ids -> text without padding and special tokens (for figure captions)."""
@@ -132,6 +130,11 @@ def _region_tasks(data, context: _Context, namespace: str, tasks, raw) -> dict:
     """Region matching, lesion retrieval, hard negatives and grounding of one embedded split,
     for the region embeddings that ``evals.region_mode`` selects."""
     results = {}
+    if {"regions", "hard_negatives", "grounding"} & set(tasks) and not data["box_mask"].any():
+        tasks_lib.note(raw, f"{namespace}regions", "not computed: no example has a region with "
+                       "a box and a caption (region matching, lesion retrieval, hard negatives "
+                       "and grounding need one)")
+        return results
     variants = {"head": [("regions", "")], "crop": [("regions_crop", "_crop")],
                 "both": [("regions", ""), ("regions_crop", "_crop")]}[context.region_mode]
     for key, suffix in variants:
@@ -172,8 +175,8 @@ def _split_results(data, context: _Context, namespace: str, tasks, label_names, 
             class_name="Pneumonia", raw=raw))
     if "retrieval" in tasks:
         results.update(tasks_lib.image_report_retrieval(
-            data["image"], data["report"], data["report_key"], prefix=f"{namespace}retrieval",
-            raw=raw))
+            data["image"], data["report"], data["report_key"], has_report=data["has_report"],
+            prefix=f"{namespace}retrieval", raw=raw))
     results.update(_region_tasks(data, context, namespace, tasks, raw))
     return results
 
@@ -199,11 +202,11 @@ def compute(model, params, config, tokenizer, *, source=None, batch_size: int = 
     context = _Context(model, params, config, tokenizer, batch_size)
     tasks = [t for t in EVAL_SPLIT_TASKS if t != "grounding" or context.grounding]
     crops = context.region_mode != "head"
-    data, samples = context.embed(source, crops=crops, patches=context.grounding,
-                                  keep_samples=8)
+    data, samples, skipped = context.embed(
+        source, f"the evaluation split ({getattr(source, 'name', 'data.eval')})", crops=crops,
+        patches=context.grounding, keep_samples=8)
     raw: dict = {}
-    results = {"eval/examples": float(len(data["image"])),
-               "eval/regions": float(data["box_mask"].sum())}
+    results = _counts(data, skipped, "eval/", raw)
     results.update(_split_results(data, context, "", tasks, list(source.label_names), raw))
     raw["samples"] = _samples(data, samples, context)
 
@@ -211,18 +214,32 @@ def compute(model, params, config, tokenizer, *, source=None, batch_size: int = 
         protocol = protocols_lib.PROTOCOLS[name]
         protocol_source = protocols_lib.open_protocol(name, _option(config, "datasets", None))
         needs_regions = bool({"regions", "hard_negatives", "grounding"} & set(protocol.tasks))
-        data, _ = context.embed(protocol_source, crops=crops and needs_regions,
-                                patches="grounding" in protocol.tasks)
+        data, _, skipped = context.embed(protocol_source, f"protocol {name}",
+                                         crops=crops and needs_regions,
+                                         patches="grounding" in protocol.tasks)
         label_names = list(protocol_source.label_names)
         columns = (protocols_lib.label_columns(protocol, label_names)
                    if "zeroshot" in protocol.tasks else None)
         pneumonia = (protocols_lib.pneumonia_targets(protocol_source, data["labels"],
                                                      data["label_mask"].astype(bool))
                      if "pneumonia" in protocol.tasks else None)
-        results[f"{name}/examples"] = float(len(data["image"]))
+        results.update(_counts(data, skipped, f"{name}/", raw, regions=False))
         results.update(_split_results(data, context, f"{name}/", protocol.tasks, label_names,
                                       raw, columns=columns, pneumonia=pneumonia))
     return results, raw
+
+
+def _counts(data, skipped, prefix: str, raw: dict, regions: bool = True) -> dict:
+    """``<prefix>examples`` (embedded), ``<prefix>skipped`` (bad examples left out, named in
+    ``raw['skipped']``) and ``<prefix>regions`` / ``regions_without_caption``."""
+    counts = {f"{prefix}examples": float(len(data["image"])),
+              f"{prefix}skipped": float(skipped.skipped)}
+    if regions:
+        counts[f"{prefix}regions"] = float(data["box_mask"].sum())
+        counts[f"{prefix}regions_without_caption"] = float(data["regions_without_caption"].sum())
+    if skipped.skipped:
+        raw.setdefault("skipped", {})[prefix.rstrip("/")] = list(skipped.distinct)
+    return counts
 
 
 def _samples(data, samples, context: _Context) -> dict:
@@ -233,8 +250,8 @@ def _samples(data, samples, context: _Context) -> dict:
     captions = [[context.decode(samples["caption_ids"][i, r]) if mask[i, r] else ""
                  for r in range(mask.shape[1])] for i in range(k)]
     out = {"image": samples["image"][..., 0], "boxes": data["boxes"][:k], "box_mask": mask,
-           "captions": captions, "pixel_mean": context.pipeline.pixel_mean,
-           "pixel_std": context.pipeline.pixel_std}
+           "captions": captions, "content": data["content"][:k],
+           "pixel_mean": context.pipeline.pixel_mean, "pixel_std": context.pipeline.pixel_std}
     if "patch_maps" in data:
         out["patch_maps"] = data["patch_maps"][:k]
     return out
@@ -289,9 +306,15 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
 
 def summary(results: dict) -> str:
-    """A few headline numbers for the end of a run (zero-shot: the CheXzero pos/neg protocol)."""
+    """A few headline numbers for the end of a run (zero-shot: the CheXzero pos/neg protocol),
+    and the bad examples left out of each evaluated split."""
     keys = ["zeroshot/auroc_mean", "zeroshot/accuracy_single_label",
             "retrieval/image_to_report_R@5", "regions/region_to_caption_semantic_R@1",
             "hard_negatives/accuracy/laterality", "grounding/pointing_accuracy"]
-    return "  ".join(f"{k}={results[k]:.3f}" for k in keys
+    line = "  ".join(f"{k}={results[k]:.3f}" for k in keys
                      if k in results and np.isfinite(results[k]))
+    skipped = {k: int(v) for k, v in results.items() if k.endswith("/skipped") and v}
+    if skipped:
+        line += "  " + "  ".join(f"{k}={v}" for k, v in skipped.items()) + \
+            " (bad examples left out, named in the warnings and in eval/report.md)"
+    return line

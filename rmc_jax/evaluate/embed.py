@@ -9,8 +9,11 @@ labels and region attributes that the metrics need; optionally
   box stretched to the square, as the RegionCLIP teacher sees regions), so that a model whose
   region head was never trained (``global``, ``medclip``) still gets region scores;
 * ``patch_maps`` [N, R, h, w]: each region caption's cosine similarity with every patch
-  embedding of ``encode_patches`` (phrase grounding), with ``content`` [N, 4], the part of each
-  image that is not letterbox padding.
+  embedding of ``encode_patches`` (phrase grounding).
+
+Every example also keeps the pipeline's annotations (``ANNOTATIONS``), among them ``content``
+[N, 4], the part of the model's input that holds the image (not letterbox padding), and
+``has_report`` [N], whether there was report text to embed.
 """
 
 from __future__ import annotations
@@ -120,19 +123,19 @@ def _row_keys(ids: np.ndarray) -> np.ndarray:
 
 
 ANNOTATIONS = ("box_mask", "boxes", "neg_valid", "neg_kind", "labels", "label_mask",
-               "caption_hash", "finding_ids", "side_ids", "zone_ids", "size_ids")
+               "caption_hash", "finding_ids", "side_ids", "zone_ids", "size_ids", "content",
+               "has_report", "index", "regions_without_caption")
 
 
 def embed_batches(encoders: Encoders, batches, *, crops: bool = False, patches: bool = False,
-                  pad_value: float = -2.0, keep_samples: int = 8
+                  keep_samples: int = 8
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Concatenate per-example embeddings and annotations over an iterable of batches.
 
     Returns (data, samples): ``data`` maps names to [N, ...] arrays (see the module docstring
-    for ``regions_crop``, ``patch_maps`` and ``content``, computed when ``crops`` / ``patches``
-    is set; ``pad_value`` is the letterbox padding in normalised pixels); ``samples`` holds the
-    first ``keep_samples`` examples' ``image`` [K, S, S, C] and ``caption_ids`` [K, R, L] for
-    the report's figures.
+    for ``regions_crop`` and ``patch_maps``, computed when ``crops`` / ``patches`` is set);
+    ``samples`` holds the first ``keep_samples`` examples' ``image`` [K, S, S, C] and
+    ``caption_ids`` [K, R, L] for the report's figures.
     """
     parts: dict[str, list] = {}
     samples: dict[str, list] = {"image": [], "caption_ids": []}
@@ -160,7 +163,6 @@ def embed_batches(encoders: Encoders, batches, *, crops: bool = False, patches: 
             rows["regions_crop"] = encoders.crops(batch["image"], batch["boxes"], box_mask)
         if patches:
             rows["patch_maps"] = grounding.similarity_maps(np.asarray(patch_emb), captions)
-            rows["content"] = grounding.content_boxes(batch["image"], pad_value)
         for name in ANNOTATIONS:
             rows[name] = batch[name]
         for name, value in rows.items():
@@ -171,7 +173,7 @@ def embed_batches(encoders: Encoders, batches, *, crops: bool = False, patches: 
             samples["caption_ids"].append(batch["caption_ids"][:take])
             kept += len(batch["image"][:take])
     if not parts:
-        raise ValueError("the evaluation split yielded no batch: it has fewer examples than "
-                         "one batch")
+        raise ValueError("no example to evaluate: the split is empty (or every example of it "
+                         "was unreadable)")
     return ({name: np.concatenate(values) for name, values in parts.items()},
             {name: np.concatenate(values) for name, values in samples.items()})

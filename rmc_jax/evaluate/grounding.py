@@ -6,8 +6,10 @@ sentence form one phrase, their boxes one ground truth, the union) the similarit
 cosine similarity between the phrase embedding and each patch embedding of
 ``RegionCLIP.encode_patches`` ([B, h, w, E] . [E] -> [h, w]), upsampled bilinearly (half-pixel
 centres, edges clamped) to the model's input, S x S pixels. Only the image's content takes part:
-letterbox padding (rows or columns that hold nothing but the padding value) is neither inside
-nor outside the box. A pixel is inside a box when its centre is.
+the letterbox padding (known exactly from the letterbox geometry, the pipeline's ``content``
+box) is neither inside nor outside the box, never the map's maximum, never above a threshold
+and not in the background statistics or the rescaling. A pixel is inside a box when its
+centre is.
 
 Per phrase:
 
@@ -21,8 +23,8 @@ Per phrase:
   cosines stay below 0.1 scores 0.
 * mIoU rescaled: the same thresholds after rescaling each map linearly to [0, 1] (its minimum
   to 0, its maximum to 1): a scale-free variant.
-* pointing: whether the map's maximum (the first one, in row-major order, on ties) lies inside
-  the ground truth.
+* pointing: whether the map's maximum over the content (``peaks``: the first one, in
+  row-major order, on ties) lies inside the ground truth.
 
 ``phrase_grounding`` reports the means over phrases: ``grounding/cnr``, ``grounding/miou``,
 ``grounding/miou_rescaled``, ``grounding/pointing_accuracy`` and ``grounding/phrases``.
@@ -123,29 +125,17 @@ def grounding_scores(maps: np.ndarray, inside: np.ndarray, content: np.ndarray |
             ious.append((predicted & inside).sum((1, 2)) / np.maximum(union, 1))
         return np.mean(ious, axis=0)
 
-    flat = np.where(content, maps, -np.inf).reshape(len(maps), -1)
-    peak = flat.argmax(1)
+    peak = peaks(maps, content)
     pointing = inside.reshape(len(maps), -1)[np.arange(len(maps)), peak].astype(np.float64)
     return {"cnr": cnr, "miou": mean_iou(maps), "miou_rescaled": mean_iou(rescaled),
             "pointing": pointing}
 
 
-def content_boxes(images: np.ndarray, pad_value: float) -> np.ndarray:
-    """images [B, S, S(, C)] -> [B, 4] normalised xyxy of the part that is not letterbox
-    padding (rows and columns made only of ``pad_value``); the full image if all of it is."""
-    images = np.asarray(images)
-    if images.ndim == 4:
-        images = images[..., 0]
-    b, height, width = images.shape
-    real = images != np.float32(pad_value)
-    rows, cols = real.any(2), real.any(1)                # [B, S], [B, S]
-    boxes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (b, 1))
-    for i in range(b):
-        if rows[i].any():
-            y = np.flatnonzero(rows[i])
-            x = np.flatnonzero(cols[i])
-            boxes[i] = [x[0] / width, y[0] / height, (x[-1] + 1) / width, (y[-1] + 1) / height]
-    return boxes
+def peaks(maps: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """maps [P, H, W], content [P, H, W] bool -> [P] flat index of each map's maximum over
+    its content pixels (the first one, in row-major order, on ties)."""
+    flat = np.where(content, maps, -np.inf).reshape(len(maps), -1)
+    return flat.argmax(1)
 
 
 def phrases(data) -> list[tuple[int, list[int]]]:
@@ -166,7 +156,8 @@ def phrase_grounding(data, image_size: int, *, prefix: str = "grounding",
 
     ``data`` needs ``patch_maps`` [N, R, h, w] (cosine of each region slot's caption with each
     patch), ``boxes`` [N, R, 4], ``box_mask`` [N, R], ``caption_hash`` [N, R] and ``content``
-    [N, 4]. ``raw``, when given, receives the per-phrase scores under ``raw['grounding'][prefix]``.
+    [N, 4] (normalised xyxy of the image inside the letterbox). ``raw``, when given, receives
+    the per-phrase scores under ``raw['grounding'][prefix]``.
     """
     items = phrases(data)
     if not items:

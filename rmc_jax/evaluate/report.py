@@ -12,9 +12,10 @@ Figures (PNG, next to the report):
 * ``hard_negatives.png``: hard-negative accuracy per perturbation type (region head and crop
   baseline), chance at 0.5.
 
-The report starts with a table of headline numbers, then notes on what could not be measured
-(``raw['notes']``, e.g. zero-shot classes without a negative example), the figures, and every
-metric.
+The report starts with the bad examples left out of each split, by name (``raw['skipped']``),
+a table of headline numbers, then notes on what could not be measured (``raw['notes']``, e.g.
+zero-shot classes without a negative example, retrieval without reports), the figures, and
+every metric.
 Plots use matplotlib's Agg backend through ``Figure`` objects (no pyplot state, no display).
 """
 
@@ -184,10 +185,12 @@ def plot_grounding(samples: dict, path: str, max_panels: int = 8) -> str | None:
         ax = figure.add_subplot(rows, columns, index + 1)
         image = np.clip(samples["image"][i] * samples["pixel_std"] + samples["pixel_mean"], 0, 1)
         ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        if maps is not None:
+        if maps is not None:  # over the image only: the letterbox padding stays clear
             heat = grounding.upsample(maps[i, slots[0]], size)
-            ax.imshow(heat, cmap="jet", alpha=0.4, interpolation="nearest")
-            y, x = np.unravel_index(np.argmax(heat), heat.shape)
+            content = grounding.box_masks(samples["content"][i], size)
+            ax.imshow(np.where(content, heat, np.nan), cmap="jet", alpha=0.4,
+                      interpolation="nearest")
+            y, x = np.unravel_index(grounding.peaks(heat[None], content[None])[0], heat.shape)
             ax.plot([x], [y], marker="+", color="white", markersize=12, markeredgewidth=2)
         for r in slots:
             x0, y0, x1, y1 = samples["boxes"][i, r] * np.array([size[1], size[0]] * 2)
@@ -204,6 +207,17 @@ def plot_grounding(samples: dict, path: str, max_panels: int = 8) -> str | None:
 
 def _format(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def _left_out(finite: dict, raw: dict) -> list[str]:
+    """Report lines naming the bad examples left out of each split (``raw['skipped']``)."""
+    lines = []
+    for split, names in raw.get("skipped", {}).items():
+        count = int(finite.get(f"{split}/skipped", len(names)))
+        lines += [f"**{count} bad example(s) left out of `{split}`** (could not be read or "
+                  "prepared; every metric covers the readable examples only):", ""]
+        lines += [f"- `{name}`" for name in names] + [""]
+    return lines
 
 
 def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax evaluation"
@@ -232,6 +246,7 @@ def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax
     if "eval/examples" in finite:
         lines += [f"{int(finite['eval/examples'])} test images, "
                   f"{int(finite.get('eval/regions', 0))} regions.", ""]
+    lines += _left_out(finite, raw)
     lines += ["## Headline numbers", "", "| metric | value | meaning |", "|---|---|---|"]
     for key, meaning in HEADLINE:
         if key in finite:

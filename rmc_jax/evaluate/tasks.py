@@ -135,10 +135,9 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         curves[name] = (posneg[known], labels[known, c])
     results[f"{prefix}/classes"] = float(len(scored))
     results[f"{prefix}/classes_skipped"] = float(len(skipped))
-    if skipped and raw is not None:
-        raw.setdefault("notes", []).append(
-            f"`{prefix}`: no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
-            f"needs a known positive and a known negative example): {', '.join(skipped)}.")
+    if skipped:
+        note(raw, prefix, f"no AUROC for {len(skipped)} of {len(label_names)} classes (an AUROC "
+             f"needs a known positive and a known negative example): {', '.join(skipped)}.")
     if curves and raw is not None:
         raw.setdefault("roc", {})[prefix] = curves
     if scored:
@@ -167,13 +166,35 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     return results
 
 
+def note(raw: dict | None, key: str, text: str) -> None:
+    """Say in the report (its Notes) what ``key``'s metrics leave out and why."""
+    if raw is not None:
+        raw.setdefault("notes", []).append(f"`{key}`: {text}")
+
+
 def image_report_retrieval(image_emb, report_emb, report_key, ks=(1, 5, 10), *,
-                           prefix: str = "retrieval", raw: dict | None = None) -> dict:
+                           has_report=None, prefix: str = "retrieval",
+                           raw: dict | None = None) -> dict:
     """Image <-> report retrieval; images sharing a report text all count as its match.
-    ``raw['ranks']['<prefix>/<direction>']`` receives each query's rank."""
+
+    image_emb, report_emb [N, E]; report_key [N] (equal for equal texts); has_report [N] bool.
+    Examples without report text are left out: an empty report describes nothing (and every
+    empty report would "match" every other). ``<prefix>/examples`` and
+    ``<prefix>/left_out_no_report`` count them; with fewer than 2 examples left there is
+    nothing to rank, the recall metrics are absent and ``raw['notes']`` says why.
+    ``raw['ranks']['<prefix>/<direction>']`` receives each query's rank.
+    """
+    keep = (np.ones(len(image_emb), bool) if has_report is None
+            else np.asarray(has_report, bool))
+    results = {f"{prefix}/examples": float(keep.sum()),
+               f"{prefix}/left_out_no_report": float((~keep).sum())}
+    if keep.sum() < 2:
+        note(raw, prefix, f"not computed: {int(keep.sum())} of the {len(keep)} examples have "
+                          "report text (image-report retrieval ranks at least 2)")
+        return results
+    image_emb, report_emb, report_key = image_emb[keep], report_emb[keep], report_key[keep]
     same = report_key[:, None] == report_key[None, :]                    # [N, N]
     similarity = image_emb @ report_emb.T
-    results = {}
     for direction, sim in (("image_to_report", similarity), ("report_to_image", similarity.T)):
         ranks = M.ranks_of_positives(sim, same)
         if raw is not None:

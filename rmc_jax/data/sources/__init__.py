@@ -74,6 +74,8 @@ class Prefix:
         return self.source.texts(self._position(index))
 
     def __getattr__(self, name):
+        if name == "source":  # not set yet (unpickling in an input worker): no recursion
+            raise AttributeError(name)
         return getattr(self.source, name)
 
 
