@@ -120,7 +120,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train="synthetic", root="", eval="synthetic", eval_root="", eval_split="test",
         train_size=0, eval_size=512,     # 0 = the source's own size
         image_size=128, max_regions=4, num_negatives=3, max_text_len=64, max_caption_len=12,
-        augment=True, workers=1, tokenizer="", vocab_size=4096, max_bad_fraction=0.01))
+        augment=True, tokenizer="", vocab_size=4096, max_bad_fraction=0.01,
+        workers=-1))    # input processes; -1: from the host's cores (pipeline.auto_workers)
     # Dataset constructor options, "images_root=/data/mimic-cxr-jpg,ms_cxr.split_csv=/x.csv"
     # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
     c.data.source_options = ""

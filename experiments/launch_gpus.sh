@@ -21,7 +21,7 @@ DATA_ROOT="${DATA_ROOT:-}"
 NUM_NODES="${NUM_NODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}"
 BATCH="${BATCH:-$(( 256 * (GPUS_PER_NODE > 0 ? GPUS_PER_NODE : 1) * NUM_NODES ))}"
-WORKERS="${WORKERS:-8}"
+WORKERS="${WORKERS:--1}"  # -1: from the cores of each host (data.workers)
 INIT="${INIT:-}"
 
 args=(--config="${CONFIG}:${VARIANT},batch=${BATCH}"

@@ -140,10 +140,18 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
     assert all(x["learning_rate/image"] == 0 and x["learning_rate/text"] > x["learning_rate"]
                for x in lines), lines
+    assert all(x["input_workers"] == 1 for x in lines)
     # Another worker count reads the data in another order: refused, with the fix.
     with pytest.raises(ValueError, match=r"--config\.data\.workers=1"):
         train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": 0})),
                     str(tmp_path / "b"))
+    # data.workers=-1 (sized from the host) resumes with the checkpoint's count, whatever
+    # this host would choose.
+    monkeypatch.setattr(train.pipe, "auto_workers", lambda: 0)
+    train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": -1})),
+                str(tmp_path / "b"))
+    last = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")][-1]
+    assert last["step"] == 8 and last["input_workers"] == 1
 
 
 def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
