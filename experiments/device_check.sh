@@ -8,18 +8,18 @@
 #   PARTS=bench bash experiments/device_check.sh           # one part per call (each < 6 min)
 #   PARTS="train largest" bash experiments/device_check.sh
 #
-#   # About 5 minutes on one H200 (the B/16 rows compile side by side, 60-120 s; the trainer
-#   # compiles its step again and needs ~30 s of logged steps after that):
-#   PARTS="bench train" ROUNDS=2 STEPS=3 TRAIN_SECONDS=120 timeout 300 \
+#   # Within 5 minutes (DEADLINE: seconds for the whole script; the bench is stopped at it,
+#   # the trainer gets what is left, a part with too little time left is skipped and says so):
+#   DEADLINE=285 PARTS="bench train" ROUNDS=2 STEPS=3 TRAIN_SECONDS=120 \
 #     bash experiments/device_check.sh
 #
 # Every part's figures are in $OUT as soon as it ends, and $OUT/report.md (the block written
 # into BENCHMARKS.md) is rewritten after each part, so a run cut short keeps what finished.
 #
-# Parts (PARTS, default "bench train largest"; later parts and reruns reuse the compilation
-# caches in $OUT, so a rerun after a failure skips most compiling):
 # Reports are read at TEXT_LEN tokens (64, where ViT-B/16 + BERT-base costs the published ~139
 # GFLOP per training pair of the global objective; configs/b16.py reads BiomedCLIP's 256).
+# Parts (PARTS, default "bench train largest"; later parts and reruns reuse the compilation
+# caches in $CACHE, so a rerun after a failure skips most compiling):
 #
 #   bench    `tools/bench.py --groups accelerator --only $BENCH_ONLY`: by default the B/16 rows
 #            (batch B16_BATCH): roi and global with this backend's kernels (cuDNN attention and
@@ -48,11 +48,13 @@
 # B16_BATCH (256), TEXT_LEN (64), BATCH (256: base-config rows), ROUNDS (3), STEPS (5),
 # MATMUL_SIZE, BENCH_PARALLEL (1: the rows compile at once; 0: one after another),
 # TRAIN_CONFIG (configs/b16.py:roi), TRAIN_BATCH (256), TRAIN_SECONDS (240), TRAIN_STEPS
-# (100000: the time limit ends the run), WORKERS (host cores - 2), LARGEST_CONFIG
+# (100000: the time limit ends the run), WORKERS (-1: data.workers sized from the host's
+# cores, pipeline.auto_workers; the number used is read back from the log), LARGEST_CONFIG
 # (configs/b16.py:roi), LARGEST_ARGS (more tools/largest_batch.py options, e.g.
 # "--memory_gb 0.1 --start 4"), LARGEST_VERIFY (1: one real step at the answer),
-# BENCHMARKS_MD (BENCHMARKS.md; empty: do not write it), ALLOW_CPU=1 (run on the CPU too:
-# for testing this script).
+# BENCHMARKS_MD (BENCHMARKS.md; empty: do not write it), DEADLINE (seconds for the whole
+# script; unset: none), CACHE ($OUT: where the JAX compilation and XLA autotuning caches
+# go), ALLOW_CPU=1 (run on the CPU too: for testing this script).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -68,7 +70,7 @@ TRAIN_CONFIG="${TRAIN_CONFIG:-configs/b16.py:roi}"
 TRAIN_BATCH="${TRAIN_BATCH:-256}"
 TRAIN_SECONDS="${TRAIN_SECONDS:-240}"
 TRAIN_STEPS="${TRAIN_STEPS:-100000}"
-WORKERS="${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}"
+WORKERS="${WORKERS:--1}"
 LARGEST_CONFIG="${LARGEST_CONFIG:-configs/b16.py:roi}"
 BENCHMARKS_MD="${BENCHMARKS_MD-BENCHMARKS.md}"
 mkdir -p "$OUT"
@@ -76,9 +78,16 @@ OUT="$(cd "$OUT" && pwd)"
 # Several benchmark workers share one device: allocate on demand, not 75% each up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Compiled programs persist across the parts and across reruns of this script.
-export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}"
+CACHE="${CACHE:-$OUT}"
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$CACHE/jax_cache}"
 
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
+# bounded SECONDS COMMAND...: COMMAND under `timeout` (its whole process group) when SECONDS
+# > 0, else as it is.
+bounded() {
+  local seconds="$1"; shift
+  if (( seconds > 0 )); then timeout -s TERM -k 20 "$seconds" "$@"; else "$@"; fi
+}
 # $OUT/report.md (and BENCHMARKS.md): rewritten after each part with what has finished.
 report() {
   "$PYTHON" tools/device_report.py "$OUT" --benchmarks "$BENCHMARKS_MD" \
@@ -141,7 +150,7 @@ fi
 # XLA's GPU autotuning results, shared by every process of the run (roi and global share most
 # kernels); only where this XLA knows the flag (an unknown flag aborts every process).
 if [ "$platform" = gpu ] && [[ "${XLA_FLAGS:-}" != *autotune_cache_dir* ]]; then
-  flag="--xla_gpu_per_fusion_autotune_cache_dir=$OUT/autotune_cache"
+  flag="--xla_gpu_per_fusion_autotune_cache_dir=$CACHE/autotune_cache"
   if XLA_FLAGS="${XLA_FLAGS:-} $flag" "$PYTHON" -c \
       'import jax; jax.numpy.zeros(1).block_until_ready()' >/dev/null 2>&1; then
     export XLA_FLAGS="${XLA_FLAGS:-} $flag"
@@ -154,22 +163,42 @@ print(f"jax {jax.__version__}, backend {jax.default_backend()}: "
 PY
 
 # 1. Train-step benchmark on a fixed batch ---------------------------------------------------
-if has_part bench; then
+if has_part bench && [ -n "${DEADLINE:-}" ] && (( DEADLINE - SECONDS < 60 )); then
+  echo "device_check: bench not run, $(( DEADLINE - SECONDS )) s left of DEADLINE=$DEADLINE" >&2
+elif has_part bench; then
   bench_args=(--groups accelerator --rounds "$ROUNDS" --steps "$STEPS"
               --accelerator_batch "$BATCH" --b16_batch "$B16_BATCH" --b16_text_len "$TEXT_LEN"
               --output "$OUT/bench.json")
   if [ -n "$BENCH_ONLY" ]; then bench_args+=(--only "$BENCH_ONLY"); fi
   if [ -n "${MATMUL_SIZE:-}" ]; then bench_args+=(--matmul_size "$MATMUL_SIZE"); fi
   if [ "${BENCH_PARALLEL:-1}" = 1 ]; then bench_args+=(--parallel_build); fi
-  "$PYTHON" tools/bench.py "${bench_args[@]}" | tee "$OUT/bench.md"
+  # Progress (contestants ready, compile seconds, each round's rates) also goes to bench.log,
+  # so a bench cut short by DEADLINE leaves its figures so far.
+  status=0
+  bounded "$(( ${DEADLINE:-0} ? DEADLINE - SECONDS - 10 : 0 ))" \
+    "$PYTHON" tools/bench.py "${bench_args[@]}" 2> >(tee "$OUT/bench.log" >&2) |
+    tee "$OUT/bench.md" || status=$?
+  if [ "$status" != 0 ]; then
+    echo "device_check: the bench stopped (exit $status; 124: DEADLINE); see $OUT/bench.log" >&2
+    rm -f "$OUT/bench.md"
+  fi
   report
 fi
 
 # 2. The trainer end to end, input pipeline included ---------------------------------------
-if has_part train; then
+train_seconds="$TRAIN_SECONDS"
+if [ -n "${DEADLINE:-}" ] && (( DEADLINE - SECONDS - 40 < train_seconds )); then
+  # The trainer gets what is left, less time for its SIGTERM checkpoint and the report.
+  train_seconds=$(( DEADLINE - SECONDS - 40 ))
+fi
+if has_part train && (( train_seconds < 30 )); then
+  echo "trainer: not run, ${train_seconds} s left of DEADLINE=${DEADLINE:-}" |
+    tee "$OUT/train_summary.txt"
+  report
+elif has_part train; then
   rm -rf "$OUT/train"
   status=0
-  timeout -s TERM "$TRAIN_SECONDS" "$PYTHON" -m rmc_jax.main \
+  timeout -s TERM -k 30 "$train_seconds" "$PYTHON" -m rmc_jax.main \
     --config="$TRAIN_CONFIG,batch=$TRAIN_BATCH" --workdir="$OUT/train" \
     --config.data.max_text_len="$TEXT_LEN" \
     --config.total_steps="$TRAIN_STEPS" --config.log_every=10 --config.checkpoint_every=100000 \
@@ -177,22 +206,28 @@ if has_part train; then
     --config.model.vision.dtype=bfloat16 --config.model.text.dtype=bfloat16 \
     > "$OUT/train.log" 2>&1 || status=$?
   # 124: stopped by the timeout (the trainer saves a checkpoint on SIGTERM and exits).
-  if [ "$status" != 0 ] && [ "$status" != 124 ]; then
+  if [ "$status" != 0 ] && [ "$status" != 124 ] && [ "$status" != 143 ]; then
     tail -n 30 "$OUT/train.log" >&2
     echo "device_check: the training run failed (exit $status); log in $OUT/train.log" >&2
     exit "$status"
   fi
-  run="\`$TRAIN_CONFIG\` batch $TRAIN_BATCH, $TEXT_LEN report tokens, $WORKERS input workers"
+  used="$(grep -o 'input workers: [0-9]*' "$OUT/train.log" | head -n 1 | grep -o '[0-9]*$' ||
+          echo "$WORKERS")"
+  run="\`$TRAIN_CONFIG\` batch $TRAIN_BATCH, $TEXT_LEN report tokens, $used input workers"
   # No logged window yet (TRAIN_SECONDS spent compiling): say so, and go on.
   if ! "$PYTHON" tools/run_summary.py "$OUT/train/metrics.jsonl" > "$OUT/train_summary.raw"; then
-    echo "trainer: no throughput logged within $TRAIN_SECONDS s" > "$OUT/train_summary.raw"
+    echo "trainer: no throughput logged within $train_seconds s" > "$OUT/train_summary.raw"
   fi
   sed "s|^trainer: |trainer, $run: |" "$OUT/train_summary.raw" | tee "$OUT/train_summary.txt"
   report
 fi
 
 # 3. The largest batch that fits one device -------------------------------------------------
-if has_part largest; then
+if has_part largest && [ -n "${DEADLINE:-}" ] && (( DEADLINE - SECONDS < 120 )); then
+  echo "largest batch: not searched, $(( DEADLINE - SECONDS )) s left of DEADLINE=$DEADLINE" |
+    tee "$OUT/largest_batch.md"
+  report
+elif has_part largest; then
   # shellcheck disable=SC2086  # LARGEST_ARGS is a list of options
   verify=(); if [ "${LARGEST_VERIFY:-1}" = 1 ]; then verify=(--verify); fi
   "$PYTHON" tools/largest_batch.py --config "$LARGEST_CONFIG" --text_len "$TEXT_LEN" \

@@ -28,7 +28,7 @@ def test_device_check_script_runs_on_cpu(tmp_path):
                BENCHMARKS_MD=str(benchmarks), XLA_FLAGS="")  # one CPU device
     result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "device_check.sh")],
                             env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                            timeout=500)
+                            timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = tmp_path / "out"
     assert "backend cpu" in (out / "devices.txt").read_text()
@@ -99,3 +99,20 @@ def _short(tmp_path):
     path = tmp_path / "short.jsonl"
     _write(path, [{"step": 1, "examples_per_second": 1.0}, {"step": 2, "examples_per_second": 2.0}])
     return str(path)
+
+
+def test_device_check_deadline_skips_what_does_not_fit(tmp_path):
+    """DEADLINE bounds the whole script: with a few seconds, every part is skipped and says
+    so, and the report still has the device line."""
+    env = dict(os.environ, ALLOW_CPU="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"),
+               DEADLINE="5", BENCHMARKS_MD="", XLA_FLAGS="")
+    result = subprocess.run(["bash", os.path.join(ROOT, "experiments", "device_check.sh")],
+                            env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert "bench not run" in result.stderr and not (out / "bench.md").exists()
+    assert (out / "train_summary.txt").read_text().startswith("trainer: not run, ")
+    assert (out / "largest_batch.md").read_text().startswith("largest batch: not searched")
+    report = (out / "report.md").read_text()
+    assert "backend cpu" in report and "trainer: not run" in report
