@@ -688,6 +688,10 @@ def markdown(name, results, args, vendor_peak: float | None = None) -> str:
         "GFLOP/step (XLA / analytic)", "GFLOP/s", "MFU vs f32 peak", "MFU vs bf16 peak"]
     columns += ["MFU vs vendor bf16 peak"] if vendor_peak else []
     columns += ["memory: device peak / compiled step"] if memory else []
+    # Accelerator rows: what a short run spends compiling (all rows at once with
+    # --parallel_build, so each takes longer than alone).
+    compile_s = name == "accelerator" and any(r["info"].get("compile_s") for r in results)
+    columns += ["compile"] if compile_s else []
     lines = [f"**{name}** — {what}; {args.rounds} rounds x {args.steps} steps, ratios "
              f"against \"{results[0]['label']}\" in the same round.", "",
              "| " + " | ".join(columns) + " |",
@@ -712,6 +716,8 @@ def markdown(name, results, args, vendor_peak: float | None = None) -> str:
         if memory:
             cells.append(f"{memory_size(r.get('peak_bytes'))} / "
                          f"{memory_size(r['info'].get('compiled_bytes'))}")
+        if compile_s:
+            cells.append(f"{r['info'].get('compile_s', 0):.0f} s")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
