@@ -231,8 +231,7 @@ def fixed_batch_losses(config, steps: int, mesh_devices: int) -> list[dict]:
         source, train.pipe.PipelineConfig.from_data_config(config.data), tokenizer,
         batch_size=config.batch_size, seed=0, train=True, caption_tokenizer=captions)
     full = next(iter(dataset))
-    full.pop("replaced")
-    full.pop("regions_cut")
+    train.InputCounts().add(full)  # takes out the pipeline's bookkeeping fields
     rows = config.batch_size // jax.process_count()
     local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
              for k, v in full.items()}
