@@ -6,7 +6,8 @@ shuffle, crop, letterbox, intensity, tokenize, hard negatives, batch) for
   (a) the synthetic source at the base config (``configs/base.py:roi``: 128 px, batch 32);
   (b) JPEG files on disk: ``--jpeg_count`` 1024 px JPEGs in the MS-CXR layout (CSV + MIMIC-CXR-JPG
       ``files/p1X/...`` images + MIMIC-CXR report files), decoded and letterboxed to 224 px;
-  (c) the same images as an ArrayRecord copy (``tools/prepare_data.py``), full size, and
+  (c) the same images as a prepared TFDS copy in ArrayRecord files (``tools/prepare_data.py``),
+      full size, and
   (d) prepared with ``--max_size 256`` (shrunk once, offline, for 224 px training);
 
 each with 0, 1 and 2 worker processes, and prints them beside the examples/s one training step
@@ -48,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--jpeg_size", type=int, default=1024)
     parser.add_argument("--jpeg_res", type=int, default=224, help="letterboxed size of (b)-(d)")
     parser.add_argument("--skip_step", action="store_true", help="no training-step timing")
-    parser.add_argument("--skip_array_record", action="store_true", help="no rows (c), (d)")
+    parser.add_argument("--skip_prepared", action="store_true", help="no rows (c), (d)")
     return parser.parse_args(argv)
 
 
@@ -220,16 +221,16 @@ def main(argv=None):
         at_res = dataclasses.replace(base, image_size=args.jpeg_res)
         label = f"{args.jpeg_size} -> {args.jpeg_res} px"
         inputs.append(("(b) JPEG files (MS-CXR layout)", label, jpeg, at_res))
-        for name, max_size in ((() if args.skip_array_record else
-                                (("(c) ArrayRecord copy, full size", 0),
-                                 ("(d) ArrayRecord copy, --max_size 256", 256)))):
-            out = os.path.join(tmp, f"ar{max_size}")
+        for name, max_size in ((() if args.skip_prepared else
+                                (("(c) TFDS copy, full size", 0),
+                                 ("(d) TFDS copy, --max_size 256", 256)))):
+            out = os.path.join(tmp, "tfds")
             start = time.perf_counter()
-            _load_prepare().prepare("ms_cxr", root, out, splits=("train",), shards=4,
-                                    max_size=max_size, options={"reports_root": reports},
-                                    log=lambda *_: None)
-            copy = get_source("array_record", out, "train")
-            print(f"prepared {name[4:]} ({_megabytes(out):.0f} MiB) in "
+            summary = _load_prepare().prepare(
+                "ms_cxr", root, out, name=f"bench_{max_size}", splits=("train",), shards=4,
+                max_size=max_size, options={"reports_root": reports}, log=lambda *_: None)
+            copy = get_source(f"tfds:bench_{max_size}", out, "train")
+            print(f"prepared {name[4:]} ({_megabytes(summary['path']):.0f} MiB) in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             size = f"{max_size or args.jpeg_size} -> {args.jpeg_res} px"
             inputs.append((name, size, copy, at_res))

@@ -24,10 +24,14 @@ from rmc_jax.data.schema import Example
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
-    """``"a:1,b:3"`` -> ``[("a", 1.0), ("b", 3.0)]``; a missing weight is 1."""
+    """``"a:1,b:3"`` -> ``[("a", 1.0), ("b", 3.0)]``; a missing weight is 1. A prepared copy
+    keeps its prefix: ``"tfds:a:1"`` -> ``("tfds:a", 1.0)``."""
     parts = []
     for item in spec.split(","):
-        name, _, weight = item.strip().partition(":")
+        item = item.strip()
+        prefix = "tfds:" if item.startswith("tfds:") else ""
+        name, _, weight = item[len(prefix):].partition(":")
+        name = prefix + name if name else ""
         try:
             value = float(weight) if weight else 1.0
         except ValueError:
