@@ -1,44 +1,32 @@
-"""Reading and writing weight files with NumPy only (no PyTorch needed).
+"""Weight files of a model directory, read and written with ``safetensors.numpy``.
 
-* ``read_safetensors(path)``: a ``.safetensors`` file -> {name: np.ndarray}. The format is an
-  8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} and
-  the raw little-endian bytes; it is parsed here directly (memory-mapped), which also reads
-  bfloat16 tensors (as ``ml_dtypes.bfloat16``) that NumPy alone has no type for.
-* ``write_safetensors(path, tensors, metadata)``: the inverse; files load in ``safetensors``,
-  PyTorch and ``transformers``.
+* ``save_safetensors(path, tensors, metadata)``: ``safetensors.numpy.save_file`` of C-contiguous
+  NumPy copies (safetensors writes an array's buffer as it lies in memory, so a transposed view
+  would be written wrong); bfloat16 (``ml_dtypes.bfloat16``, as JAX gives it) included. Files load
+  in ``safetensors``, PyTorch and ``transformers``.
 * ``load_weights(directory)``: the weights of a model directory, whichever of the usual file
-  names it uses (single or sharded safetensors; ``.bin`` only through
-  ``torch.load(..., weights_only=True)`` when PyTorch is installed; nothing is ever unpickled
-  otherwise).
+  names it uses (single or sharded safetensors, read with ``safetensors.numpy.load_file``;
+  ``.bin`` only through ``torch.load(..., weights_only=True)`` when PyTorch is installed;
+  nothing is ever unpickled otherwise).
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
-import struct
 from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 __all__ = [
     "SAFETENSORS_FILES",
     "BIN_FILES",
     "find_weights",
     "load_weights",
-    "read_safetensors",
-    "write_safetensors",
+    "save_safetensors",
 ]
-
-_DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-}
-_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 # Weight file names, in the order they are looked for (Hugging Face, then open_clip).
 SAFETENSORS_FILES = ("model.safetensors", "open_clip_model.safetensors")
@@ -47,70 +35,14 @@ BIN_FILES = ("pytorch_model.bin", "open_clip_pytorch_model.bin")
 BIN_INDEXES = ("pytorch_model.bin.index.json",)
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file, as read-only arrays backed by a memory map."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header "
-                             "length)")
-        (length,) = struct.unpack("<Q", head)
-        size = os.fstat(f.fileno()).st_size
-        if length > size - 8:
-            raise ValueError(f"{path}: not a safetensors file (header length {length} exceeds "
-                             f"the file size {size})")
-        header = json.loads(f.read(length))
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + length else b""
-    start = 8 + length
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, which is not "
-                             f"supported (supported: {sorted(_DTYPES)})")
-        dtype = _DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        if end - begin != count * dtype.itemsize:
-            raise ValueError(f"{path}: tensor {name!r} of shape {shape} and dtype "
-                             f"{info['dtype']} spans {end - begin} bytes, expected "
-                             f"{count * dtype.itemsize}")
-        array = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=count,
-                              offset=start + begin) if count else np.zeros(0, dtype)
-        tensors[name] = array.reshape(shape)
-    return tensors
-
-
-def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
-                      metadata: Mapping[str, str] | None = None) -> str:
-    """Write ``tensors`` (C-contiguous little-endian copies) to ``path``; returns ``path``."""
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    arrays, offset = [], 0
-    for name in sorted(tensors):
-        array = np.asarray(tensors[name])
-        if not array.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
-            array = array.copy(order="C")
-        if array.dtype not in _NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {array.dtype} cannot be written to "
-                             f"safetensors (supported: {sorted(map(str, _NAMES))})")
-        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": _NAMES[array.dtype.newbyteorder("=")],
-                        "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        arrays.append(array)
-        offset += array.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned
+def save_safetensors(path: str, tensors: Mapping[str, np.ndarray],
+                     metadata: Mapping[str, str] | None = None) -> str:
+    """Write ``tensors`` to ``path`` (its directory made if needed); returns ``path``."""
+    arrays = {str(name): np.require(np.asarray(value), requirements="C")
+              for name, value in tensors.items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for array in arrays:
-            f.write(array.tobytes())
+    safetensors.numpy.save_file(arrays, path, metadata=(
+        {str(k): str(v) for k, v in metadata.items()} if metadata else None))
     return path
 
 
@@ -175,7 +107,7 @@ def load_weights(directory: str) -> tuple[dict[str, np.ndarray], list[str]]:
     files = find_weights(directory)
     tensors: dict[str, np.ndarray] = {}
     for path in files:
-        part = _load_bin(path) if path.endswith(".bin") else read_safetensors(path)
+        part = _load_bin(path) if path.endswith(".bin") else safetensors.numpy.load_file(path)
         tensors.update(part)
     if tensors and all(name.startswith("module.") for name in tensors):
         tensors = {name[len("module."):]: value for name, value in tensors.items()}
