@@ -206,6 +206,24 @@ def test_unreadable_image_is_skipped_with_a_warning_and_counted(tmp_path):
     assert_same_example(quiet(get_source, "nih_cxr14", str(root), "train")[0], copy[0])
 
 
+def test_an_invalid_example_is_skipped_with_a_warning(tmp_path):
+    class Listed(list):
+        name, label_names = "listed", ("a",)
+
+    good = open_source("synthetic", "", "train", size=1)[0]
+    good = dataclasses.replace(good, labels=good.labels[:1], label_mask=good.label_mask[:1])
+    bad = dataclasses.replace(good, example_id="bad", boxes=good.boxes + 2.0)  # outside [0, 1]
+    warned = []
+    summary = tfds_format.write("rmc_listed", str(tmp_path), {"val": Listed([good, bad, good])},
+                                log=lambda _: None, warn=warned.append)
+    assert summary["skipped"] == {"validation": 1} and summary["num_examples"] == {
+        "validation": 2}
+    assert len(warned) == 1 and "invalid example 1 of validation" in warned[0]
+    copy = get_source("tfds:rmc_listed", str(tmp_path), "validate")
+    assert copy.name == "listed" and copy.label_names == ("a",)
+    assert_same_example(good, copy[1])
+
+
 def test_refuses_to_overwrite_unless_asked(tmp_path, capsys):
     data_dir = tmp_path / "tfds"
     prepare("synthetic", "", data_dir, splits=("test",), size=2)

@@ -205,7 +205,7 @@ class ExamplesBuilder:
     """Mixin of the TFDS builder made by ``builder_class``; see ``builder_class``."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "A local copy of the dataset in its official layout (see rmc_jax's README, 'Data'), "
+        "A local copy of the dataset in its official layout (see rmc_jax's README, 'Datasets'), "
         "given to tools/prepare_data.py as --root; nothing is downloaded.")
 
     def __init__(self, *, splits: Sequence[SplitSpec], source_name: str, label_names,
@@ -236,11 +236,12 @@ class ExamplesBuilder:
         """(position, feature values or None, warning or None) of one example."""
         try:
             example = data[position]
-            example = dataclasses.replace(example, image=resize_long_side(
-                np.asarray(example.image), self._max_size)).validate()
         except (ImageDecodeError, FileNotFoundError, ExampleError) as error:
             return position, None, f"skipping unreadable example {position} of {split}: {error}"
-        except ValueError as error:  # Example.validate: a field of the wrong form
+        try:
+            example = dataclasses.replace(example, image=resize_long_side(
+                np.asarray(example.image), self._max_size)).validate()
+        except ValueError as error:  # a field of the wrong form (TFDS would stop at it)
             return position, None, f"skipping invalid example {position} of {split}: {error}"
         return position, encode_example(example), None
 
