@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from rmc_jax.data.schema import Example
+from rmc_jax.data.sources import TFDS_PREFIX
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
@@ -29,7 +30,7 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     parts = []
     for item in spec.split(","):
         item = item.strip()
-        prefix = "tfds:" if item.startswith("tfds:") else ""
+        prefix = TFDS_PREFIX if item.startswith(TFDS_PREFIX) else ""
         name, _, weight = item[len(prefix):].partition(":")
         name = prefix + name if name else ""
         try:

@@ -47,7 +47,6 @@ from rmc_jax.data.sources.base import ExampleError, Source, SourceError
 from rmc_jax.data.sources.images import ImageDecodeError
 
 VERSION = "1.0.0"
-PREFIX = "tfds:"  # data.train = 'tfds:NAME' reads DATA_DIR/NAME with data.root = DATA_DIR
 LAYOUT = ("a TFDS dataset written by tools/prepare_data.py: <data_dir>/<name>/<version>/ with "
           "dataset_info.json, features.json, metadata.json and <name>-<split>.array_record-* "
           "shards")
