@@ -38,7 +38,7 @@ DEFAULT_SPLITS = ("train", "validation", "test")
 # Spellings tried, in order, when a source rejects the split name.
 _SPELLINGS = {"train": ("train", "training"),
               "validation": ("validate", "validation", "val", "valid"),
-              "test": ("test",), "all": ("all",)}
+              "test": ("test",), "full": ("all",)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

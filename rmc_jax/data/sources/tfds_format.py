@@ -14,8 +14,10 @@ Layout (``tfds.data_source(NAME, data_dir=DATA_DIR)`` opens it as any TFDS datas
                                                              unreadable examples skipped
     DATA_DIR/NAME/1.0.0/NAME-<split>.array_record-NNNNN-of-MMMMM
 
-Splits are TFDS's names (``train``, ``validation``, ``test``, or ``all``); ``TfdsSource`` also
-takes ``val``, ``valid``, ``validate``, ``training`` and TFDS slices (``train[:1000]``).
+Splits are TFDS's names (``train``, ``validation``, ``test``); a source's ``all`` split is
+stored as ``full`` (TFDS reserves ``all`` for the union of a dataset's splits). ``TfdsSource``
+also takes ``val``, ``valid``, ``validate``, ``training``, ``all`` (``full`` where the copy has
+it, else TFDS's union) and TFDS slices (``train[:1000]``).
 
 Features of one example (``features()``)::
 
@@ -52,7 +54,7 @@ LAYOUT = ("a TFDS dataset written by tools/prepare_data.py: <data_dir>/<name>/<v
           "shards")
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                  "validate": "validation", "valid": "validation", "val": "validation",
-                 "test": "test", "all": "all"}
+                 "test": "test", "all": "full", "full": "full"}
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 _REGION_INTS = (("finding_id", "finding_ids"), ("side_id", "side_ids"), ("zone_id", "zone_ids"),
                 ("size_id", "size_ids"))
@@ -67,7 +69,8 @@ def _tfds():
 
 
 def canonical_split(split: str) -> str:
-    """'val', 'validate', ... -> 'validation'; other names (and TFDS slices) are kept."""
+    """'val', 'validate', ... -> 'validation', 'all' -> 'full'; other names (and TFDS slices)
+    are kept."""
     key = str(split).strip()
     return SPLIT_ALIASES.get(key.lower(), key)
 
@@ -333,8 +336,9 @@ class TfdsSource(Source):
     Args:
       dataset: the TFDS dataset name (``tools/prepare_data.py --name``).
       root: the TFDS ``data_dir`` holding it.
-      split: 'train', 'validation' (or 'val', 'valid', 'validate'), 'test', 'all', or a TFDS
-        slice such as 'train[:1000]'; whatever the copy holds.
+      split: 'train', 'validation' (or 'val', 'valid', 'validate'), 'test', 'all' (the
+        source's, stored as 'full'; else every split), or a TFDS slice such as 'train[:1000]';
+        whatever the copy holds.
 
     ``name`` and ``label_names`` are those of the source the copy was prepared from. The
     records are read through ``tfds.data_source`` (ArrayRecord, random access, readers opened
@@ -366,7 +370,9 @@ class TfdsSource(Source):
         self.metadata = metadata
         self.split = canonical_split(split)
         base_split = re.split(r"[\[+]", self.split)[0]
-        if base_split not in info.splits:
+        if base_split == "full" and "full" not in info.splits:  # TFDS's union of the splits
+            self.split, base_split = "all" + self.split[len("full"):], "all"
+        if base_split not in info.splits and base_split != "all":
             alias = f" ({self.split!r})" if self.split != split else ""
             raise SourceError(f"split {split!r}{alias} is not in {self.data_dir}; it holds "
                               f"{sorted(info.splits) or 'no splits'}")
