@@ -33,15 +33,19 @@ def test_losses_examples_run():
 
 
 def test_prepared_copy_example_runs(tmp_path):
-    """The 'At scale' example reads a copy that tools/prepare_data.py wrote (synthetic here)."""
+    """The 'At scale' example reads a copy that tools/prepare_data.py wrote (synthetic here) at
+    a training resolution, as the README prepares it (raw images by default)."""
     import subprocess
     import sys
 
     tool = os.path.join(os.path.dirname(README), "tools", "prepare_data.py")
     subprocess.run([sys.executable, tool, "--source", "synthetic", "--data_dir", str(tmp_path),
-                    "--name", "rmc_mimic_cxr", "--splits", "train,test", "--size", "2"],
+                    "--name", "rmc_mimic_cxr", "--splits", "train,test", "--size", "2",
+                    "--image_size", "128"],
                    check=True, capture_output=True)
     namespace = {}
     exec(block("tfds.data_source").replace("/data/tfds", str(tmp_path)), namespace)
     assert sorted(namespace["ds"]) == ["test", "train"]
-    assert namespace["ex"]["image"].ndim == 3 and namespace["ex"]["regions"]["bbox"] is not None
+    image = namespace["ex"]["image"]
+    assert image.shape == (128, 128, 1) and image.dtype == np.uint8
+    assert namespace["ex"]["regions"]["bbox"] is not None

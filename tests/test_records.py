@@ -21,6 +21,7 @@ from fixtures import cxr_formats_a as fx_a
 from fixtures import cxr_formats_b as fx_b
 from fixtures import tfds_copies
 from rmc_jax.data import pipeline as pipe
+from rmc_jax.data import transforms
 from rmc_jax.data.sources import SourceError, get_source, open_source
 from rmc_jax.data.sources import tfds_format
 from rmc_jax.data.sources.base import ExampleError
@@ -294,3 +295,94 @@ def test_worker_processes_read_the_copy(synthetic_copy):
         a, b = next(inline), next(worker)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Codecs and the training resolution
+# ---------------------------------------------------------------------------------------------
+
+JPEG_TOLERANCE = dict(mean=2.0, psnr=40.0)  # quality 95: mean |error| <= 2 levels, >= 40 dB
+
+
+@pytest.mark.parametrize("codec", tfds_format.CODECS)
+def test_each_codec_round_trips(tmp_path, codec):
+    """raw and png give the pixels back exactly, jpeg (quality 95) within JPEG_TOLERANCE; every
+    other field exactly. The copy says how it was stored, and plain TFDS reads its images as
+    uint8 [H, W, 1] (a raw image as TFDS's own Tensor feature)."""
+    summary, _, warned = prepare("synthetic", "", tmp_path, splits=("train",), size=4,
+                                 codec=codec)
+    assert not warned and summary["codec"] == codec
+    copy = get_source("tfds:rmc_synthetic", str(tmp_path), "train")
+    assert copy.codec == codec and copy.image_size == 0
+    metadata = json.loads(open(os.path.join(summary["path"], "metadata.json")).read())
+    assert metadata["codec"] == codec and metadata["settings"]["codec"] == codec
+    expected = open_source("synthetic", "", "train", size=4)
+    for i in range(4):
+        a, b = expected[i], copy[i]
+        if codec == "jpeg":
+            assert b.image.dtype == np.uint8 and b.image.shape == a.image.shape
+            error = np.abs(a.image.astype(np.float64) - b.image)
+            psnr = 10 * np.log10(255.0 ** 2 / max(np.mean(error ** 2), 1e-12))
+            assert error.mean() <= JPEG_TOLERANCE["mean"] and psnr >= JPEG_TOLERANCE["psnr"], (
+                error.mean(), psnr)
+            b = dataclasses.replace(b, image=a.image)
+        assert_same_example(a, b)
+    import tensorflow_datasets as tfds
+
+    plain = tfds.data_source("rmc_synthetic", data_dir=str(tmp_path))["train"][2]["image"]
+    assert plain.dtype == np.uint8 and plain.shape == (*expected[2].image.shape, 1)
+    if codec != "jpeg":
+        np.testing.assert_array_equal(plain[..., 0], expected[2].image)
+
+
+def test_preparing_at_the_training_resolution_leaves_the_pipeline_only_decoding(tmp_path):
+    """--image_size resizes as the pipeline's letterbox would: the copy's images have the
+    letterbox's size (no padding), and evaluation batches from the copy equal those from the
+    source at that resolution, image, boxes and content box included."""
+    root, images = str(tmp_path / "ms-cxr"), str(tmp_path / "mimic-cxr-jpg")
+    fx_a.write_ms_cxr(root, images_root=images)  # 500 x 250 JPGs on disk
+    assert prepare_data.main(["--source", "ms_cxr", "--root", root, "--data_dir",
+                              str(tmp_path / "tfds"), "--splits", "train", "--image_size", "64",
+                              "--option", f"images_root={images}"]) == 0
+    source = get_source("ms_cxr", root, "train", images_root=images)
+    copy = get_source("tfds:rmc_ms_cxr", str(tmp_path / "tfds"), "train")
+    assert copy.codec == "raw" and copy.image_size == 64  # auto: raw at a training resolution
+    got = copy[0]
+    assert got.image.shape == (32, 64)
+    np.testing.assert_array_equal(got.image, transforms.fit_long_side(source[0].image, 64))
+    np.testing.assert_array_equal(got.boxes, source[0].boxes)
+    texts = [t for e in (source[0],) for t in (e.report, *e.captions)]
+    tokenizer = train_wordpiece(texts, vocab_size=200, max_len=32)
+    config = pipe.PipelineConfig(image_size=64, max_regions=3, num_negatives=2,
+                                 max_text_len=32, max_caption_len=12)
+    a, b = (next(iter(pipe.make_dataset(data, config, tokenizer, batch_size=1, seed=0,
+                                        train=False))) for data in (source, copy))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with pytest.raises(SystemExit):
+        prepare_data.parse_args(["--source", "synthetic", "--data_dir", "x", "--image_size",
+                                 "64", "--max_size", "100"])
+
+
+def test_training_on_prepared_synthetic_records_through_the_cli(tmp_path):
+    """The embedded synthetic data pre-rendered at the smoke model's resolution, then the
+    command line trains and evaluates on the records (tfds:NAME, data.root = data_dir)."""
+    data_dir = str(tmp_path / "tfds")
+    assert prepare_data.main(["--source", "synthetic", "--data_dir", data_dir, "--splits",
+                              "train,test", "--size", "24", "--image_size", "32",
+                              "--shards", "2"]) == 0
+    assert get_source("tfds:rmc_synthetic", data_dir, "test").codec == "raw"
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    result = subprocess.run(
+        [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
+         f"--workdir={tmp_path / 'run'}", "--config.progress_bar=off",
+         "--config.total_steps=4", "--config.checkpoint_every=100",
+         "--config.data.train=tfds:rmc_synthetic", f"--config.data.root={data_dir}",
+         "--config.data.eval=tfds:rmc_synthetic", f"--config.data.eval_root={data_dir}",
+         "--config.evals.report=False"],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    lines = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert lines[-1]["step"] == 4 and lines[-1]["bad_examples_total"] == 0
+    results = json.load(open(tmp_path / "run" / "eval" / "results.json"))
+    assert results["eval/examples"] == 16 and "retrieval/image_to_report_R@1" in results

@@ -5,7 +5,21 @@ file systems and at scale. ``tools/prepare_data.py`` converts a registered sourc
 TFDS dataset (``ExamplesBuilder``: manual data directory, no download, ArrayRecord shards, the
 source's order kept), and ``TfdsSource`` reads it back, through ``tfds.data_source``, as the very
 same Examples. TensorFlow is never imported: TFDS writes and reads ArrayRecord without it (the
-images are PNG-encoded here with Pillow, and decoded here too).
+images are encoded here with Pillow or NumPy, and decoded here too).
+
+Images are stored with one of three codecs (``CODECS``; ``prepare_data.py --codec``):
+
+    raw    uint8 pixels as bytes (TFDS ``Tensor(encoding='bytes')``): lossless, and decoding is a
+           memory view, so it is the fastest to read; largest on disk (H * W bytes)
+    png    lossless, about half of raw on radiographs, the slowest to decode (zlib)
+    jpeg   lossy (``jpeg_quality``, default 95: mean error under one grey level), the smallest,
+           decodes faster than PNG
+
+Prepared at the training resolution (``image_size``), an image is resized once, offline, as the
+pipeline's letterbox would resize it (``transforms.fit_long_side``: longer side = image_size,
+bilinear, no padding), so the pipeline's letterbox is a copy and decoding is the only per-example
+image cost left. The padding is not stored: the training crop would cut into it and the
+letterbox's content box would include it.
 
 Layout (``tfds.data_source(NAME, data_dir=DATA_DIR)`` opens it as any TFDS dataset)::
 
@@ -22,12 +36,13 @@ it, else TFDS's union) and TFDS slices (``train[:1000]``).
 Features of one example (``features()``)::
 
     example_id, report, source, view   Text
-    image        Image uint8 [H, W, 1], PNG (lossless, 8-bit grayscale)
+    image        uint8 [H, W, 1], 8-bit grayscale: Image (PNG or JPEG) or Tensor (raw bytes)
     labels       float32 [C]; label_mask bool [C]  (C = len(metadata label_names))
     regions      Sequence of {bbox: BBoxFeature (TFDS's normalised ymin, xmin, ymax, xmax),
                               caption: Text, finding_id, side_id, zone_id, size_id: int32}
 
-so ``TfdsSource(NAME, DATA_DIR, split)[i]`` equals the i-th Example written, pixel for pixel.
+so ``TfdsSource(NAME, DATA_DIR, split)[i]`` equals the i-th Example written, pixel for pixel
+(raw, png; jpeg to within its quality; resized when prepared at a resolution).
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from rmc_jax.data import transforms
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.base import ExampleError, Source, SourceError
 from rmc_jax.data.sources.images import ImageDecodeError
@@ -60,6 +76,8 @@ _REGION_INTS = (("finding_id", "finding_ids"), ("side_id", "side_ids"), ("zone_i
                 ("size_id", "size_ids"))
 _TEXTS = ("example_id", "report", "source", "view")
 _WINDOW = 256  # examples in flight at once per split while writing (bounds memory)
+CODECS = ("raw", "png", "jpeg")
+JPEG_QUALITY = 95
 
 
 def _tfds():
@@ -80,14 +98,30 @@ def canonical_split(split: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def features(num_labels: int):
-    """The ``tfds.features.FeaturesDict`` of one Example with ``num_labels`` classes."""
+def check_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise ValueError(f"image codec {codec!r}: expected one of {', '.join(CODECS)}")
+    return codec
+
+
+def image_feature(codec: str = "png"):
+    """The TFDS feature of the image stored with ``codec`` (``CODECS``)."""
+    f = _tfds().features
+    doc = "the radiograph, 8-bit grayscale, origin top-left as stored"
+    if check_codec(codec) == "raw":
+        return f.Tensor(shape=(None, None, 1), dtype=np.uint8, encoding="bytes",
+                        doc=doc + "; raw pixel bytes")
+    return f.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format=codec, doc=doc)
+
+
+def features(num_labels: int, codec: str = "png"):
+    """The ``tfds.features.FeaturesDict`` of one Example with ``num_labels`` classes, its image
+    stored with ``codec``."""
     tfds = _tfds()
     f = tfds.features
     return f.FeaturesDict({
         "example_id": f.Text(doc="unique within the source"),
-        "image": f.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png",
-                         doc="the radiograph, 8-bit grayscale, origin top-left as stored"),
+        "image": image_feature(codec),
         "report": f.Text(doc="FINDINGS / IMPRESSION under their headers, '' when none"),
         "labels": f.Tensor(shape=(num_labels,), dtype=np.float32,
                            doc="1 present, 0 absent, per metadata label_names"),
@@ -111,15 +145,32 @@ def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def encode_example(example: Example) -> dict:
-    """One Example -> the feature values ``features()`` serialises (image as PNG bytes)."""
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """uint8 [H, W] -> baseline JPEG bytes (one grayscale component) at ``quality``."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def encode_image(image: np.ndarray, codec: str = "png", jpeg_quality: int = JPEG_QUALITY):
+    """uint8 [H, W] -> the value ``image_feature(codec)`` serialises: PNG or JPEG bytes, or the
+    array [H, W, 1] itself for raw (TFDS writes its bytes)."""
+    if check_codec(codec) == "raw":
+        return np.ascontiguousarray(image)[..., None]
+    return encode_png(image) if codec == "png" else encode_jpeg(image, jpeg_quality)
+
+
+def encode_example(example: Example, codec: str = "png",
+                   jpeg_quality: int = JPEG_QUALITY) -> dict:
+    """One Example -> the feature values ``features(..., codec)`` serialises."""
     image = np.asarray(example.image)
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"example {example.source}:{example.example_id}: image must be uint8 "
                          f"[H, W], got {image.dtype} {image.shape}")
     boxes = np.asarray(example.boxes, np.float32).reshape(-1, 4)
     return {
-        "example_id": str(example.example_id), "image": encode_png(image),
+        "example_id": str(example.example_id),
+        "image": encode_image(image, codec, jpeg_quality),
         "report": example.report, "source": example.source, "view": example.view,
         "labels": np.asarray(example.labels, np.float32),
         "label_mask": np.asarray(example.label_mask, np.bool_),
@@ -138,19 +189,35 @@ def decode_texts(values: dict) -> tuple[str, tuple]:
     return _text(values["report"]), tuple(_text(c) for c in values["regions"]["caption"])
 
 
-def decode_example(values: dict, where: str = "record") -> Example:
-    """A deserialised example (image left as PNG bytes) -> the Example that was written.
+def decode_image(value, where: str = "record", codec: str = "png") -> np.ndarray:
+    """The stored image -> uint8 [H, W]: PNG or JPEG bytes are decoded with Pillow; a raw
+    image arrives as the array TFDS made of its bytes ([H, W, 1]).
 
     Raises ImageDecodeError naming ``where`` for an image that cannot be decoded.
     """
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        if value.ndim != 3 or value.shape[-1] != 1:
+            raise ImageDecodeError(f"{where}: raw image of shape {value.shape}; expected "
+                                   "[H, W, 1]")
+        return value[..., 0]
     try:
-        with Image.open(io.BytesIO(values["image"])) as decoded:
+        with Image.open(io.BytesIO(value)) as decoded:
             decoded.load()
             if decoded.mode != "L":
                 raise ValueError(f"image mode is {decoded.mode}, expected 8-bit grayscale 'L'")
-            image = np.asarray(decoded, np.uint8)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageDecodeError(f"{where}: cannot decode the record's PNG image: {error}") from error
+            return np.asarray(decoded, np.uint8)
+    except (OSError, SyntaxError, ValueError, TypeError) as error:
+        raise ImageDecodeError(f"{where}: cannot decode the record's {codec.upper()} image: "
+                               f"{error}") from error
+
+
+def decode_example(values: dict, where: str = "record", codec: str = "png") -> Example:
+    """A deserialised example (PNG/JPEG image left as bytes, raw as its array) -> the Example
+    that was written.
+
+    Raises ImageDecodeError naming ``where`` for an image that cannot be decoded.
+    """
+    image = decode_image(values["image"], where, codec)
     regions = values["regions"]
     boxes = np.asarray(regions["bbox"], np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]]
     ints = {field: np.asarray(regions[name], np.int32).reshape(-1) for name, field in _REGION_INTS}
@@ -211,12 +278,15 @@ class ExamplesBuilder:
         "given to tools/prepare_data.py as --root; nothing is downloaded.")
 
     def __init__(self, *, splits: Sequence[SplitSpec], source_name: str, label_names,
-                 settings: dict, max_size: int = 0, workers: int = 1,
+                 settings: dict, max_size: int = 0, image_size: int = 0, codec: str = "png",
+                 jpeg_quality: int = JPEG_QUALITY, workers: int = 1,
                  warn: Callable[[str], None] = print, log: Callable[[str], None] = print,
                  description: str = "", **kwargs):
         self._splits, self._source_name = list(splits), source_name
         self._label_names, self._settings = tuple(label_names), dict(settings)
         self._max_size, self._workers = int(max_size), max(1, int(workers))
+        self._image_size, self._codec = int(image_size), check_codec(codec)
+        self._jpeg_quality = int(jpeg_quality)
         self._warn, self._log, self._description = warn, log, description
         self.skipped = {spec.name: 0 for spec in self._splits}
         super().__init__(**kwargs)
@@ -225,10 +295,12 @@ class ExamplesBuilder:
         tfds = _tfds()
         return tfds.core.DatasetInfo(
             builder=self, description=self._description, features=features(
-                len(self._label_names)),
+                len(self._label_names), self._codec),
             metadata=tfds.core.MetadataDict(
                 source=self._source_name, label_names=list(self._label_names),
-                settings=self._settings, skipped=dict(self.skipped), format_version=VERSION),
+                settings=self._settings, skipped=dict(self.skipped), format_version=VERSION,
+                codec=self._codec, image_size=self._image_size,
+                **({"jpeg_quality": self._jpeg_quality} if self._codec == "jpeg" else {})),
             disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
@@ -241,11 +313,14 @@ class ExamplesBuilder:
         except (ImageDecodeError, FileNotFoundError, ExampleError) as error:
             return position, None, f"skipping unreadable example {position} of {split}: {error}"
         try:
-            example = dataclasses.replace(example, image=resize_long_side(
-                np.asarray(example.image), self._max_size)).validate()
+            image = np.asarray(example.image)
+            if image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) > 0:
+                image = (transforms.fit_long_side(image, self._image_size) if self._image_size
+                         else resize_long_side(image, self._max_size))
+            example = dataclasses.replace(example, image=image).validate()
         except ValueError as error:  # a field of the wrong form (TFDS would stop at it)
             return position, None, f"skipping invalid example {position} of {split}: {error}"
-        return position, encode_example(example), None
+        return position, encode_example(example, self._codec, self._jpeg_quality), None
 
     def _generate_examples(self, spec: SplitSpec):
         """(position in the source, feature values); unreadable examples are counted, warned
@@ -276,7 +351,8 @@ def builder_class(name: str):
 
     Its keyword arguments (besides TFDS's ``data_dir``, ``file_format``): ``splits`` (SplitSpec
     list), ``source_name``, ``label_names``, ``settings`` (kept in metadata.json),
-    ``max_size``, ``workers``, ``warn``, ``log``, ``description``. The class is not registered
+    ``max_size``, ``image_size``, ``codec``, ``jpeg_quality``, ``workers``, ``warn``, ``log``,
+    ``description``. The class is not registered
     with TFDS: the copy is read from its files, so ``tfds.data_source(name, data_dir=...)``
     needs no rmc_jax code.
     """
@@ -290,11 +366,15 @@ def builder_class(name: str):
 
 
 def write(name: str, data_dir: str, splits: dict, *, settings: dict | None = None,
-          max_size: int = 0, shards: int = 0, workers: int = 1, manual_dir: str = "",
-          warn: Callable[[str], None] = print, log: Callable[[str], None] = print,
-          description: str = "") -> dict:
+          max_size: int = 0, image_size: int = 0, codec: str = "png",
+          jpeg_quality: int = JPEG_QUALITY, shards: int = 0, workers: int = 1,
+          manual_dir: str = "", warn: Callable[[str], None] = print,
+          log: Callable[[str], None] = print, description: str = "") -> dict:
     """Write ``splits`` ({TFDS split name: source}) as the TFDS dataset ``name`` in
-    ``data_dir`` (ArrayRecord, ``shards`` per split or TFDS's choice for 0).
+    ``data_dir`` (ArrayRecord, ``shards`` per split or TFDS's choice for 0), images stored with
+    ``codec`` and either resized to the training resolution ``image_size`` (as the pipeline's
+    letterbox resizes, ``transforms.fit_long_side``) or shrunk to at most ``max_size`` (Lanczos);
+    0 keeps them as they are.
 
     The sources must share ``label_names``; the copy's ``name``/``label_names`` are the first
     source's. Returns ``name``, ``path`` (DATA_DIR/NAME/VERSION), per split ``num_examples``,
@@ -312,7 +392,8 @@ def write(name: str, data_dir: str, splits: dict, *, settings: dict | None = Non
         data_dir=data_dir, file_format="array_record",
         splits=[SplitSpec(canonical_split(k), v) for k, v in splits.items()],
         source_name=source_name, label_names=label_names, settings=settings or {},
-        max_size=max_size, workers=workers, warn=warn, log=log,
+        max_size=max_size, image_size=image_size, codec=codec, jpeg_quality=jpeg_quality,
+        workers=workers, warn=warn, log=log,
         description=description or f"{source_name} examples prepared by rmc_jax")
     with tempfile.TemporaryDirectory(prefix="rmc_jax_tfds_") as downloads:
         builder.download_and_prepare(download_dir=downloads, download_config=(
@@ -342,7 +423,9 @@ class TfdsSource(Source):
 
     ``name`` and ``label_names`` are those of the source the copy was prepared from. The
     records are read through ``tfds.data_source`` (ArrayRecord, random access, readers opened
-    lazily in each process); images are decoded here, so ``texts(i)`` never decodes one.
+    lazily in each process); PNG and JPEG images are decoded here (raw ones are TFDS's view
+    of their bytes), so ``texts(i)`` never decodes one. ``codec`` and ``image_size`` (0: not
+    resized to a training resolution) say how the copy was prepared.
     """
 
     def __init__(self, dataset: str, root, split: str = "train"):
@@ -368,6 +451,10 @@ class TfdsSource(Source):
         self.info, self.data_dir = info, str(builder.data_dir)
         self.name, self.label_names = str(metadata["source"]), tuple(metadata["label_names"])
         self.metadata = metadata
+        encoded = isinstance(info.features["image"], tfds.features.Image)
+        self.codec = str(metadata.get("codec") or (
+            info.features["image"].encoding_format if encoded else "raw"))
+        self.image_size = int(metadata.get("image_size") or 0)
         self.split = canonical_split(split)
         base_split = re.split(r"[\[+]", self.split)[0]
         if base_split == "full" and "full" not in info.splits:  # TFDS's union of the splits
@@ -387,8 +474,9 @@ class TfdsSource(Source):
         self._files = [(i.filename, i.skip) for i in instructions]
         self._ends = np.cumsum([i.take for i in instructions]).tolist()
         self._data = tfds.data_source(self.dataset, split=self.split, data_dir=self.root,
-                                      download=False,
-                                      decoders={"image": tfds.decode.SkipDecoding()})
+                                      download=False, decoders=(
+                                          {"image": tfds.decode.SkipDecoding()} if encoded
+                                          else None))
 
     def __len__(self) -> int:
         return len(self._data)
@@ -410,7 +498,7 @@ class TfdsSource(Source):
             raise ExampleError(f"{where}: cannot read the record: {error}") from error
 
     def __getitem__(self, index: int) -> Example:
-        return decode_example(*self._record(index))
+        return decode_example(*self._record(index), self.codec)
 
     def texts(self, index: int) -> tuple[str, tuple]:
         """(report, captions) of example ``index`` without decoding its image."""
