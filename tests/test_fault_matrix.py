@@ -115,9 +115,10 @@ def nih(tmp, rows=fx_b.NIH_ROWS, boxes=fx_b.NIH_BOXES):
                 open_train=lambda: NIHChestXray14(tmp, "train"))
 
 
-def tfds_copy(tmp):
-    """Three synthetic examples in one shard of a prepared TFDS copy."""
-    path = tfds_copies.write_copy(open_source("synthetic", "", "train", size=3), tmp)
+def tfds_copy(tmp, codec="png"):
+    """Three synthetic examples in one shard of a prepared TFDS copy, images as ``codec``."""
+    path = tfds_copies.write_copy(open_source("synthetic", "", "train", size=3), tmp,
+                                  codec=codec)
     return dict(shard=tfds_copies.shards(path)[0],
                 open=lambda: open_source("tfds:rmc_test", tmp, "train"))
 
@@ -169,8 +170,15 @@ def corrupt_record(ctx):
 
 
 def truncate_record_png(ctx):
-    """Rewrite the shard with record 1's PNG cut short (its other features still parse)."""
+    """Rewrite the shard with record 1's PNG (or JPEG) cut short (its other features still
+    parse)."""
     tfds_copies.cut_pngs(ctx["shard"], 60, records={1})
+
+
+def truncate_record_pixels(ctx):
+    """Rewrite the shard with record 1's raw pixels cut short (its stored shape no longer
+    fits them)."""
+    tfds_copies.cut_pngs(ctx["shard"], 60, records={1}, feature="image/value")
 
 
 def nothing(ctx):
@@ -456,6 +464,12 @@ ROWS = [
           EXAMPLE, r"{shard} record 0: cannot read the record: .*Corrupted"),
     Fault("tfds", "record with a truncated PNG", tfds_copy, truncate_record_png,
           EXAMPLE, r"{shard} record 1: cannot decode the record's PNG image", index=1),
+    Fault("tfds", "record with a truncated JPEG", lambda tmp: tfds_copy(tmp, "jpeg"),
+          truncate_record_png, EXAMPLE, r"{shard} record 1: cannot decode the record's JPEG "
+          r"image", index=1),
+    Fault("tfds", "record with raw pixels cut short", lambda tmp: tfds_copy(tmp, "raw"),
+          truncate_record_pixels, EXAMPLE, r"{shard} record 1: cannot decode the record's RAW "
+          r"image: .* bytes for the stored shape", index=1),
 ]
 
 

@@ -279,6 +279,7 @@ def codec_table(args, root, reports, tmp, tokenizer, base, config):
     import dataclasses
 
     from rmc_jax.data.sources import get_source
+    from rmc_jax.data.sources.tfds_format import decode_image
 
     prepare = _load_prepare().prepare
     pipeline_config = dataclasses.replace(base, image_size=args.codec_res)
@@ -317,14 +318,9 @@ def codec_table(args, root, reports, tmp, tokenizer, base, config):
               "decode + augment + tokenize (pipeline) | fidelity |")
         print("|---|---:|---:|---:|---:|---|")
         for codec, copy in copies.items():
-            stored = [copy._data[i]["image"] for i in range(len(copy))] if codec == "raw" else [
-                copy._record(i)[0]["image"] for i in range(len(copy))]
-            if codec == "raw":  # what TFDS does with the stored bytes
-                stored = [(a.tobytes(), a.shape) for a in stored]
-                decode_one = lambda item: np.frombuffer(item[0], np.uint8).reshape(item[1])
-            else:
-                from rmc_jax.data.sources.tfds_format import decode_image as decode_one
-            alone = _timed(lambda: [decode_one(x) for x in stored], len(stored), args.repeats)
+            stored = [copy._record(i)[0]["image"] for i in range(len(copy))]
+            alone = _timed(lambda: [decode_image(x, codec=codec) for x in stored], len(stored),
+                           args.repeats)
             read = _timed(lambda: [copy[i] for i in range(len(copy))], len(copy), args.repeats)
             full = _pipeline_cpu_rate(copy, pipeline_config, tokenizer, config, args)
             print(f"| {codec}{f' (quality {args.jpeg_quality})' if codec == 'jpeg' else ''} | "

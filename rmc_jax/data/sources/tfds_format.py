@@ -190,16 +190,20 @@ def decode_texts(values: dict) -> tuple[str, tuple]:
 
 
 def decode_image(value, where: str = "record", codec: str = "png") -> np.ndarray:
-    """The stored image -> uint8 [H, W]: PNG or JPEG bytes are decoded with Pillow; a raw
-    image arrives as the array TFDS made of its bytes ([H, W, 1]).
+    """The stored image, undecoded (``tfds.decode.SkipDecoding``) -> uint8 [H, W]: PNG or JPEG
+    bytes are decoded with Pillow, raw pixels ({'value': bytes, 'shape': [H, W, 1]}) viewed
+    as an array (read-only, no copy).
 
     Raises ImageDecodeError naming ``where`` for an image that cannot be decoded.
     """
-    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
-        if value.ndim != 3 or value.shape[-1] != 1:
-            raise ImageDecodeError(f"{where}: raw image of shape {value.shape}; expected "
-                                   "[H, W, 1]")
-        return value[..., 0]
+    if isinstance(value, dict):  # raw: TFDS's serialised Tensor(encoding='bytes')
+        shape = tuple(int(n) for n in np.asarray(value.get("shape", ())).reshape(-1))
+        pixels = value.get("value", b"")
+        if len(shape) != 3 or shape[-1] != 1 or len(pixels) != int(np.prod(shape)):
+            raise ImageDecodeError(f"{where}: cannot decode the record's RAW image: "
+                                   f"{len(pixels)} bytes for the stored shape {shape} (expected "
+                                   "H * W bytes for [H, W, 1])")
+        return np.frombuffer(pixels, np.uint8).reshape(shape[:2])
     try:
         with Image.open(io.BytesIO(value)) as decoded:
             decoded.load()
@@ -212,8 +216,7 @@ def decode_image(value, where: str = "record", codec: str = "png") -> np.ndarray
 
 
 def decode_example(values: dict, where: str = "record", codec: str = "png") -> Example:
-    """A deserialised example (PNG/JPEG image left as bytes, raw as its array) -> the Example
-    that was written.
+    """A deserialised example (its image undecoded) -> the Example that was written.
 
     Raises ImageDecodeError naming ``where`` for an image that cannot be decoded.
     """
@@ -423,8 +426,8 @@ class TfdsSource(Source):
 
     ``name`` and ``label_names`` are those of the source the copy was prepared from. The
     records are read through ``tfds.data_source`` (ArrayRecord, random access, readers opened
-    lazily in each process); PNG and JPEG images are decoded here (raw ones are TFDS's view
-    of their bytes), so ``texts(i)`` never decodes one. ``codec`` and ``image_size`` (0: not
+    lazily in each process); images are decoded here (``decode_image``), so ``texts(i)``
+    never decodes one. ``codec`` and ``image_size`` (0: not
     resized to a training resolution) say how the copy was prepared.
     """
 
@@ -474,9 +477,8 @@ class TfdsSource(Source):
         self._files = [(i.filename, i.skip) for i in instructions]
         self._ends = np.cumsum([i.take for i in instructions]).tolist()
         self._data = tfds.data_source(self.dataset, split=self.split, data_dir=self.root,
-                                      download=False, decoders=(
-                                          {"image": tfds.decode.SkipDecoding()} if encoded
-                                          else None))
+                                      download=False,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
 
     def __len__(self) -> int:
         return len(self._data)
