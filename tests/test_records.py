@@ -22,7 +22,7 @@ from fixtures import cxr_formats_b as fx_b
 from fixtures import tfds_copies
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import transforms
-from rmc_jax.data.sources import SourceError, get_source, open_source
+from rmc_jax.data.sources import SourceError, SourceWarning, get_source, open_source
 from rmc_jax.data.sources import tfds_format
 from rmc_jax.data.sources.base import ExampleError
 from rmc_jax.data.sources.images import ImageDecodeError
@@ -359,6 +359,12 @@ def test_preparing_at_the_training_resolution_leaves_the_pipeline_only_decoding(
                                         train=False))) for data in (source, copy))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read at its resolution or below: nothing to say
+        open_source("tfds:rmc_ms_cxr", str(tmp_path / "tfds"), "train", image_size=64)
+    with pytest.warns(SourceWarning, match=r"tfds:rmc_ms_cxr: the copy in .* was prepared at 64 "
+                                           r"px .* read for 128 px: every image is enlarged"):
+        open_source("tfds:rmc_ms_cxr", str(tmp_path / "tfds"), "train", image_size=128)
     with pytest.raises(SystemExit):
         prepare_data.parse_args(["--source", "synthetic", "--data_dir", "x", "--image_size",
                                  "64", "--max_size", "100"])

@@ -17,6 +17,7 @@ import ast
 import functools
 import importlib
 import inspect
+import warnings
 from typing import Callable
 
 from rmc_jax.data.sources.base import (  # noqa: F401  (re-exported)
@@ -172,6 +173,13 @@ def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
                             image_size=max(image_size, 128), **chosen)
     else:
         source = get_source(name, root=root or None, split=split, **chosen)
+    prepared_at = int(getattr(source, "image_size", 0) or 0) if name.startswith(
+        TFDS_PREFIX) else 0
+    if prepared_at and prepared_at < image_size:
+        warnings.warn(SourceWarning(
+            f"{name}: the copy in {root} was prepared at {prepared_at} px (tools/prepare_data.py "
+            f"--image_size) and is read for {image_size} px: every image is enlarged, with "
+            f"less detail than the source has; prepare a copy at {image_size} px"), stacklevel=2)
     if len(source) == 0:
         raise EmptySplitError(f"{name}: split {split!r} of {root or 'the generator'} has no "
                               f"examples; {_splits_held(source)}")
