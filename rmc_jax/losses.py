@@ -301,26 +301,32 @@ def _inverse_temperature(temperature) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def global_contrastive_loss(img: Array, txt: Array, temperature, *, axis_name=None,
-                            backend: str = "gather", chunk_size: int | None = None) -> Array:
+def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: Array | None = None,
+                            axis_name=None, backend: str = "gather",
+                            chunk_size: int | None = None) -> Array:
     """Symmetric image-report InfoNCE: 0.5 * (CE(image -> text) + CE(text -> image)).
 
     Args:
       img: [N, E] L2-normalised image embeddings; row i is paired with ``txt[i]``.
       txt: [N, E] L2-normalised report embeddings.
       temperature: scalar tau > 0 (may be traced; gradients flow to it).
+      pair_mask: optional [N] bool, False for pairs that are left out entirely, neither
+        anchors nor negatives (e.g. an image without report text, whose "report" would be
+        the same empty text as every other such image's).
       axis_name: inside ``jax.shard_map``, the mesh axis the batch is split over; ``img`` and
         ``txt`` are then the local shards and the loss of the global batch is returned.
       backend: 'gather' or 'ring' (only used with ``axis_name``).
       chunk_size: rows per block for the memory-linear tiled computation (None = dense).
     Returns:
-      float32 scalar, mean over all pairs of the global batch.
+      float32 scalar, mean over the valid pairs of the global batch (0 when there are none).
     """
     _check_pair("img", img, "txt", txt, 2)
     inv_tau = _inverse_temperature(temperature)
     n = img.shape[0]
     ids = jnp.arange(n, dtype=jnp.int32) + _global_offset(n, axis_name)
-    valid = jnp.ones((n,), bool)
+    if pair_mask is not None and pair_mask.shape != (n,):
+        raise ValueError(f"pair_mask must have shape [N] = {(n,)}, got {pair_mask.shape}")
+    valid = jnp.ones((n,), bool) if pair_mask is None else pair_mask.astype(bool)
     if axis_name is None and chunk_size is not None:
         # One tiled pass gives both directions from the same logit blocks.
         i2t, t2i = _tiled_losses(img, txt, inv_tau, ids, ids, valid, valid, chunk_size, True)

@@ -339,6 +339,11 @@ def _contrastive(mesh, config, fn, *args):
                          axis_names={shd.BATCH_AXIS})(*args)
 
 
+def _global_loss(images, reports, has_report, temperature, **backend):
+    return losses.global_contrastive_loss(images, reports, temperature, pair_mask=has_report,
+                                          **backend)
+
+
 def _roi_loss(regions, captions, mask, ids, temperature, **backend):
     return losses.roi_contrastive_loss(regions, captions, mask, temperature, caption_ids=ids,
                                        **backend)
@@ -362,8 +367,9 @@ def batch_losses(params, teacher_params, batch, concepts, step, *, model, config
         terms["global"] = losses.medclip_contrastive_loss(image_emb, report_emb, labels, labels,
                                                           tau)
     else:
-        terms["global"] = _contrastive(mesh, config, losses.global_contrastive_loss,
-                                       image_emb, report_emb, tau)
+        # An image without report text has no report to match: it sits out the global loss.
+        terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
+                                       batch["has_report"], tau)
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:

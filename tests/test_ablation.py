@@ -1,5 +1,6 @@
 """The ablation script's aggregation, intervals, table and target checks (no training here)."""
 
+import json
 import os
 import sys
 
@@ -132,3 +133,47 @@ def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     second = readme.read_text()
     assert second.count("<!-- ablation.py: begin -->") == 1 and "0.999" in second
     assert second.startswith("# Title\n\nintro\n\n## Next\n")
+
+
+def test_sweep_runs_in_parallel_and_leaves_failed_runs_out(tmp_path, monkeypatch):
+    """A failed run ({} from the runner, its log says why) is absent from the table, not a row of
+    zeros; the runs that finished are all there whatever order the pool finished them in."""
+    calls = []
+
+    def fake_run(variant, seed, args, runs, extra=()):
+        calls.append((variant, seed, args, tuple(extra)))
+        if (variant, seed) == ("medclip", 1):
+            return {}
+        return {"zeroshot/auroc_mean": 0.5 + 0.1 * seed + (0.05 if variant == "roi" else 0.0)}
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", [
+        "ablation.py", "--variants=global,medclip,roi", "--seeds=0,1", "--parallel=4",
+        f"--out={tmp_path}", "--args=steps=5", "--extra=--config.data.workers=0",
+        "--note=a test host"])
+    ablation.main()
+    assert sorted(calls) == sorted((v, s, "steps=5", ("--config.data.workers=0",))
+                                   for v in ("global", "medclip", "roi") for s in (0, 1))
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert sorted(saved["runs"]["medclip"]) == ["0"] and sorted(saved["runs"]["roi"]) == ["0", "1"]
+    assert saved["summary"]["roi"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.6)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "a test host" in table and "medclip (1 seeds)" in table
+
+
+def test_runner_reuses_finished_runs_and_reports_failures(tmp_path):
+    import runner
+
+    workdir = tmp_path / "run"
+    write = ("import json, os, sys; os.makedirs(sys.argv[1] + '/eval', exist_ok=True); "
+             "json.dump({'m': 1.0}, open(sys.argv[1] + '/eval/results.json', 'w')); print('hi')")
+    assert runner.train_and_evaluate([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                     str(workdir), "failing") == {}
+    results = runner.train_and_evaluate([sys.executable, "-c", write, str(workdir)],
+                                        str(workdir), "writing")
+    assert results["m"] == 1.0 and results["run/wall_seconds"] >= 0
+    assert (workdir / "log.txt").read_text() == "hi\n"
+    # finished: the command is not run again
+    again = runner.train_and_evaluate([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                      str(workdir), "reused")
+    assert again == results

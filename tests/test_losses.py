@@ -449,3 +449,34 @@ def test_roi_sharded_equals_dense(rng, backend, chunk_size, with_ids):
                                                         chunk_size=7))(roi, cap, tau)
     _assert_same(reference, tiled)
     _assert_same(reference, jax.jit(grad(sharded))(roi, cap, tau))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_global_pair_mask_leaves_pairs_out_entirely(rng, chunk_size):
+    img, txt = f32(normed(rng, 8, 5), normed(rng, 8, 5))
+    keep = jnp.asarray([True, False, True, True, False, True, True, True])
+    loss = functools.partial(L.global_contrastive_loss, chunk_size=chunk_size)
+    masked, grads = jax.value_and_grad(
+        lambda i, t: loss(i, t, 0.1, pair_mask=keep), argnums=(0, 1))(img, txt)
+    subset, sub_grads = jax.value_and_grad(
+        lambda i, t: loss(i, t, 0.1), argnums=(0, 1))(img[keep], txt[keep])
+    np.testing.assert_allclose(masked, subset, rtol=1e-6)
+    for full, sub in zip(grads, sub_grads):
+        np.testing.assert_allclose(full[keep], sub, rtol=1e-5, atol=1e-7)
+        assert not np.asarray(full[~keep]).any()  # left-out pairs get no gradient
+    assert float(loss(img, txt, 0.1, pair_mask=jnp.zeros(8, bool))) == 0.0
+
+
+def test_global_pair_mask_sharded_equals_dense(rng):
+    img, txt = f32(normed(rng, 32, 16), normed(rng, 32, 16))
+    keep = jnp.asarray(rng.random(32) < 0.7)
+
+    def sharded(a, b, m):
+        fn = functools.partial(L.global_contrastive_loss, axis_name="data")
+        return jax.shard_map(lambda a, b, m: fn(a, b, 0.07, pair_mask=m), mesh=_mesh(),
+                             in_specs=(P("data"),) * 3, out_specs=P())(a, b, m)
+
+    reference = jax.value_and_grad(
+        lambda a, b: L.global_contrastive_loss(a, b, 0.07, pair_mask=keep), argnums=(0, 1))
+    _assert_same(reference(img, txt),
+                 jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(img, txt, keep))

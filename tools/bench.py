@@ -180,6 +180,7 @@ def random_batch(config, seed: int = 0) -> dict:
         "caption_hash": rng.integers(0, 2**30, (b, r)).astype(np.int32),
         "labels": rng.integers(0, 2, (b, 9)).astype(np.float32),
         "label_mask": np.ones((b, 9), bool),
+        "has_report": np.ones((b,), bool),
     }
 
 
