@@ -112,7 +112,8 @@ missing="$("$PYTHON" - <<'PY'
 import importlib.util
 needed = {"grain": "grain", "ml_collections": "ml_collections", "flax": "flax", "optax": "optax",
           "orbax": "orbax-checkpoint", "tokenizers": "tokenizers", "absl": "absl-py",
-          "PIL": "pillow", "matplotlib": "matplotlib", "transformers": "transformers"}
+          "PIL": "pillow", "matplotlib": "matplotlib", "scipy": "scipy",
+          "safetensors": "safetensors"}
 print(" ".join(package for module, package in needed.items()
                if importlib.util.find_spec(module) is None))
 PY
@@ -125,7 +126,12 @@ if [ -n "$missing" ] && [ -n "${WHEELS:-}" ]; then
 elif [ -n "$missing" ]; then
   echo "device_check: installing $missing"
   # shellcheck disable=SC2086  # a list of package names
-  pip_install $missing
+  pip_install $missing || echo "device_check: could not install $missing" >&2
+fi
+if ! "$PYTHON" -c 'import rmc_jax.train' 2> "$OUT/import_error.txt"; then
+  tail -n 5 "$OUT/import_error.txt" >&2
+  echo "device_check: rmc_jax does not import here (pass WHEELS=DIR for what is missing)" >&2
+  exit 3
 fi
 platform="$(backend)"
 if [ "$platform" = cpu ] || [ "$platform" = none ]; then
