@@ -28,7 +28,7 @@ from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
 from rmc_jax.models import build_model, example_inputs, model_config  # noqa: E402
 from rmc_jax.pretrained import open_clip  # noqa: E402
 from rmc_jax.pretrained.mapping import flatten  # noqa: E402
-from rmc_jax.pretrained.safetensors_io import write_safetensors  # noqa: E402
+from rmc_jax.pretrained.weight_files import save_safetensors  # noqa: E402
 
 # BiomedCLIP-PubMedBERT_256-vit_base_patch16_224: open_clip_config.json as published.
 BIOMEDCLIP_CONFIG = {
@@ -163,7 +163,7 @@ def biomedclip_tiny(tmp_path_factory):
     rng = np.random.default_rng(0)
     tensors = {name: (0.05 * rng.standard_normal(shape)).astype(np.float32)
                for name, shape in biomedclip_shapes(vocab=tokenizer.vocab_size, **TINY).items()}
-    write_safetensors(str(directory / "open_clip_model.safetensors"), tensors)
+    save_safetensors(str(directory / "open_clip_model.safetensors"), tensors)
     return str(directory), tensors
 
 
