@@ -114,7 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train="synthetic", root="", eval="synthetic", eval_root="", eval_split="test",
         train_size=0, eval_size=512,     # 0 = the source's own size
         image_size=128, max_regions=4, num_negatives=3, max_text_len=64, max_caption_len=12,
-        augment=True, workers=1, tokenizer="", vocab_size=4096, max_bad_fraction=0.01))
+        augment=True, tokenizer="", vocab_size=4096, max_bad_fraction=0.01,
+        workers=-1))    # input processes; -1: from the host's cores (pipeline.auto_workers)
     # Dataset constructor options, "images_root=/data/mimic-cxr-jpg,ms_cxr.split_csv=/x.csv"
     # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
     c.data.source_options = ""
@@ -127,13 +128,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # The model: every field of rmc_jax.models.config (ModelConfig, VisionConfig, TextConfig),
     # where each hyperparameter and its default is defined, with this configuration's choices.
-    # The input size, the vocabulary and the report length are the data's: one value each,
-    # referenced, so that setting either side sets both.
+    # The input size is the data's: one value, referenced, so that setting either side sets
+    # both. The text tower's tables are bounds, not copies: model.text.vocab_size rows hold the
+    # tokenizer's data.vocab_size tokens or more, model.text.max_len positions the longest text
+    # or more (configs/b16.py reads 256 tokens with BiomedCLIP's 512 positions).
     c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(
-        vision=VisionConfig(dtype="auto"), text=TextConfig(dtype="auto"), roi_output_size=4)))
+        vision=VisionConfig(dtype="auto"), text=TextConfig(vocab_size=4096, dtype="auto"),
+        roi_output_size=4)))
     c.model.vision.image_size = c.data.get_ref("image_size")
-    c.model.text.vocab_size = c.data.get_ref("vocab_size")
-    c.model.text.max_len = c.data.get_ref("max_text_len")
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
 
@@ -176,7 +178,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint_every, c.optimizer.warmup_steps, c.teacher.warmup_steps = 3, 2, 0
         c.model.vision.update(patch_size=8, width=32, depth=1, num_heads=2,
                               dtype="float32")   # the same numbers on every machine
-        c.model.text.update(width=32, depth=1, num_heads=2, dtype="float32")
+        c.model.text.update(vocab_size=512, width=32, depth=1, num_heads=2, max_len=32,
+                            dtype="float32")
         c.model.embed_dim = 16
         c.model.roi_output_size = 2
         c.teacher.crop_size = 16

@@ -71,16 +71,27 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
+    def _data_state_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step), "data",
+                            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+
+    def saved_input_workers(self, step: int | None = None) -> int | None:
+        """``data.workers`` of the pipeline whose position ``step`` (default: latest) saved;
+        None without a checkpoint or a saved position."""
+        step = self.manager.latest_step() if step is None else step
+        if step is None or not os.path.exists(self._data_state_path(step)):
+            return None
+        with open(self._data_state_path(step)) as handle:
+            return input_workers(json.load(handle))
+
     def _check_input_workers(self, step: int, data_iterator) -> None:
         """Fail with the fix when the saved input position came from a pipeline with another
         number of worker processes: each worker reads its own slice of the data, so the
         order of examples (and the saved state's layout) depends on that number."""
-        path = os.path.join(self.directory, str(step), "data",
-                            f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-        if not os.path.exists(path):
+        path = self._data_state_path(step)
+        saved = self.saved_input_workers(step)
+        if saved is None:
             return
-        with open(path) as handle:
-            saved = input_workers(json.load(handle))
         current = input_workers(data_iterator.get_state())
         if saved != current:
             raise ValueError(

@@ -68,6 +68,16 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 1024, repeats: int = 8,
     return 2.0 * size**3 / best
 
 
+def vendor_peak(device=None) -> float | None:
+    """The vendor's dense bf16 peak FLOP/s of one ``device`` (default: the first) when it is a
+    known accelerator; None for CPUs and unknown devices."""
+    device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    kind = device.device_kind.lower()
+    return next((peak for name, peak in _ACCELERATOR_PEAKS.items() if name in kind), None)
+
+
 def peak_flops(devices=None) -> float:
     """Peak FLOP/s of ``devices`` together (all local devices by default).
 
@@ -75,12 +85,11 @@ def peak_flops(devices=None) -> float:
     share the host's cores, so the peak is one measured f32 matmul figure for the host.
     """
     devices = list(devices or jax.local_devices())
-    kind = devices[0].device_kind.lower()
     if devices[0].platform == "cpu":
         return measure_matmul_peak(device=devices[0])
-    for name, peak in _ACCELERATOR_PEAKS.items():
-        if name in kind:
-            return peak * len(devices)
+    peak = vendor_peak(devices[0])
+    if peak:
+        return peak * len(devices)
     dtype = jnp.bfloat16 if devices[0].platform in ("tpu", "gpu") else jnp.float32
     return measure_matmul_peak(dtype, size=4096, device=devices[0]) * len(devices)
 

@@ -113,6 +113,25 @@ def resolve_compute_dtypes(config: ml_collections.ConfigDict) -> ml_collections.
     return config
 
 
+def resolve_input_workers(workers: int, saved: int | None = None) -> int:
+    """The number of input worker processes for ``data.workers``: as set when >= 0; for -1 (the
+    default) the number the resumed checkpoint's input position was saved with (``saved``:
+    the order of examples depends on it), else ``pipeline.auto_workers()`` for this host."""
+    if workers >= 0:
+        return workers
+    if workers != pipe.AUTO_WORKERS:
+        raise ValueError(f"invalid config: data.workers = {workers}; use a number >= 0 or "
+                         f"{pipe.AUTO_WORKERS} (from the host's cores)")
+    if saved is not None:
+        print(f"input workers: {saved} (data.workers={workers}: the resumed checkpoint's)",
+              flush=True)
+        return saved
+    chosen = pipe.auto_workers()
+    print(f"input workers: {chosen} (data.workers={workers}: {pipe.host_cores()} cores, "
+          f"{jax.local_device_count()} local {jax.default_backend()} device(s))", flush=True)
+    return chosen
+
+
 # =============================================================================================
 # Data
 # =============================================================================================
@@ -286,14 +305,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                 batch_size=config.batch_size // pc, seed=config.seed, train=True,
                                 process_index=pi, process_count=pc,
                                 caption_tokenizer=caption_tokenizer)
-    data_iter = iter(pipe.prefetch(dataset, config.data.workers))
+    checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+    workers = resolve_input_workers(config.data.workers, checkpointer.saved_input_workers())
+    data_iter = iter(pipe.prefetch(dataset, workers))
     concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
         concept_prompts(train_source.label_names, config.teacher.concepts)))
 
     # ---- model, optimiser, state ------------------------------------------------------------
     model = build_model(config.model)
     tx, learning_rates = make_optimizer(config)
-    checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
     # A resumed run restores every parameter; only a fresh one needs the text warm start.
     warm = ({} if checkpointer.latest_step() is not None else
             text_pretrain.warm_start(config, workdir, tokenizer, train_source,
@@ -349,7 +369,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 utilisation = flops.mfu(flops_per_step, window_steps / elapsed, peak)
                 if utilisation is not None:
                     last_metrics["mfu"] = utilisation
-                last_metrics.update(counts.log_metrics())
+                last_metrics.update(counts.log_metrics(), input_workers=workers)
                 writer.write(step, last_metrics)
                 window_start, window_steps = time.perf_counter(), 0
             checkpointer.save(step, state, data_iter, counters=counts.state)

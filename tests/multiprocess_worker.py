@@ -1,10 +1,19 @@
-"""One process of the 2-process training test (run by test_multiprocess.py, not by pytest)."""
+"""One process of the 2-process training tests (run by test_multiprocess.py, not by pytest).
+
+    multiprocess_worker.py COORDINATOR PROCESS_ID OUT_JSON STEPS [smoke | b16 DEPTH]
+
+'smoke': the smoke model, two CPU devices per process; 'b16': configs/b16.py:global with
+DEPTH layers per tower at 64 px, 16 text tokens (tests/test_b16.py's tiny-batch setup), one
+CPU device per process.
+"""
 
 import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+MODEL = sys.argv[5] if len(sys.argv) > 5 else "smoke"
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count="
+                           + ("1" if MODEL == "b16" else "2"))
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
@@ -13,11 +22,19 @@ import jax  # noqa: E402
 def main(coordinator: str, process_id: int, out_path: str, steps: int):
     jax.distributed.initialize(coordinator, 2, process_id)
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_train import _bookkeeping, fixed_batch_losses, smoke
+    from test_train import _bookkeeping
 
     from rmc_jax import train
 
-    losses = fixed_batch_losses(smoke(), steps, mesh_devices=-1)
+    if MODEL == "b16":
+        from test_b16 import b16, fixed_batch_losses
+
+        config = b16("global", depth=int(sys.argv[6]), res=64, text_len=16)
+        losses = fixed_batch_losses(config, steps, mesh_devices=-1)
+    else:
+        from test_train import fixed_batch_losses, smoke
+
+        losses = fixed_batch_losses(smoke(), steps, mesh_devices=-1)
     # Bad-example counts over both processes: a resumed total (5) and 1 + 2 new skips.
     counts = train.InputCounts({"bad_examples_total": 5, "bad_examples_seen": ["a[0]: x"]})
     counts.add(_bookkeeping([f"p[{process_id}]: bad"] * (process_id + 1)))

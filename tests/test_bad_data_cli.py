@@ -1,7 +1,7 @@
 """Every real format end to end through the command line, each copy with one corrupt file.
 
-The fixture builders write an official-layout copy of each registered format (an ArrayRecord
-copy made by tools/prepare_data.py among them) and one file of each is corrupted. One
+The fixture builders write an official-layout copy of each registered format (and a TFDS
+copy made by tools/prepare_data.py) and one file of each is corrupted. One
 ``python -m rmc_jax.main`` run trains the smoke model on the mixture of all nine formats long
 enough to read every example (so each format's bad training example is met) and evaluates on
 the mixture: it must finish, name each bad example once, keep the run total of skips in
@@ -136,8 +136,8 @@ def _nih(tmp):
     return Copy("nih_cxr14", f"{tmp}/nih", "all", bad, True, True)
 
 
-def _array_record(tmp):
-    """tools/prepare_data.py's copy of IU X-ray, one record per train shard; one shard
+def _tfds(tmp):
+    """tools/prepare_data.py's TFDS copy of IU X-ray, one record per train shard; one shard
     corrupt (its record unreadable, text and image); the 'all' split is whole."""
     fx_b.write_iu_xray(f"{tmp}/iu-source")
     spec = importlib.util.spec_from_file_location(
@@ -146,16 +146,16 @@ def _array_record(tmp):
     spec.loader.exec_module(prepare_data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepare_data.prepare("iu_xray", f"{tmp}/iu-source", f"{tmp}/records",
-                             splits=("train", "all"), shards=3, log=lambda line: None,
-                             warn=lambda line: None)
-    bad = corrupt(f"{tmp}/records/train-00000-of-00003.array_record")
-    return Copy("array_record", f"{tmp}/records", "all", bad, True, False)
+        copy = prepare_data.prepare("iu_xray", f"{tmp}/iu-source", f"{tmp}/tfds",
+                                    splits=("train", "all"), shards=3, log=lambda line: None,
+                                    warn=lambda line: None)
+    bad = corrupt(os.path.join(copy["path"], copy["shards"]["train"][0]))
+    return Copy(f"tfds:{copy['name']}", f"{tmp}/tfds", "all", bad, True, False)
 
 
 BUILDERS = {"mimic_cxr": _mimic, "chexpert": _chexpert, "ms_cxr": _ms_cxr, "vindr_cxr": _vindr,
             "chest_imagenome": _imagenome, "rsna_pneumonia": _rsna, "iu_xray": _iu_xray,
-            "nih_cxr14": _nih, "array_record": _array_record}
+            "nih_cxr14": _nih, "tfds:rmc_iu_xray": _tfds}
 
 
 def options(copies) -> str:

@@ -20,6 +20,28 @@ def test_auroc_matches_sklearn_with_ties():
     assert np.isnan(M.auroc([0.1, 0.2], [1, 1]))
 
 
+def test_auroc_equals_the_former_tie_loop():
+    """Parity with the per-tie-group loop that ``scipy.stats.rankdata`` replaced (kept in
+    tools/bench_auroc.py, which also measures the speed-up)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "tools", "bench_auroc.py")
+    spec = importlib.util.spec_from_file_location("bench_auroc", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(1)
+    for size in (2, 3, 17, 500, 20000):
+        for kind in ("continuous", "tied"):
+            scores, labels = bench.example(size, kind, seed=size)
+            labels[:2] = [True, False]  # both classes present
+            assert abs(M.auroc(scores, labels) - bench.reference_auroc(scores, labels)) <= 1e-12
+    constant = np.zeros(40)  # every score tied: 0.5
+    labels = rng.random(40) < 0.5
+    assert M.auroc(constant, labels) == bench.reference_auroc(constant, labels) == 0.5
+    assert np.isnan(M.auroc([0.1, np.nan, 0.3], [1, 0, 1]))  # a NaN score has no rank
+
+
 def test_ranks_and_recall_by_hand():
     similarity = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8], [0.5, 0.5, 0.4]])
     positive = np.eye(3, dtype=bool)

@@ -29,9 +29,8 @@ import pytest
 
 from fixtures import cxr_formats_a as fx_a
 from fixtures import cxr_formats_b as fx_b
+from fixtures import tfds_copies
 from rmc_jax.data.sources import SourceError, SourceWarning, open_source
-from rmc_jax.data.sources import array_record as ar
-from array_record.python.array_record_module import ArrayRecordReader
 from rmc_jax.data.sources.chexpert import CheXpert, CheXpert5x200
 from rmc_jax.data.sources.imagenome import ChestImaGenome
 from rmc_jax.data.sources.iu_xray import LABEL_NAMES as IU_LABELS
@@ -116,16 +115,12 @@ def nih(tmp, rows=fx_b.NIH_ROWS, boxes=fx_b.NIH_BOXES):
                 open_train=lambda: NIHChestXray14(tmp, "train"))
 
 
-def array_record(tmp):
-    """Three synthetic examples in one shard."""
-    source = open_source("synthetic", "", "train", size=3)
-    with ar.SplitWriter(tmp, "train", 1, 3) as writer:
-        for i in range(3):
-            writer.write(source[i], i)
-        entry = writer.close()
-    ar.write_metadata(tmp, source.name, source.label_names, {"train": entry})
-    return dict(shard=os.path.join(tmp, entry["shards"][0]["file"]),
-                open=lambda: open_source("array_record", tmp, "train"))
+def tfds_copy(tmp, codec="png"):
+    """Three synthetic examples in one shard of a prepared TFDS copy, images as ``codec``."""
+    path = tfds_copies.write_copy(open_source("synthetic", "", "train", size=3), tmp,
+                                  codec=codec)
+    return dict(shard=tfds_copies.shards(path)[0],
+                open=lambda: open_source("tfds:rmc_test", tmp, "train"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,20 +166,19 @@ def dicom(key, pixels, **options):
 
 def corrupt_record(ctx):
     """Zero 8 bytes inside the first record's chunk (riegeli: chunk data hash mismatch)."""
-    with open(ctx["shard"], "r+b") as handle:
-        handle.seek(200)
-        handle.write(b"\0" * 8)
+    tfds_copies.zero_bytes(ctx["shard"])
 
 
 def truncate_record_png(ctx):
-    """Rewrite the shard with record 1's PNG cut short (its header still parses)."""
-    reader = ArrayRecordReader(ctx["shard"])
-    records = reader.read(list(range(3)))
-    reader.close()
-    os.remove(ctx["shard"])
-    with ar.SplitWriter(os.path.dirname(ctx["shard"]), "train", 1, 3) as writer:
-        for i, record in enumerate(records):
-            writer.write_record(record[:-60] if i == 1 else record, i)
+    """Rewrite the shard with record 1's PNG (or JPEG) cut short (its other features still
+    parse)."""
+    tfds_copies.cut_pngs(ctx["shard"], 60, records={1})
+
+
+def truncate_record_pixels(ctx):
+    """Rewrite the shard with record 1's raw pixels cut short (its stored shape no longer
+    fits them)."""
+    tfds_copies.cut_pngs(ctx["shard"], 60, records={1}, feature="image/value")
 
 
 def nothing(ctx):
@@ -465,11 +459,17 @@ ROWS = [
     Fault("nih_cxr14", "box of an image not in Data_Entry", with_nih_boxes(
         ("99999999_000.png", "Mass", 1, 2, 3, 4)), nothing, WARNS,
         r"ignored 1 box\(es\) of images not in .*{bbox}:6 \('99999999_000.png'\)"),
-    # ArrayRecord ---------------------------------------------------------------------------------
-    Fault("array_record", "corrupt record (riegeli hash mismatch)", array_record, corrupt_record,
+    # Prepared TFDS copy -----------------------------------------------------------------------
+    Fault("tfds", "corrupt record (riegeli hash mismatch)", tfds_copy, corrupt_record,
           EXAMPLE, r"{shard} record 0: cannot read the record: .*Corrupted"),
-    Fault("array_record", "record with a truncated PNG", array_record, truncate_record_png,
+    Fault("tfds", "record with a truncated PNG", tfds_copy, truncate_record_png,
           EXAMPLE, r"{shard} record 1: cannot decode the record's PNG image", index=1),
+    Fault("tfds", "record with a truncated JPEG", lambda tmp: tfds_copy(tmp, "jpeg"),
+          truncate_record_png, EXAMPLE, r"{shard} record 1: cannot decode the record's JPEG "
+          r"image", index=1),
+    Fault("tfds", "record with raw pixels cut short", lambda tmp: tfds_copy(tmp, "raw"),
+          truncate_record_pixels, EXAMPLE, r"{shard} record 1: cannot decode the record's RAW "
+          r"image: .* bytes for the stored shape", index=1),
 ]
 
 

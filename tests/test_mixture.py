@@ -62,7 +62,8 @@ def test_union_label_space_masks_unknown_classes():
 def test_parse_errors_name_the_entry():
     assert parse_mixture("ms_cxr:1, mimic_cxr:3") == [("ms_cxr", 1.0), ("mimic_cxr", 3.0)]
     assert parse_mixture("synthetic") == [("synthetic", 1.0)]
-    for bad in ("a:0", "a:-1", "a:x", ":2", "a,a"):
+    assert parse_mixture("tfds:a:2,tfds:b") == [("tfds:a", 2.0), ("tfds:b", 1.0)]
+    for bad in ("a:0", "a:-1", "a:x", ":2", "a,a", "tfds:", "tfds:a:x"):
         with pytest.raises(ValueError, match="mixture"):
             parse_mixture(bad)
     assert roots_for(["a", "b"], "/d") == {"a": "/d", "b": "/d"}

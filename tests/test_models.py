@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -641,3 +642,119 @@ def test_auto_compute_dtype_is_bfloat16_where_bf16_units_exist(tmp_path, monkeyp
         assert layers.fast_compute_dtype("gpu") == layers.fast_compute_dtype("tpu") == "bfloat16"
     with pytest.raises(ValueError, match="'float32', 'bfloat16' or 'auto'"):
         layers.canonical_dtype("bf16")
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels per backend: the choice, and what the lowered training computation runs
+# --------------------------------------------------------------------------------------------
+
+
+def test_kernel_choice_per_platform_and_dtype():
+    from rmc_jax.models.layers import Kernels, choose_kernels, kernel_platform, kernels_for
+
+    assert kernel_platform() == "cpu"  # the tests run on the CPU backend
+    bf16 = jnp.bfloat16
+    assert choose_kernels(bf16, 64, "cpu") == Kernels("custom", "custom")
+    assert choose_kernels(jnp.float16, 64, "cuda") == Kernels("plain", "cudnn")
+    assert choose_kernels(bf16, 64, "tpu") == choose_kernels(bf16, 64, "rocm") == Kernels(
+        "plain", "xla")
+    # Head sizes cuDNN's fused attention does not take fall back to XLA's attention.
+    assert choose_kernels(bf16, 12, "cuda").attention == "xla"
+    assert choose_kernels(bf16, 256, "cuda").attention == "xla"
+    for platform in ("cpu", "cuda", "tpu"):
+        assert choose_kernels(jnp.float32, 64, platform) == Kernels("plain", "xla")
+    with kernels_for("tpu"):
+        assert kernel_platform() == "tpu" and choose_kernels(bf16, 64).attention == "xla"
+    assert kernel_platform() == "cpu"
+    with pytest.raises(ValueError, match="expected one of"):
+        with kernels_for("gpu"):
+            pass
+
+
+def _dots(stablehlo: str) -> list[tuple[str, str]]:
+    """(operand element type, result element type) of every dot_general in a module."""
+    pattern = re.compile(r"stablehlo\.dot_general .*: \(tensor<[^>]*x(\w+)>, tensor<[^>]*x(\w+)>"
+                         r"\) -> tensor<[^>]*x(\w+)>")
+    return [(a, c) for a, b, c in pattern.findall(stablehlo) if a == b]
+
+
+def _lowered_gradient(platform: str) -> str:
+    """StableHLO of the gradient of a bf16 model's image and text embeddings, traced with
+    ``platform``'s kernels and lowered for ``platform`` (no device of that kind needed)."""
+    from rmc_jax.models.layers import kernels_for
+
+    cfg = tiny_config(vision=dict(depth=1, dtype="bfloat16"),  # 17 tokens: odd, as a ViT's
+                      text=dict(depth=1, dtype="bfloat16", width=32))
+    model = build_model(cfg)
+    x = make_inputs()
+    params = jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
+
+    def loss(p):
+        image = model.apply({"params": p}, x["images"], method=RegionCLIP.encode_image)
+        text = model.apply({"params": p}, x["tokens"], x["attention_mask"],
+                           method=RegionCLIP.encode_text)
+        return jnp.sum(image) + jnp.sum(text)
+
+    with kernels_for(platform):
+        traced = jax.jit(jax.grad(loss)).trace(params)
+    return traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_lowered_kernels_cpu_custom_tpu_plain_xla():
+    """CPU: every 16-bit matmul (dense and attention, forward and backward) returns float32
+    sums, the custom-VJP kernels' signature. TPU: the dense layers are plain bf16 -> bf16 dots,
+    attention is XLA's, no cuDNN."""
+    cpu = _lowered_gradient("cpu")
+    dots = [d for d in _dots(cpu) if d[0] == "bf16"]
+    assert dots and all(result == "f32" for _, result in dots), dots
+    assert "cudnn" not in cpu
+    tpu = _lowered_gradient("tpu")
+    assert ("bf16", "bf16") in _dots(tpu) and "cudnn" not in tpu
+
+
+def test_lowered_kernels_cuda_use_cudnn_attention_and_plain_dense(monkeypatch):
+    """Lowered for CUDA on this CPU-only machine: attention forward and backward are cuDNN's
+    fused-attention custom calls (the ViT's odd token count and the text's key padding
+    included) and every bf16 matmul left is a plain bf16 -> bf16 dot (cuBLAS accumulates in
+    float32 by itself): no trace of the CPU's custom-VJP kernels. JAX checks the installed
+    cuDNN version when it traces cuDNN attention; with no CUDA install here that check is
+    stubbed (what it gates, the kernel's availability on a device, needs a GPU)."""
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    if not hasattr(fused, "check_cudnn_version"):
+        pytest.skip("this JAX traces cuDNN attention differently; the GPU run checks it")
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+    cuda = _lowered_gradient("cuda")
+    calls = re.findall(r"custom_call @(__cudnn\$fmha\w*)", cuda)
+    assert {"__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"} <= set(calls), calls
+    assert len(calls) == 4  # one layer per tower, forward and backward
+    dots = [d for d in _dots(cuda) if d[0] == "bf16"]
+    assert dots and all(result == "bf16" for _, result in dots), dots
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_attention_wrapper_keeps_the_masked_attention(monkeypatch, causal):
+    """What the cuDNN path feeds cuDNN (key lengths from the right-padded mask, one padding
+    row for odd lengths) computes the same attention: checked here with jax.nn's XLA
+    implementation of the same call (the kernel itself needs a GPU), values and gradients."""
+    from rmc_jax.models import layers
+
+    real = jax.nn.dot_product_attention
+    monkeypatch.setattr(layers.jax.nn, "dot_product_attention",
+                        lambda *a, implementation=None, **kw: real(*a, implementation="xla", **kw))
+    keys = jax.random.split(jax.random.key(1), 4)
+    q, k, v, g = (jax.random.normal(key, (3, 11, 2, 8)) for key in keys)  # 11 tokens: odd
+    mask = (jnp.arange(11) < jnp.asarray([11, 7, 4])[:, None])[:, None, None, :]
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def both(q, k, v, g):
+        out = []
+        for key_mask in (mask, None):
+            for attention in (lambda *x: layers._cudnn_attention(*x, key_mask, causal),
+                              lambda *x: real(*x, mask=key_mask, is_causal=causal)):
+                value, vjp = jax.vjp(attention, q, k, v)
+                out.append((value, vjp(g)))
+        return out
+
+    ours, want, ours_unmasked, want_unmasked = both(q, k, v, g)
+    for a, b in zip(jax.tree.leaves((ours, ours_unmasked)), jax.tree.leaves((want, want_unmasked))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

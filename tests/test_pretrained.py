@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -31,7 +32,7 @@ from rmc_jax import pretrained, train  # noqa: E402
 from rmc_jax.data import sources as data_sources  # noqa: E402
 from rmc_jax.data.tokenizer import load_tokenizer, train_wordpiece  # noqa: E402
 from rmc_jax.models import TextTransformer, build_model  # noqa: E402
-from rmc_jax.pretrained import safetensors_io  # noqa: E402
+from rmc_jax.pretrained import weight_files  # noqa: E402
 from rmc_jax.pretrained.mapping import flatten, unflatten  # noqa: E402
 
 TOL = 1e-4
@@ -360,8 +361,8 @@ def test_open_clip_native_layout_parity(clip, tmp_path, tokens, gray_images):
                 out[f"{d}ln_2.{kind}"] = sd[f"{s}layer_norm2.{kind}"]
                 out[f"{d}mlp.c_fc.{kind}"] = sd[f"{s}mlp.fc1.{kind}"]
                 out[f"{d}mlp.c_proj.{kind}"] = sd[f"{s}mlp.fc2.{kind}"]
-    safetensors_io.write_safetensors(str(tmp_path / "open_clip_model.safetensors"),
-                                     {k: t2n(v) for k, v in out.items()})
+    weight_files.save_safetensors(str(tmp_path / "open_clip_model.safetensors"),
+                                  {k: t2n(v) for k, v in out.items()})
     cfg = reference.config
     with open(tmp_path / "open_clip_config.json", "w") as f:
         json.dump({"model_cfg": {
@@ -396,9 +397,9 @@ def test_open_clip_native_layout_parity(clip, tmp_path, tokens, gray_images):
 def _bert_variant(bert, tmp_path, edit):
     directory, _ = bert
     tmp_path.mkdir(parents=True, exist_ok=True)
-    tensors = dict(safetensors_io.read_safetensors(os.path.join(directory, "model.safetensors")))
+    tensors = safetensors.numpy.load_file(os.path.join(directory, "model.safetensors"))
     edit(tensors)
-    safetensors_io.write_safetensors(str(tmp_path / "model.safetensors"), tensors)
+    weight_files.save_safetensors(str(tmp_path / "model.safetensors"), tensors)
     with open(os.path.join(directory, "config.json")) as f:
         (tmp_path / "config.json").write_text(f.read())
     return f"hf:{tmp_path}"
@@ -456,24 +457,56 @@ def test_unsupported_inputs_fail_with_a_reason(clip, bert, tmp_path):
         pretrained.describe(f"hf:{clip[0]}", text_pooling="mean")
 
 
-def test_safetensors_reader_matches_the_reference_library(tmp_path):
-    import ml_dtypes
-    from safetensors.numpy import load_file
+def _former_file_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """The bytes the former NumPy-only writer produced: tensors in name order, compact JSON
+    header (``__metadata__`` first) padded with spaces to 8 bytes, little-endian data."""
+    import struct
 
-    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
-               "b": np.asarray([1, -2], np.int64), "scalar": np.float32(2.5).reshape(()),
-               "half": np.linspace(0, 1, 5).astype(np.float16)}
-    path = safetensors_io.write_safetensors(str(tmp_path / "x.safetensors"), tensors)
-    reference, ours = load_file(path), safetensors_io.read_safetensors(path)
-    for name, value in tensors.items():
-        np.testing.assert_array_equal(ours[name], value)
-        np.testing.assert_array_equal(reference[name], value)
-    bf16 = {"w": np.asarray([1.5, -2.25, 3.0], ml_dtypes.bfloat16)}
-    path = safetensors_io.write_safetensors(str(tmp_path / "bf16.safetensors"), bf16)
+    import ml_dtypes
+
+    codes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+             np.dtype(np.int64): "I64", np.dtype(np.bool_): "BOOL",
+             np.dtype(ml_dtypes.bfloat16): "BF16"}
+    header, offset = ({"__metadata__": metadata} if metadata else {}), 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        header[name] = {"dtype": codes[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return (struct.pack("<Q", len(encoded)) + encoded
+            + b"".join(np.ascontiguousarray(tensors[n]).tobytes() for n in sorted(tensors)))
+
+
+def test_safetensors_files_equal_the_former_writer_and_read_back_exactly(tmp_path):
+    import ml_dtypes
     import safetensors.torch
-    np.testing.assert_array_equal(
-        safetensors.torch.load_file(path)["w"].float().numpy(), [1.5, -2.25, 3.0])
-    assert safetensors_io.read_safetensors(path)["w"].dtype == ml_dtypes.bfloat16
+
+    kernel = np.arange(12, dtype=np.float32).reshape(3, 4)
+    one_dtype = {"b": kernel.T, "a": np.linspace(-1, 1, 7, dtype=np.float32),  # .T: a view
+                 "scalar": np.float32(2.5).reshape(())}
+    path = weight_files.save_safetensors(str(tmp_path / "f32.safetensors"), one_dtype,
+                                         {"format": "pt"})
+    # One dtype (what export writes): the very bytes of before.
+    assert open(path, "rb").read() == _former_file_bytes(one_dtype, {"format": "pt"})
+    mixed = {**one_dtype, "i": np.asarray([1, -2], np.int64), "m": np.asarray([True, False]),
+             "half": np.linspace(0, 1, 5).astype(np.float16),
+             "w": np.asarray([1.5, -2.25, 3.0], ml_dtypes.bfloat16)}
+    # Several dtypes: safetensors orders the data by alignment, so the bytes differ; a file of
+    # the former writer and the new file read back the same tensors.
+    former = tmp_path / "former" / "model.safetensors"
+    former.parent.mkdir()
+    former.write_bytes(_former_file_bytes(mixed))
+    new = weight_files.save_safetensors(str(tmp_path / "new" / "model.safetensors"), mixed)
+    reads = [safetensors.numpy.load_file(new), weight_files.load_weights(str(former.parent))[0]]
+    for read in reads:
+        assert sorted(read) == sorted(mixed)
+        for name, value in mixed.items():
+            assert read[name].dtype == value.dtype and read[name].shape == value.shape, name
+            np.testing.assert_array_equal(read[name], value, err_msg=name)
+    np.testing.assert_array_equal(safetensors.torch.load_file(new)["w"].float().numpy(),
+                                  [1.5, -2.25, 3.0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,8 +553,8 @@ def test_convert_then_export_round_trips_through_transformers(clip, bert, tmp_pa
         assert max_diff(ours, theirs) <= 1e-6
     processor = json.loads(open(os.path.join(exported, "preprocessor_config.json")).read())
     assert tuple(processor["image_mean"]) == MEAN
-    everything = safetensors_io.read_safetensors(os.path.join(exported,
-                                                              "rmc_jax_model.safetensors"))
+    everything = safetensors.numpy.load_file(os.path.join(exported,
+                                                          "rmc_jax_model.safetensors"))
     assert "region_head/post/fc/kernel" in everything
 
 

@@ -5,13 +5,14 @@ import os
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from fixtures import cxr_formats_a as fx  # noqa: E402
 
 from rmc_jax.data.schema import FINDINGS, SIDES, ZONES, SIZES, finding_id  # noqa: E402
-from rmc_jax.data.sources import SourceError, get_source, reports  # noqa: E402
+from rmc_jax.data.sources import SourceError, SourceWarning, get_source, reports  # noqa: E402
 from rmc_jax.data.sources.dicom import load_dicom, read_dicom  # noqa: E402
 from rmc_jax.data.sources.images import ImageDecodeError  # noqa: E402
 from rmc_jax.data.sources.ms_cxr import MSCXR  # noqa: E402
@@ -43,6 +44,64 @@ def test_read_dicom_rescale_and_window(tmp_path):
     assert str(dataset.ViewPosition) == "PA"
     plain = read_dicom(fx.write_dicom(str(tmp_path / "p.dcm"), pixels, slope=2, intercept=-1000))
     assert plain.tolist() == [[0, 42, 85, 128, 170, 212, 255]]  # x * 255 / 6000, half to even
+
+
+def _window_by_formula(x: np.ndarray, function: str, center: float, width: float):
+    """PS3.3 C.11.2.1.2.1 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), C.11.2.1.3.1 (SIGMOID) with
+    output range [0, 1], then 0..255."""
+    if function == "LINEAR":
+        c, w = center - 0.5, width - 1
+    else:
+        c, w = center, width
+    if function == "SIGMOID":
+        y = 1 / (1 + np.exp(-4 * (x - center) / width))
+    else:
+        y = np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 1.0, (x - c) / w + 0.5))
+    return np.round(y * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_read_dicom_windows_the_rescaled_values_with_each_voi_function(tmp_path, function,
+                                                                       photometric):
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    stored = (np.arange(41, dtype=np.uint16) * 100).reshape(1, 41)  # 0..4000 of 12 bits
+    path = fx.write_dicom(str(tmp_path / "w.dcm"), stored, photometric, window=(3000, 2000),
+                          slope=2, intercept=-1000, voi_function=function)
+    image = read_dicom(path)
+    expected = _window_by_formula(stored * 2.0 - 1000, function, 3000, 2000)
+    if photometric == "MONOCHROME1":
+        expected = 255 - expected
+    np.testing.assert_array_equal(image, expected)
+    # pydicom's functions by hand, its output range [y_min, y_max] (12 bits stored, rescaled)
+    # mapped onto 0..255.
+    dataset = pydicom.dcmread(path)
+    windowed = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset)
+    low, high = 0 * 2 - 1000, 4095 * 2 - 1000
+    by_hand = np.round((windowed - low) / (high - low) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image, by_hand if photometric == "MONOCHROME2"
+                                  else 255 - by_hand)
+    if function == "SIGMOID":  # no hard cut-off at the window's lower edge (x = 1000)
+        assert 0 < by_hand[0, 10] < 30
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+def test_read_dicom_applies_a_voi_lut_to_the_rescaled_values(tmp_path, vr):
+    lut = (np.arange(401) ** 2 // 40).astype(np.uint16)  # input values 100..500
+    stored = (np.arange(41, dtype=np.uint16) * 10).reshape(1, 41)  # 0..400, rescaled 100..500
+    path = fx.write_dicom(str(tmp_path / "l.dcm"), stored, slope=1, intercept=100,
+                          window=(50, 10), voi_lut=(100, lut, vr))  # the LUT takes precedence
+    expected = np.round(lut[stored[0]] / lut.max() * 255).astype(np.uint8)  # lut[x - 100]
+    np.testing.assert_array_equal(read_dicom(path)[0], expected)
+
+
+def test_read_dicom_ignores_a_window_pydicom_rejects_with_a_warning(tmp_path):
+    stored = (np.arange(41, dtype=np.uint16) * 100).reshape(1, 41)
+    path = fx.write_dicom(str(tmp_path / "z.dcm"), stored, window=(50, 0.5))
+    with pytest.warns(SourceWarning, match=r"ignored the VOI LUT / window of .*z\.dcm.*Width"):
+        image = read_dicom(path)
+    np.testing.assert_array_equal(image, np.round(stored / 4000 * 255).astype(np.uint8))
 
 
 def test_read_dicom_errors(tmp_path):

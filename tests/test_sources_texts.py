@@ -12,8 +12,8 @@ import pytest
 
 from fixtures import cxr_formats_a as fx_a
 from fixtures import cxr_formats_b as fx_b
+from fixtures import tfds_copies
 from rmc_jax.data.sources import Prefix, available, get_source, open_source
-from rmc_jax.data.sources import array_record as ar
 from rmc_jax.data.sources.mixture import Mixture
 
 IMAGE_EXTENSIONS = (".jpg", ".png", ".dcm", ".dicom")
@@ -66,21 +66,13 @@ def _nih(tmp):
     return get_source("nih_cxr14", tmp, "all")
 
 
-def _array_record(tmp):
-    """A copy of NIH's examples whose records' PNG bytes are truncated when files 'break'."""
-    _nih(tmp + "/nih")
-    return get_source("array_record", _write_copy(_nih(tmp + "/nih"), tmp + "/copy"), "train")
-
-
-def _write_copy(source, out, cut: int = 0):
-    os.makedirs(out, exist_ok=True)
-    with ar.SplitWriter(out, "train", 2, len(source)) as writer:
-        for i in range(len(source)):
-            record = ar.encode_example(source[i])
-            writer.write_record(record[:len(record) - cut], i)
-        entry = writer.close()
-    ar.write_metadata(out, source.name, source.label_names, {"train": entry})
-    return out
+def _tfds(tmp, cut: int = 0):
+    """A prepared copy of NIH's examples (two shards); with ``cut``, every record's PNG is
+    shortened by that many bytes."""
+    path = tfds_copies.write_copy(_nih(tmp + "/nih"), tmp + "/tfds", shards=2)
+    for shard in tfds_copies.shards(path) if cut else ():
+        tfds_copies.cut_pngs(shard, cut)
+    return get_source("tfds:rmc_test", tmp + "/tfds", "train")
 
 
 def _synthetic(tmp):
@@ -90,11 +82,11 @@ def _synthetic(tmp):
 BUILDERS = {"mimic_cxr": _mimic, "chexpert": _chexpert, "chexpert_5x200": _chexpert_5x200,
             "ms_cxr": _ms_cxr, "rsna_pneumonia": _rsna, "vindr_cxr": _vindr,
             "chest_imagenome": _imagenome, "iu_xray": _iu, "nih_cxr14": _nih,
-            "array_record": _array_record, "synthetic": _synthetic}
+            "tfds": _tfds, "synthetic": _synthetic}
 
 
 def test_every_registered_format_is_covered():
-    assert set(BUILDERS) == set(available())
+    assert set(BUILDERS) == set(available()) | {"tfds"}
 
 
 def _texts(source):
@@ -126,9 +118,8 @@ def test_texts_equal_the_examples_and_need_no_image(name, how, tmp_path):
         assert source.texts(-1) == source.texts(len(source) - 1)
         with pytest.raises(IndexError):
             source.texts(len(source))
-        if name == "array_record":  # the same records with their PNG cut short
-            source = unread = get_source("array_record", _write_copy(
-                _nih(str(tmp_path / "nih")), str(tmp_path / "cut"), cut=40), "train")
+        if name == "tfds":  # the same records with their PNG cut short
+            source = unread = _tfds(str(tmp_path / "cut"), cut=40)
             broken = len(source)
         else:
             broken = _break_images(str(tmp_path), how)

@@ -148,6 +148,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
     assert all(x["learning_rate/image"] == 0 and x["learning_rate/text"] > x["learning_rate"]
                for x in lines), lines
+    assert all(x["input_workers"] == 1 for x in lines)
     # Per-tower diagnostics: the norm of each group's parameters after the step, and of the
     # step's update (none for the frozen tower).
     final = optim.tower_norms(straight["state"]["params"], "param_norm")
@@ -163,6 +164,13 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"--config\.data\.workers=1"):
         train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": 0})),
                     str(tmp_path / "b"))
+    # data.workers=-1 (sized from the host) resumes with the checkpoint's count, whatever
+    # this host would choose.
+    monkeypatch.setattr(train.pipe, "auto_workers", lambda: 0)
+    train.train(smoke(total_steps=8, **dict(towers, **{"data.workers": -1})),
+                str(tmp_path / "b"))
+    last = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")][-1]
+    assert last["step"] == 8 and last["input_workers"] == 1
 
 
 def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
@@ -333,15 +341,18 @@ def test_config_arguments_after_the_variant():
 
 
 def test_model_sizes_that_are_the_datas_are_one_value():
-    """The input size, vocabulary and report length are set once, on either side."""
+    """The input size is set once, on either side; the text tower's tables are bounds."""
     config = smoke(**{"model.vision.image_size": 64, "data.vocab_size": 300,
                       "model.text.max_len": 48})
     assert config.data.image_size == config.model.vision.image_size == 64
-    assert config.data.vocab_size == config.model.text.vocab_size == 300
-    assert config.data.max_text_len == config.model.text.max_len == 48
+    assert config.data.vocab_size == 300 and config.model.text.vocab_size == 512
+    assert config.data.max_text_len == 32 and config.model.text.max_len == 48
     assert train.build_model(config.model).vision.image_size == 64
     resolved = config.copy_and_resolve_references()
-    assert resolved.model.vision.image_size == 64 and resolved.data.max_text_len == 48
+    assert resolved.model.vision.image_size == 64 and resolved.data.image_size == 64
+    base = get_config("roi")
+    assert (base.model.text.vocab_size, base.model.text.max_len) == (base.data.vocab_size,
+                                                                      base.data.max_text_len)
     # Every model field is in the config, with the library's defaults where the config is silent.
     from rmc_jax.models import ModelConfig
     assert set(config.model) == {f.name for f in dataclasses.fields(ModelConfig)}

@@ -15,17 +15,22 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups patches      # model-code variants (attention layout)
     python tools/bench.py --groups vits vits-roi --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
-    python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base and ViT-S/16,
-                                                # batch 256 (experiments/device_check.sh)
+    python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base, ViT-S/16 and
+                                                # ViT-B/16 + BERT-base (configs/b16.py), with
+                                                # the backend's kernels and with the CPU's
+                                                # (experiments/device_check.sh)
     python tools/bench.py --write               # also replace the groups' tables in
                                                 # BENCHMARKS.md (between their markers)
 
 FLOPs per step come from XLA's cost analysis of the lowered step, cross-checked by an
 analytic count of the matmuls (``analytic_flops``). MFU divides FLOPs/step x steps/s by the
 best FLOP/s of a large f32 (and bf16) matmul measured by ``rmc_jax.flops.measure_matmul_peak``
-in the same run. The step never reads the input pipeline: a fixed random batch with the
-shapes, masks and region counts of the pipeline's batches (``tools/bench_data.py`` measures
-the pipeline).
+in the same run, and on a known accelerator also by the vendor's dense bf16 peak
+(``rmc_jax.flops.vendor_peak``). Memory: the device's peak bytes in use after the timed steps
+where the backend reports it (GPU, TPU), and the compiled step's own figure (arguments +
+outputs - donated + temporaries, ``memory_analysis``) everywhere. The step never reads the
+input pipeline: a fixed random batch with the shapes, masks and region counts of the
+pipeline's batches (``tools/bench_data.py`` measures the pipeline).
 
 Workers are ordinary processes of this file (``--worker SPEC``) talking JSON over stdin/out;
 each sets ``torch.set_num_threads`` to the number of cores XLA uses (all of them).
@@ -60,9 +65,17 @@ MODELS = {
     "base": {},
     # ViT-S/16 at 224 px, with a text tower of the same size.
     "vits": {"width": 384, "depth": 12, "num_heads": 6, "image_size": 224},
+    # configs/b16.py as it is: ViT-B/16 at 224 px + BERT-base (BiomedCLIP's shapes).
+    "b16": {"config": "b16"},
 }
 MODEL_DESCRIPTIONS = {"base": "ViT 192x4, patch 16, 128 px; text 192x4",
-                      "vits": "ViT-S/16 (384x12, 6 heads), 224 px; text 384x12"}
+                      "vits": "ViT-S/16 (384x12, 6 heads), 224 px; text 384x12",
+                      "b16": "ViT-B/16 (768x12, 12 heads), 224 px; BERT-base (768x12)"}
+
+
+def config_file(model: str) -> str:
+    """The configs/ file a bench model is built from."""
+    return f"configs/{MODELS[model].get('config', 'base')}.py"
 
 
 # =============================================================================================
@@ -117,10 +130,15 @@ def analytic_flops(config, batch_size: int) -> float:
 # =============================================================================================
 
 
-def bench_config(variant: str, model: str, dtype: str, batch_size: int):
-    """configs/base.py:<variant> with the model size and compute dtype of a contestant."""
+def bench_config(variant: str, model: str, dtype: str, batch_size: int,
+                 text_len: int | None = None):
+    """configs/base.py:<variant> (configs/b16.py:<variant> for 'b16') with the model size,
+    compute dtype and (if given) report tokens of a contestant."""
     sys.path.insert(0, ROOT)
-    from configs.base import get_config
+    if MODELS[model].get("config") == "b16":
+        from configs.b16 import get_config
+    else:
+        from configs.base import get_config
 
     size = MODELS[model]
     arg = variant + (f",res={size['image_size']}" if "image_size" in size else "")
@@ -131,6 +149,8 @@ def bench_config(variant: str, model: str, dtype: str, batch_size: int):
             if key in size:
                 tower[key] = size[key]
         tower.dtype = dtype
+    if text_len:
+        config.data.max_text_len = text_len
     return config
 
 
@@ -208,22 +228,28 @@ def jax_worker(spec: dict):
     from rmc_jax import flops
     from rmc_jax import sharding as shd
     from rmc_jax import train as trainer
+    from rmc_jax.models import layers
 
-    config = bench_config(spec["variant"], spec["model"], spec["dtype"], spec["batch"])
+    config = bench_config(spec["variant"], spec["model"], spec["dtype"], spec["batch"],
+                          spec.get("text_len"))
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     model = trainer.build_model(config.model)
     tx, schedule = trainer.make_optimizer(config)
-    state, state_sharding = trainer.init_state(model, tx, config, mesh)
-    step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding)
-    batch = shd.global_batch(random_batch(config), mesh)
-    rng = np.random.default_rng(1)
-    concepts = (jnp.asarray(rng.integers(5, config.model.text.vocab_size,
-                                         (24, config.data.max_caption_len)), jnp.int32),
-                jnp.ones((24, config.data.max_caption_len), jnp.int32))
-    start = time.perf_counter()
-    lowered = step.lower(state, batch, concepts, None)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    # "kernels": trace the model with another platform's kernels (the CPU's custom-VJP ones
+    # on a GPU, to compare them with the GPU's own); default: this backend's.
+    platform = spec.get("kernels") or layers.kernel_platform()
+    with layers.kernels_for(platform):
+        state, state_sharding = trainer.init_state(model, tx, config, mesh)
+        step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding)
+        batch = shd.global_batch(random_batch(config), mesh)
+        rng = np.random.default_rng(1)
+        concepts = (jnp.asarray(rng.integers(5, config.model.text.vocab_size,
+                                             (24, config.data.max_caption_len)), jnp.int32),
+                    jnp.ones((24, config.data.max_caption_len), jnp.int32))
+        start = time.perf_counter()
+        lowered = step.lower(state, batch, concepts, None)
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - start
     holder = {"state": state}
 
     def run(n):
@@ -235,13 +261,45 @@ def jax_worker(spec: dict):
             times.append(time.perf_counter() - t0)
         return times, float(metrics["loss"]) if "loss" in metrics else None
 
+    def run_and_measure(n):
+        times, loss = run(n)
+        return times, {"loss": loss, "peak_bytes": device_peak_bytes()}
+
     run(2)  # first calls: allocation, page faults
     info = {"compile_s": compile_s,
             "xla_flops": flops.cost_flops(lowered) or 0.0,
             "analytic_flops": analytic_flops(config, config.batch_size),
             "parameters": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
+            "compiled_bytes": compiled_bytes(compiled),
+            "kernels": platform,
             "threads": os.cpu_count()}
-    return run, info
+    return run_and_measure, info
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Device memory a compiled step needs by XLA's own account: arguments + outputs - donated
+    (aliased) buffers + temporaries; None where the backend has no memory analysis."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+               + m.temp_size_in_bytes)
+
+
+def device_peak_bytes() -> int | None:
+    """Peak bytes in use on the first device since the process started (GPU, TPU), or None
+    where the backend does not report it (CPU)."""
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:
+        return None
+    peak = stats.get("peak_bytes_in_use")
+    return int(peak) if peak else None
 
 
 def embed_worker(spec: dict):
@@ -352,7 +410,7 @@ class Worker:
     built and ``DONE {"times", "extra"}`` after each ``run N`` on its stdin."""
 
     def __init__(self, label: str, spec: dict, env: dict | None = None,
-                 script: str = os.path.abspath(__file__)):
+                 script: str = os.path.abspath(__file__), wait: bool = True):
         self.label, self.spec, self.env = label, spec, env or {}
         full_env = dict(os.environ)
         for key, value in self.env.items():
@@ -365,9 +423,18 @@ class Worker:
         self.process = subprocess.Popen(
             prefix + [sys.executable, script, "--worker", json.dumps(spec)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env, cwd=ROOT)
-        self.info = self._expect("READY")
+        self.info = None
         self.rates: list[float] = []
         self.extra = None
+        if wait:
+            self.ready()
+
+    def ready(self) -> dict:
+        """Wait until the worker is built (``wait=False`` starts it without waiting, so that
+        several contestants compile at once)."""
+        if self.info is None:
+            self.info = self._expect("READY")
+        return self.info
 
     def _expect(self, tag: str):
         for line in self.process.stdout:
@@ -467,8 +534,16 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
     out["flags"] = [(f"rmc_jax f32, {name}", _jax(args.flags_variant), env)
                     for name, env in flags]
     # GPU / TPU (experiments/device_check.sh): JAX only, batches sized for an accelerator.
-    b = args.accelerator_batch
-    out["accelerator"] = [("rmc_jax bf16, base roi", _jax("roi", dtype="bfloat16", batch=b), {}),
+    b, tokens = args.accelerator_batch, args.b16_text_len
+
+    def b16(variant, **extra):
+        return dict(_jax(variant, "b16", "bfloat16", args.b16_batch), text_len=tokens, **extra)
+
+    out["accelerator"] = [(f"rmc_jax bf16, B/16 roi, {tokens} tokens", b16("roi"), {}),
+                          (f"rmc_jax bf16, B/16 global, {tokens} tokens", b16("global"), {}),
+                          (f"rmc_jax bf16, B/16 roi, {tokens} tokens, CPU kernels",
+                           b16("roi", kernels="cpu"), {}),
+                          ("rmc_jax bf16, base roi", _jax("roi", dtype="bfloat16", batch=b), {}),
                           ("rmc_jax f32, base roi", _jax("roi", batch=b), {}),
                           ("rmc_jax bf16, base global",
                            _jax("global", dtype="bfloat16", batch=b), {}),
@@ -519,6 +594,15 @@ def parse_args(argv=None):
                         help="add torch.compile contestants (minutes of compilation)")
     parser.add_argument("--accelerator_batch", type=int, default=256,
                         help="'accelerator' group: batch of the base config (ViT-S: a quarter)")
+    parser.add_argument("--parallel_build", action="store_true",
+                        help="start and compile every contestant of a group at once (an "
+                             "accelerator host's cores compile them side by side), then time "
+                             "them one at a time as usual")
+    parser.add_argument("--b16_batch", type=int, default=256,
+                        help="'accelerator' group: batch of the ViT-B/16 + BERT-base rows")
+    parser.add_argument("--b16_text_len", type=int, default=64,
+                        help="'accelerator' group: report tokens of the B/16 rows (64: the "
+                             "published per-pair FLOP anchor; configs/b16.py reads 256)")
     parser.add_argument("--matmul_size", type=int, default=0,
                         help="side of the peak-FLOP/s matmul (default 2048 on CPU, 8192 on an "
                              "accelerator)")
@@ -534,13 +618,24 @@ def _fmt(x, spec=".1f"):
 def run_group(name, rows, args, peaks):
     workers = []
     try:
+        # --parallel_build: every contestant starts (and compiles) at once, then all are
+        # awaited; the timed rounds below run one contestant at a time either way.
+        started = time.perf_counter()
         for label, spec, env in rows:
             if args.only and not any(s in label for s in args.only):
                 continue
-            started = time.perf_counter()
-            workers.append(Worker(label, spec, env))
-            print(f"  [{name}] ready: {label} ({time.perf_counter() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
+            if not args.parallel_build:
+                started = time.perf_counter()
+            workers.append(Worker(label, spec, env, wait=not args.parallel_build))
+            if not args.parallel_build:
+                print(f"  [{name}] ready: {label} ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+        for w in workers:
+            if args.parallel_build:
+                w.ready()
+                print(f"  [{name}] ready: {w.label} (compiled in {w.info.get('compile_s', 0):.0f}"
+                      f" s; {time.perf_counter() - started:.0f} s since the start)",
+                      file=sys.stderr, flush=True)
         ratios = {w.label: [] for w in workers[1:]}
         for round_index in range(args.rounds):
             shift = round_index % len(workers)
@@ -561,7 +656,8 @@ def run_group(name, rows, args, peaks):
         rate = statistics.median(w.rates)
         xla, analytic = w.info.get("xla_flops"), w.info.get("analytic_flops")
         flops = xla or (0.0 if w.spec["engine"] == "embed" else analytic_flops(
-            bench_config(w.spec["variant"], w.spec["model"], w.spec["dtype"], w.spec["batch"]),
+            bench_config(w.spec["variant"], w.spec["model"], w.spec["dtype"], w.spec["batch"],
+                         w.spec.get("text_len")),
             w.spec["batch"]))
         steps_per_s = rate / w.spec["batch"]
         results.append({
@@ -570,35 +666,68 @@ def run_group(name, rows, args, peaks):
             "flops": flops, "analytic_flops": analytic,
             "mfu_f32": flops * steps_per_s / peaks["float32"] if peaks else None,
             "mfu_bf16": flops * steps_per_s / peaks["bfloat16"] if peaks else None,
-            "gflops_per_s": flops * steps_per_s / 1e9})
+            "gflops_per_s": flops * steps_per_s / 1e9,
+            "peak_bytes": (w.extra or {}).get("peak_bytes") if isinstance(w.extra, dict)
+            else None})
     return results
 
 
-def markdown(name, results, args) -> str:
+def markdown(name, results, args, vendor_peak: float | None = None) -> str:
+    """The group's table. One model and batch: named in the heading; several: a column each.
+    With ``vendor_peak`` (a known accelerator) an MFU column against it; with memory figures
+    (see ``compiled_bytes`` / ``device_peak_bytes``) a memory column."""
     spec = results[0]["spec"]
-    size = MODEL_DESCRIPTIONS[spec["model"]]
-    lines = [f"**{name}** — `configs/base.py:{spec['variant']}`, {size}, batch {spec['batch']}; "
-             f"{args.rounds} rounds x {args.steps} steps, ratios against "
-             f"\"{results[0]['label']}\" in the same round.", "",
-             "| contestant | ex/s median (min–max) | ratio per round min / median / max "
-             "| GFLOP/step (XLA / analytic) | GFLOP/s | MFU vs f32 peak | MFU vs bf16 peak |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    same = len({(r["spec"]["model"], r["spec"]["variant"], r["spec"]["batch"])
+                for r in results}) == 1
+    what = (f"`{config_file(spec['model'])}:{spec['variant']}`, "
+            f"{MODEL_DESCRIPTIONS[spec['model']]}, batch {spec['batch']}" if same else
+            "; ".join(f"{m}: `{config_file(m)}`, {MODEL_DESCRIPTIONS[m]}"
+                      for m in dict.fromkeys(r["spec"]["model"] for r in results)))
+    memory = any(r["info"].get("compiled_bytes") or r.get("peak_bytes") for r in results)
+    columns = ["contestant"] + ([] if same else ["batch"]) + [
+        "ex/s median (min–max)", "ratio per round min / median / max",
+        "GFLOP/step (XLA / analytic)", "GFLOP/s", "MFU vs f32 peak", "MFU vs bf16 peak"]
+    columns += ["MFU vs vendor bf16 peak"] if vendor_peak else []
+    columns += ["memory: device peak / compiled step"] if memory else []
+    # Accelerator rows: what a short run spends compiling (all rows at once with
+    # --parallel_build, so each takes longer than alone).
+    compile_s = name == "accelerator" and any(r["info"].get("compile_s") for r in results)
+    columns += ["compile"] if compile_s else []
+    lines = [f"**{name}** — {what}; {args.rounds} rounds x {args.steps} steps, ratios "
+             f"against \"{results[0]['label']}\" in the same round.", "",
+             "| " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * (len(columns) - 1)]
     for r in results:
         ratio = ("1 (base)" if r["ratio"] is None else
                  f"{min(r['ratio']):.2f} / {statistics.median(r['ratio']):.2f} / "
                  f"{max(r['ratio']):.2f}")
+        rate = f"{r['median']:.1f} ({min(r['rates']):.1f}–{max(r['rates']):.1f})"
+        cells = [r["label"]] + ([] if same else [str(r["spec"]["batch"])]) + [rate, ratio]
         if r["spec"]["engine"] == "embed":  # items embedded per second; no FLOP count
-            lines.append(f"| {r['label']} | {r['median']:.1f} ({min(r['rates']):.1f}–"
-                         f"{max(r['rates']):.1f}) | {ratio} | – | – | – | – |")
+            cells += ["–"] * (len(columns) - len(cells))
+            lines.append("| " + " | ".join(cells) + " |")
             continue
         xla = r["info"].get("xla_flops")
-        gflops = (f"{xla / 1e9:.1f} / {r['analytic_flops'] / 1e9:.1f}" if xla else
-                  f"– / {r['flops'] / 1e9:.1f}")
-        lines.append(
-            f"| {r['label']} | {r['median']:.1f} ({min(r['rates']):.1f}–{max(r['rates']):.1f}) "
-            f"| {ratio} | {gflops} | {r['gflops_per_s']:.0f} | {_fmt(r['mfu_f32'] and 100 * r['mfu_f32'], '.0f')}% "
-            f"| {_fmt(r['mfu_bf16'] and 100 * r['mfu_bf16'], '.0f')}% |")
+        cells += [f"{xla / 1e9:.1f} / {r['analytic_flops'] / 1e9:.1f}" if xla else
+                  f"– / {r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.0f}",
+                  f"{_fmt(r['mfu_f32'] and 100 * r['mfu_f32'], '.0f')}%",
+                  f"{_fmt(r['mfu_bf16'] and 100 * r['mfu_bf16'], '.0f')}%"]
+        if vendor_peak:
+            cells.append(f"{100 * r['gflops_per_s'] * 1e9 / vendor_peak:.1f}%")
+        if memory:
+            cells.append(f"{memory_size(r.get('peak_bytes'))} / "
+                         f"{memory_size(r['info'].get('compiled_bytes'))}")
+        if compile_s:
+            cells.append(f"{r['info'].get('compile_s', 0):.0f} s")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def memory_size(n) -> str:
+    """Bytes for a table: '12.3 GiB', '45 MiB', '–' when unknown."""
+    if not n:
+        return "–"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def main(argv=None):
@@ -651,13 +780,19 @@ def main(argv=None):
               f"load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end. "
               f"Matmul peak (XLA, {peak_worker.spec['size']}², best of the run): f32 "
               f"{peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s.")
-    blocks = {name: header + "\n\n" + markdown(name, results, args)
+    from rmc_jax import flops as rmc_flops
+
+    vendor = rmc_flops.vendor_peak(device)
+    if vendor:
+        header += f" Vendor dense bf16 peak: {vendor / 1e12:.0f} TFLOP/s per device."
+    blocks = {name: header + "\n\n" + markdown(name, results, args, vendor)
               for name, results in all_results.items()}
     text = "\n".join(blocks.values())
     print(text)
     if args.output:
         with open(args.output, "w") as handle:
-            json.dump({"peaks": peaks, "groups": all_results, "header": header}, handle,
+            json.dump({"peaks": peaks, "vendor_peak": vendor, "groups": all_results,
+                   "header": header}, handle,
                       indent=1, default=str)
     if args.write:
         for name, block in blocks.items():

@@ -6,15 +6,24 @@ shuffle, crop, letterbox, intensity, tokenize, hard negatives, batch) for
   (a) the synthetic source at the base config (``configs/base.py:roi``: 128 px, batch 32);
   (b) JPEG files on disk: ``--jpeg_count`` 1024 px JPEGs in the MS-CXR layout (CSV + MIMIC-CXR-JPG
       ``files/p1X/...`` images + MIMIC-CXR report files), decoded and letterboxed to 224 px;
-  (c) the same images as an ArrayRecord copy (``tools/prepare_data.py``), full size, and
+  (c) the same images as a prepared TFDS copy in ArrayRecord files (``tools/prepare_data.py``),
+      full size, and
   (d) prepared with ``--max_size 256`` (shrunk once, offline, for 224 px training);
 
 each with 0, 1 and 2 worker processes, and prints them beside the examples/s one training step
 of the base config consumes (model, optimiser and jitted step from ``rmc_jax.train``, timed
 after compiling). A pipeline keeps the accelerator busy when ratio = pipeline / step >= 2.
 
+Then, per codec (``--codecs``: raw, png, jpeg), the same JPEGs prepared at the training
+resolution (``prepare_data.py --image_size 224 --codec C``) and read on one core (the process
+pinned to one CPU, no worker processes): bytes per example, decode-only examples/s
+(``copy[i]``), and decode + augment + tokenize examples/s (the whole training pipeline:
+flip, crop, letterbox, intensity, tokenize, hard negatives, batch), with JPEG's error against
+the lossless copy.
+
     python tools/bench_data.py
     python tools/bench_data.py --workers 0 2 --repeats 5 --skip_step
+    python tools/bench_data.py --codecs_only --repeats 5       # the per-codec table alone
 
 Every figure is the median of ``--repeats`` timings of ``--batches`` batches after
 ``--warmup`` batches (worker start-up and first-call costs excluded). Prints Markdown.
@@ -48,7 +57,14 @@ def parse_args(argv=None):
     parser.add_argument("--jpeg_size", type=int, default=1024)
     parser.add_argument("--jpeg_res", type=int, default=224, help="letterboxed size of (b)-(d)")
     parser.add_argument("--skip_step", action="store_true", help="no training-step timing")
-    parser.add_argument("--skip_array_record", action="store_true", help="no rows (c), (d)")
+    parser.add_argument("--skip_prepared", action="store_true", help="no rows (c), (d)")
+    parser.add_argument("--codecs", nargs="*", default=["raw", "png", "jpeg"],
+                        help="codecs of the per-core table (none: no table)")
+    parser.add_argument("--codec_res", type=int, default=224,
+                        help="training resolution of the per-codec copies")
+    parser.add_argument("--jpeg_quality", type=int, default=95)
+    parser.add_argument("--codecs_only", action="store_true",
+                        help="only the per-codec table (no step, no rows (a)-(d))")
     return parser.parse_args(argv)
 
 
@@ -202,6 +218,11 @@ def main(argv=None):
           f"report {d.max_text_len} / caption {d.max_caption_len} tokens\n", flush=True)
 
     step = None
+    if args.codecs_only:
+        with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+            root, reports = write_jpeg_dataset(tmp, args.jpeg_count, args.jpeg_size)
+            codec_table(args, root, reports, tmp, tokenizer, base, config)
+        return
     if not args.skip_step:
         rates, compile_seconds = step_rate(config, synthetic, tokenizer, args.steps)
         step = statistics.median(rates)
@@ -220,16 +241,16 @@ def main(argv=None):
         at_res = dataclasses.replace(base, image_size=args.jpeg_res)
         label = f"{args.jpeg_size} -> {args.jpeg_res} px"
         inputs.append(("(b) JPEG files (MS-CXR layout)", label, jpeg, at_res))
-        for name, max_size in ((() if args.skip_array_record else
-                                (("(c) ArrayRecord copy, full size", 0),
-                                 ("(d) ArrayRecord copy, --max_size 256", 256)))):
-            out = os.path.join(tmp, f"ar{max_size}")
+        for name, max_size in ((() if args.skip_prepared else
+                                (("(c) TFDS copy, full size", 0),
+                                 ("(d) TFDS copy, --max_size 256", 256)))):
+            out = os.path.join(tmp, "tfds")
             start = time.perf_counter()
-            _load_prepare().prepare("ms_cxr", root, out, splits=("train",), shards=4,
-                                    max_size=max_size, options={"reports_root": reports},
-                                    log=lambda *_: None)
-            copy = get_source("array_record", out, "train")
-            print(f"prepared {name[4:]} ({_megabytes(out):.0f} MiB) in "
+            summary = _load_prepare().prepare(
+                "ms_cxr", root, out, name=f"bench_{max_size}", splits=("train",), shards=4,
+                max_size=max_size, options={"reports_root": reports}, log=lambda *_: None)
+            copy = get_source(f"tfds:bench_{max_size}", out, "train")
+            print(f"prepared {name[4:]} ({_megabytes(summary['path']):.0f} MiB) in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
             size = f"{max_size or args.jpeg_size} -> {args.jpeg_res} px"
             inputs.append((name, size, copy, at_res))
@@ -247,7 +268,96 @@ def main(argv=None):
                                                     else " (below 2x)")) if step else "-"
                 print(f"| {name} | {size} | {workers} | {median:.1f} | {min(rates):.1f}-"
                       f"{max(rates):.1f} | {ratio} |", flush=True)
+        if args.codecs:
+            print()
+            codec_table(args, root, reports, tmp, tokenizer, base, config)
     print(f"\nload average at end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def codec_table(args, root, reports, tmp, tokenizer, base, config):
+    """Per codec: the MS-CXR JPEGs prepared at ``--codec_res`` and read on one pinned core."""
+    import dataclasses
+
+    from rmc_jax.data.sources import get_source
+    from rmc_jax.data.sources.tfds_format import decode_image
+
+    prepare = _load_prepare().prepare
+    pipeline_config = dataclasses.replace(base, image_size=args.codec_res)
+    copies, kib = {}, {}
+    for codec in args.codecs:
+        out = os.path.join(tmp, "tfds-codecs")
+        start = time.perf_counter()
+        summary = prepare("ms_cxr", root, out, name=f"bench_{codec}", splits=("train",),
+                          shards=4, image_size=args.codec_res, codec=codec,
+                          jpeg_quality=args.jpeg_quality, options={"reports_root": reports},
+                          log=lambda *_: None)
+        copies[codec] = get_source(f"tfds:bench_{codec}", out, "train")
+        kib[codec] = sum(os.path.getsize(os.path.join(summary["path"], f))
+                         for f in summary["shards"]["train"]) / len(copies[codec]) / 1024
+        print(f"prepared {len(copies[codec])} examples at {args.codec_res} px as {codec} in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+    fidelity = {}
+    if "jpeg" in copies and ({"raw", "png"} & set(copies)):
+        lossless = copies["raw" if "raw" in copies else "png"]
+        errors = [np.abs(lossless[i].image.astype(np.float64) - copies["jpeg"][i].image)
+                  for i in range(len(lossless))]
+        mse = float(np.mean([np.mean(e ** 2) for e in errors]))
+        fidelity["jpeg"] = (f"mean abs error {np.mean([e.mean() for e in errors]):.2f}, "
+                            f"PSNR {10 * np.log10(255 ** 2 / mse):.1f} dB")
+    pinned = getattr(os, "sched_getaffinity", None) and os.sched_getaffinity(0)
+    if pinned:
+        os.sched_setaffinity(0, {min(pinned)})
+    try:
+        print(f"\n### Prepared records per codec at {args.codec_res} px, one core "
+              f"(pinned: {bool(pinned)}), {len(next(iter(copies.values())))} examples; load "
+              f"average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+        print("Examples per CPU-second of this process (wall-clock examples/s in brackets: "
+              "lower when other processes share the core); medians of "
+              f"{args.repeats} timings.\n")
+        print("| codec | KiB / example | image decode alone | read + decode (`copy[i]`) | "
+              "decode + augment + tokenize (pipeline) | fidelity |")
+        print("|---|---:|---:|---:|---:|---|")
+        for codec, copy in copies.items():
+            stored = [copy._record(i)[0]["image"] for i in range(len(copy))]
+            alone = _timed(lambda: [decode_image(x, codec=codec) for x in stored], len(stored),
+                           args.repeats)
+            read = _timed(lambda: [copy[i] for i in range(len(copy))], len(copy), args.repeats)
+            full = _pipeline_cpu_rate(copy, pipeline_config, tokenizer, config, args)
+            print(f"| {codec}{f' (quality {args.jpeg_quality})' if codec == 'jpeg' else ''} | "
+                  f"{kib[codec]:.1f} | {_fmt(alone)} | {_fmt(read)} | {_fmt(full)} | "
+                  f"{fidelity.get(codec, 'exact')} |", flush=True)
+    finally:
+        if pinned:
+            os.sched_setaffinity(0, pinned)
+
+
+def _timed(run, count: int, repeats: int) -> tuple[list[float], list[float]]:
+    """(examples per CPU-second, examples per wall-clock second) of ``run`` over ``repeats``."""
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c, w = time.process_time(), time.perf_counter()
+        run()
+        cpu.append(count / max(time.process_time() - c, 1e-9))
+        wall.append(count / (time.perf_counter() - w))
+    return cpu, wall
+
+
+def _pipeline_cpu_rate(source, pipeline_config, tokenizer, config, args):
+    """``_timed`` of the training pipeline in this process (no workers), after warm-up."""
+    from rmc_jax.data import pipeline as pipe
+
+    dataset = pipe.make_dataset(source, pipeline_config, tokenizer,
+                                batch_size=config.batch_size, seed=config.seed, train=True)
+    iterator = iter(dataset)
+    for _ in range(args.warmup):
+        next(iterator)
+    return _timed(lambda: [next(iterator) for _ in range(args.batches)],
+                  args.batches * config.batch_size, args.repeats)
+
+
+def _fmt(rates) -> str:
+    cpu, wall = rates
+    return f"{statistics.median(cpu):.0f} ({statistics.median(wall):.0f})"
 
 
 def _load_prepare():

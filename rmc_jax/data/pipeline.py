@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import signal
 import warnings
 from typing import Sequence
@@ -495,6 +496,41 @@ class EvaluationBatches:
 
 def _stack(items: list[dict]) -> dict:
     return {name: np.stack([item[name] for item in items]) for name in items[0]}
+
+
+AUTO_WORKERS = -1                  # data.workers: size the input processes from the host
+WORKERS_PER_ACCELERATOR = 16       # at most, per local GPU/TPU chip (published: 12-16 per GPU)
+MAIN_PROCESS_CORES = 2             # left to the trainer (Python loop, dispatch, host transfers)
+
+
+def host_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the OS reports one (a scheduler
+    that binds each process of a host to its share of the cores is respected), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_workers(cores: int | None = None, platform: str | None = None,
+                 local_devices: int | None = None) -> int:
+    """Input worker processes for ``data.workers = -1`` (the default) on this host.
+
+    On a GPU or TPU host the accelerator runs the step, so decoding and augmenting take the
+    host's ``cores`` less ``MAIN_PROCESS_CORES`` for the trainer's own process, at most
+    ``WORKERS_PER_ACCELERATOR`` per local accelerator and at least one. On the CPU backend
+    the step itself runs on every core: one worker decodes ahead (none on a one-core host).
+    Defaults: ``host_cores()``, JAX's default backend and its local device count.
+    """
+    if platform is None or local_devices is None:
+        import jax
+
+        platform = jax.default_backend() if platform is None else platform
+        local_devices = jax.local_device_count() if local_devices is None else local_devices
+    cores = host_cores() if cores is None else cores
+    if platform == "cpu":
+        return 1 if cores > 1 else 0
+    return max(1, min(cores - MAIN_PROCESS_CORES, WORKERS_PER_ACCELERATOR * local_devices))
 
 
 def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:

@@ -53,8 +53,7 @@ def letterbox(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     """
     h, w = image.shape
     top, left, new_h, new_w = _letterbox_geometry(h, w, size)
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR),
-                         np.float32) / 255.0
+    resized = np.asarray(fit_long_side(image, size), np.float32) / 255.0
     out = np.zeros((size, size), np.float32)
     out[top:top + new_h, left:left + new_w] = resized
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -62,6 +61,17 @@ def letterbox(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarr
     mapped = boxes * np.array([fx, fy, fx, fy], np.float32) + np.array(
         [left / size, top / size, left / size, top / size], np.float32)
     return out, mapped
+
+
+def fit_long_side(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W] -> uint8 [h, w] with the longer side ``size``: the resize ``letterbox``
+    makes before padding (same geometry, bilinear), so an image prepared with it at the
+    training resolution is letterboxed by a copy. Returned unchanged when already that size."""
+    h, w = image.shape
+    _, _, new_h, new_w = _letterbox_geometry(h, w, size)
+    if (new_h, new_w) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), np.uint8)
 
 
 def letterbox_content(height: int, width: int, size: int) -> np.ndarray:

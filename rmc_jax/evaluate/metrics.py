@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties).
+    """Area under the ROC curve: the Mann-Whitney U statistic from average ranks
+    (``scipy.stats.rankdata``), so that tied scores count one half.
 
-    NaN when only one class is present (AUROC is undefined there).
+    NaN when only one class is present (AUROC is undefined there) or a score is NaN.
     """
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    sorted_scores = scores[order]
-    # Average rank over each run of tied scores (1-based ranks).
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1
+    ranks = scipy.stats.rankdata(scores)  # 1-based, ties get the mean of their ranks
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

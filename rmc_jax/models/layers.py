@@ -16,13 +16,26 @@ Architecture options mirror the pretrained models whose weights can be imported
 LN(x + f(x))), ``activation`` 'gelu' (exact, erf), 'quick_gelu' (OpenAI CLIP: x * sigmoid(1.702 x))
 or 'gelu_tanh' (tanh approximation), and the LayerNorm ``layer_norm_eps``. The defaults (pre-LN,
 exact GELU, eps 1e-6) are the ones this library trains from scratch with.
+
+Kernels per backend (``choose_kernels``): 16-bit compute runs its matmuls where each backend is
+fast. On CPU, XLA runs bf16 x bf16 -> f32 matmuls on the bf16 dot-product units but
+bf16 -> bf16 ones on a slow path, so ``Dense`` and the attention use custom-VJP forms whose
+every matmul (backward included) takes 16-bit operands and returns float32 sums. On GPU, cuBLAS
+accumulates bf16 matmuls in float32 natively: ``Dense`` is plain ``nn.Dense`` in the compute
+dtype, and attention is cuDNN's fused (flash) attention (``jax.nn.dot_product_attention(...,
+implementation='cudnn')``) where cuDNN takes the shape, XLA's attention where it does not. On
+TPU both are XLA's. float32 compute is plain ``nn.Dense`` and XLA's attention everywhere. The
+choice is made when a model is traced, for the default backend, or for the platform named by
+``kernels_for`` (cross-platform lowering, or another platform's kernels on this device).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -38,8 +51,13 @@ __all__ = [
     "EncoderBlock",
     "TransformerStack",
     "AUTO_DTYPE",
+    "Kernels",
     "canonical_dtype",
+    "choose_kernels",
+    "dot_product_attention",
     "fast_compute_dtype",
+    "kernel_platform",
+    "kernels_for",
 ]
 
 Dtype = Any
@@ -66,6 +84,90 @@ def exact_gelu(x: jax.Array) -> jax.Array:
 def _is_16_bit(dtype: Dtype) -> bool:
     """bfloat16 or float16: the compute dtypes whose matmuls accumulate in float32 here."""
     return jnp.dtype(dtype).itemsize == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels per backend
+# ---------------------------------------------------------------------------------------------
+
+_PLATFORM_OVERRIDE: list[str] = []
+KERNEL_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+@contextlib.contextmanager
+def kernels_for(platform: str) -> Iterator[None]:
+    """Layers traced inside this context use ``platform``'s kernels instead of the default
+    backend's: to lower for another platform (``jax.jit(f).trace(...).lower(
+    lowering_platforms=(platform,))``), or to run another platform's kernels on this device
+    (``tools/bench.py`` compares the CPU kernels with a GPU's own)."""
+    if platform not in KERNEL_PLATFORMS:
+        raise ValueError(f"kernels_for({platform!r}): expected one of {KERNEL_PLATFORMS}")
+    _PLATFORM_OVERRIDE.append(platform)
+    try:
+        yield
+    finally:
+        _PLATFORM_OVERRIDE.pop()
+
+
+def kernel_platform() -> str:
+    """The platform whose kernels the layers trace: ``kernels_for``'s, else the default
+    backend's ('cpu', 'cuda', 'rocm', 'tpu'; an NVIDIA or AMD 'gpu' is told apart by its
+    platform version)."""
+    if _PLATFORM_OVERRIDE:
+        return _PLATFORM_OVERRIDE[-1]
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return backend
+    version = str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    return "rocm" if "rocm" in version else "cuda"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """What a layer runs: ``dense`` 'custom' (16-bit operands, float32 sums, custom VJP) or
+    'plain' (``nn.Dense`` in the compute dtype); ``attention`` 'custom' (16-bit operands,
+    float32 sums and softmax, custom VJP), 'cudnn' (cuDNN fused attention) or 'xla'
+    (``jax.nn.dot_product_attention``'s XLA path)."""
+
+    dense: str
+    attention: str
+
+
+# cuDNN's fused attention takes head sizes that are multiples of 8 up to 128 on every GPU it
+# supports (Ampere and later; 256 from Hopper on), in 16-bit dtypes only.
+_CUDNN_MAX_HEAD_DIM = 128
+
+
+def _cudnn_usable() -> bool:
+    """On a GPU backend, whether its first device can run cuDNN's fused attention (compute
+    capability 8.0 or later). Lowering for CUDA from another backend assumes it can."""
+    if jax.default_backend() != "gpu":
+        return True
+    capability = getattr(jax.devices()[0], "compute_capability", None)
+    try:
+        return tuple(int(x) for x in str(capability).split(".")[:2]) >= (8, 0)
+    except ValueError:
+        return False
+
+
+def choose_kernels(dtype: Dtype, head_dim: int | None = None,
+                   platform: str | None = None) -> Kernels:
+    """The kernels for compute ``dtype`` on ``platform`` (default ``kernel_platform()``).
+
+    16-bit: CPU -> custom dense and attention (XLA's CPU bf16 -> bf16 matmuls are slow, bf16
+    -> f32 ones fast); CUDA -> plain dense (cuBLAS accumulates in float32) and cuDNN attention
+    when the head size suits it (``head_dim`` a multiple of 8, <= 128, and a GPU of compute
+    capability >= 8.0), XLA's otherwise; TPU, ROCm and others -> plain dense, XLA attention.
+    float32: plain dense and XLA attention on every platform."""
+    platform = platform or kernel_platform()
+    if not _is_16_bit(dtype):
+        return Kernels("plain", "xla")
+    if platform == "cpu":
+        return Kernels("custom", "custom")
+    if platform == "cuda":
+        fits = head_dim is None or (head_dim % 8 == 0 and head_dim <= _CUDNN_MAX_HEAD_DIM)
+        return Kernels("plain", "cudnn" if fits and _cudnn_usable() else "xla")
+    return Kernels("plain", "xla")
 
 
 @jax.custom_vjp
@@ -105,18 +207,19 @@ _low_precision_dense.defvjp(_low_precision_dense_forward, _low_precision_dense_b
 
 
 class Dense(nn.Dense):
-    """``nn.Dense`` (same parameters, initialisers and names) whose 16-bit compute keeps the
-    matmul operands in 16 bits and accumulates in float32, forward and backward, with the bias
-    added before rounding. XLA's CPU backend runs bf16 x bf16 -> f32 matmuls on the bf16
+    """``nn.Dense`` (same parameters, initialisers and names) whose 16-bit compute on CPU keeps
+    the matmul operands in 16 bits and accumulates in float32, forward and backward, with the
+    bias added before rounding. XLA's CPU backend runs bf16 x bf16 -> f32 matmuls on the bf16
     dot-product units (about 2.5x its f32 rate here) but bf16 -> bf16 ones on a slow path
-    (below its f32 rate), and turns bf16 bias-gradient sums into slow tree reductions; on
-    GPU/TPU the matmul units accumulate in float32 either way. float32 is plain ``nn.Dense``."""
+    (below its f32 rate), and turns bf16 bias-gradient sums into slow tree reductions. On GPU
+    and TPU (``choose_kernels``) the matmul units accumulate in float32 natively and this is
+    plain ``nn.Dense`` in the compute dtype, as float32 is everywhere."""
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         dtype = self.dtype or inputs.dtype
-        if (not _is_16_bit(dtype) or self.dot_general is not None
-                or self.dot_general_cls is not None):
+        if (not _is_16_bit(dtype) or choose_kernels(dtype).dense == "plain"
+                or self.dot_general is not None or self.dot_general_cls is not None):
             return super().__call__(inputs)
         kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
                             self.param_dtype)
@@ -235,19 +338,46 @@ def _low_precision_attention_backward(causal, residuals, grad):
 _low_precision_attention.defvjp(_attention_forward, _low_precision_attention_backward)
 
 
+def _cudnn_attention(q, k, v, key_mask, causal):
+    """cuDNN's fused attention. The key mask becomes per-sequence key lengths (cuDNN's padding
+    mask): masks must be right-padding, as every mask in this library is (the tokenizer pads on
+    the right). cuDNN's training kernels take even sequence lengths only, so an odd length (a
+    ViT's 196 patches + class token) is padded by one query/key row that no real token sees
+    (the padded key lies beyond every sequence's length) and that is cut off again."""
+    b, t = q.shape[:2]
+    lengths = None
+    if key_mask is not None:
+        keep = jnp.broadcast_to(key_mask, (b, 1, 1, key_mask.shape[-1])).reshape(b, -1)
+        # An all-padding sequence (never fed by this library) attends to its first token.
+        lengths = jnp.maximum(jnp.sum(keep, axis=-1, dtype=jnp.int32), 1)
+    odd = t % 2
+    if odd:
+        q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
+        if lengths is None:
+            lengths = jnp.full((b,), t, jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, is_causal=causal,
+                                       implementation="cudnn")
+    return out[:, :t] if odd else out
+
+
 def dot_product_attention(q, k, v, key_mask=None, causal: bool = False) -> jax.Array:
-    """Multi-head softmax attention, [B, T, N, H] -> [B, T, N, H]: ``jax.nn``'s for float32,
-    ``_low_precision_attention`` (float32 sums) for 16-bit inputs."""
-    if _is_16_bit(q.dtype):
+    """Multi-head softmax attention, [B, T, N, H] -> [B, T, N, H], with the kernel
+    ``choose_kernels`` picks for this dtype and platform: ``_low_precision_attention``
+    (float32 sums, 16-bit on CPU), cuDNN's fused attention (16-bit on NVIDIA GPUs) or
+    ``jax.nn``'s XLA path. ``key_mask`` [B, 1, 1, S] bool (True = real key, right-padded)."""
+    choice = choose_kernels(q.dtype, q.shape[-1]).attention
+    if choice == "custom":
         return _low_precision_attention(q, k, v, key_mask, causal)
+    if choice == "cudnn":
+        return _cudnn_attention(q, k, v, key_mask, causal)
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
 
 
 class MultiHeadAttention(nn.Module):
     """Self-attention with one fused QKV projection, via ``dot_product_attention``.
 
-    x [B, T, D] -> [B, T, D]. ``mask`` [B, T] (True = real token) masks *keys*, so padding never
-    influences real tokens; ``causal`` adds a lower-triangular mask.
+    x [B, T, D] -> [B, T, D]. ``mask`` [B, T] (True = real token, right-padded) masks *keys*, so
+    padding never influences real tokens; ``causal`` adds a lower-triangular mask.
     """
 
     num_heads: int

@@ -35,7 +35,7 @@ from rmc_jax.pretrained import hf_bert, hf_clip, open_clip
 from rmc_jax.pretrained.common import Imported
 from rmc_jax.pretrained.mapping import (Table, export_tensors, flatten, temperature_table,
                                        unstack_blocks)
-from rmc_jax.pretrained.safetensors_io import write_safetensors
+from rmc_jax.pretrained.weight_files import save_safetensors
 
 __all__ = ["EXPORT_FORMATS", "export", "export_run"]
 
@@ -106,8 +106,8 @@ def _write_hf_clip(model, flat, dst, tokenizer) -> list[str]:
     table.extend(temperature_table())
     tensors = export_tensors(table, flat, "as a Hugging Face CLIPModel")
     os.makedirs(dst, exist_ok=True)
-    files = [write_safetensors(os.path.join(dst, "model.safetensors"), tensors,
-                               {"format": "pt"})]
+    files = [save_safetensors(os.path.join(dst, "model.safetensors"), tensors,
+                              {"format": "pt"})]
     eos, pad, bos = _special_ids(tokenizer, model.text.vocab_size)
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(hf_clip.hf_config(model, eos, pad, bos), f, indent=1)
@@ -121,8 +121,8 @@ def _write_hf_bert(model, flat, dst, tokenizer) -> list[str]:
     tensors = export_tensors(hf_bert.text_table(model.text), flat,
                              "the text tower as a Hugging Face BertModel")
     os.makedirs(os.path.join(dst, "1_Pooling"), exist_ok=True)
-    files = [write_safetensors(os.path.join(dst, "model.safetensors"), tensors,
-                               {"format": "pt"})]
+    files = [save_safetensors(os.path.join(dst, "model.safetensors"), tensors,
+                              {"format": "pt"})]
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(hf_bert.hf_config(model.text), f, indent=1)
     files.append(os.path.join(dst, "config.json"))
@@ -144,7 +144,7 @@ def _write_open_clip(model, flat, dst, tokenizer) -> list[str]:
     table.extend(temperature_table())
     tensors = export_tensors(table, flat, "as an open_clip model")
     os.makedirs(dst, exist_ok=True)
-    files = [write_safetensors(os.path.join(dst, "open_clip_model.safetensors"), tensors)]
+    files = [save_safetensors(os.path.join(dst, "open_clip_model.safetensors"), tensors)]
     config = open_clip.open_clip_config(model, timm)
     with open(os.path.join(dst, open_clip.CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=1)
@@ -213,8 +213,8 @@ def export(model: ModelConfig, params, dst: str, *, format: str = "auto",
         if why:
             raise ValueError("cannot export as open_clip: " + "; ".join(why))
         written["open_clip"] = _write_open_clip(model, flat, dst, tokenizer)
-    path = write_safetensors(os.path.join(dst, "rmc_jax_model.safetensors"), flat,
-                             {"format": "rmc_jax"})
+    path = save_safetensors(os.path.join(dst, "rmc_jax_model.safetensors"), flat,
+                            {"format": "rmc_jax"})
     with open(os.path.join(dst, "rmc_jax_model.json"), "w") as f:
         json.dump({"model": dataclasses.asdict(model)}, f, indent=1)
     written["rmc"] = [path, os.path.join(dst, "rmc_jax_model.json")]

@@ -27,7 +27,7 @@ from rmc_jax.pretrained import converted, hf_bert, hf_clip, open_clip
 from rmc_jax.pretrained.common import TOWERS, Imported, read_json
 from rmc_jax.pretrained.mapping import (Table, check_against, flatten, import_tensors,
                                         stack_blocks, temperature_table)
-from rmc_jax.pretrained.safetensors_io import load_weights
+from rmc_jax.pretrained.weight_files import load_weights
 
 __all__ = ["FORMATS", "RUN_CONFIG_FILE", "parse_spec", "detect_format", "describe", "load",
            "model_config_from", "imported_params"]

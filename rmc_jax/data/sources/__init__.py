@@ -6,13 +6,18 @@ normalised xyxy once, and fails at construction with the path and expected layou
 something required is missing. Bad data (``base``): ``SourceError`` for a copy that cannot be
 read, ``ExampleError`` for one example that cannot, ``EmptySplitError`` for a split without
 examples, ``SourceWarning`` for every repair made while reading (counted, with file:line).
+
+``tfds:NAME`` names a copy prepared by ``tools/prepare_data.py`` (``tfds_format``): the TFDS
+dataset NAME, with the TFDS ``data_dir`` as its root.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
+import warnings
 from typing import Callable
 
 from rmc_jax.data.sources.base import (  # noqa: F401  (re-exported)
@@ -30,8 +35,8 @@ _REGISTRY: dict[str, str] = {
     "chest_imagenome": "rmc_jax.data.sources.imagenome:ChestImaGenome",
     "iu_xray": "rmc_jax.data.sources.iu_xray:IUXray",
     "nih_cxr14": "rmc_jax.data.sources.nih:NIHChestXray14",
-    "array_record": "rmc_jax.data.sources.array_record:ArrayRecordSource",
 }
+TFDS_PREFIX = "tfds:"
 
 
 def register(name: str, target: str) -> None:
@@ -40,16 +45,34 @@ def register(name: str, target: str) -> None:
 
 
 def available() -> tuple[str, ...]:
+    """The registered names (a prepared copy is named ``tfds:NAME`` besides these)."""
     return tuple(sorted(_REGISTRY))
+
+
+def _known(name: str) -> bool:
+    return name in _REGISTRY or (name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX))
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}, or "
+                      f"'{TFDS_PREFIX}NAME' for a copy prepared by tools/prepare_data.py")
+
+
+def _factory(name: str) -> Callable[..., Source]:
+    """The constructor of source ``name``, taking ``root``, ``split`` and its options."""
+    if not _known(name):
+        raise _unknown(name)
+    if name.startswith(TFDS_PREFIX):
+        from rmc_jax.data.sources.tfds_format import TfdsSource
+
+        return functools.partial(TfdsSource, name[len(TFDS_PREFIX):])
+    module, factory = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), factory)
 
 
 def get_source(name: str, root: str, split: str = "train", **options) -> Source:
     """Build the source called ``name`` reading the dataset copy under ``root``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    module, factory = _REGISTRY[name].split(":")
-    builder: Callable[..., Source] = getattr(importlib.import_module(module), factory)
-    return builder(root=root, split=split, **options)
+    return _factory(name)(root=root, split=split, **options)
 
 
 class Prefix:
@@ -102,8 +125,7 @@ def parse_options(spec: str) -> dict[str, dict]:
 def _accepted(name: str, options: dict) -> dict:
     """The options the constructor of source ``name`` takes (unprefixed options are offered to
     every dataset of a mixture; each takes those it knows)."""
-    module, factory = _REGISTRY[name].split(":")
-    parameters = inspect.signature(getattr(importlib.import_module(module), factory)).parameters
+    parameters = inspect.signature(_factory(name)).parameters
     return {k: v for k, v in options.items() if k in parameters}
 
 
@@ -119,23 +141,23 @@ def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
     an option meant for every dataset that this one does not take is an error when ``strict``
     (a typo would otherwise pass unnoticed), and skipped otherwise.
     """
-    if "," in name or ":" in name:
+    if "," in name or ":" in name.removeprefix(TFDS_PREFIX):
         from rmc_jax.data.sources.mixture import Mixture, parse_mixture, roots_for
 
         entries = parse_mixture(name)
         roots = roots_for([n for n, _ in entries], root)
         shared = parse_options(options).get("", {})
         unused = [k for k in shared if not any(_accepted(n, {k: 0}) for n, _ in entries
-                                               if n in _REGISTRY)]
+                                               if _known(n))]
         if unused:
             raise ValueError(f"data.source_options {unused}: no dataset in {name!r} takes them")
         parts = [open_source(n, roots[n], split, size, seed, image_size, options,
                              strict=False) for n, _ in entries]
         return parts[0] if len(parts) == 1 else Mixture(parts, [w for _, w in entries])
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    if not _known(name):
+        raise _unknown(name)
     parsed = parse_options(options)
-    unknown = sorted(set(parsed) - {""} - set(_REGISTRY))
+    unknown = sorted(k for k in set(parsed) - {""} if not _known(k))
     if unknown:
         raise ValueError(f"data.source_options names unknown datasets {unknown}; available: "
                          f"{', '.join(available())}")
@@ -151,6 +173,13 @@ def open_source(name: str, root: str, split: str, size: int = 0, seed: int = 0,
                             image_size=max(image_size, 128), **chosen)
     else:
         source = get_source(name, root=root or None, split=split, **chosen)
+    prepared_at = int(getattr(source, "image_size", 0) or 0) if name.startswith(
+        TFDS_PREFIX) else 0
+    if prepared_at and prepared_at < image_size:
+        warnings.warn(SourceWarning(
+            f"{name}: the copy in {root} was prepared at {prepared_at} px (tools/prepare_data.py "
+            f"--image_size) and is read for {image_size} px: every image is enlarged, with "
+            f"less detail than the source has; prepare a copy at {image_size} px"), stacklevel=2)
     if len(source) == 0:
         raise EmptySplitError(f"{name}: split {split!r} of {root or 'the generator'} has no "
                               f"examples; {_splits_held(source)}")

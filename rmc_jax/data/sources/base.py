@@ -8,11 +8,11 @@ Three kinds of bad data, three channels:
   line and column where there is one, and the form that was expected. Nothing is trained on a
   copy that is misread.
 * ``ExampleError`` (a SourceError) from ``src[i]``: this one example cannot be read (an empty
-  or truncated scene graph, a corrupt ArrayRecord record, a report that is not UTF-8, ...); the
-  message names the file (or shard and record index) and what was wrong. Unreadable image files
-  raise ``images.ImageDecodeError`` and missing ones ``FileNotFoundError``, also naming the
-  file. The pipeline skips and counts any exception from ``src[i]``; the class says what
-  happened, callers need not filter on it.
+  or truncated scene graph, a corrupt record of a prepared copy, a report that is not UTF-8,
+  ...); the message names the file (or shard and record index) and what was wrong.
+  Unreadable image files raise ``images.ImageDecodeError`` and missing ones
+  ``FileNotFoundError``, also naming the file. The pipeline skips and counts any exception
+  from ``src[i]``; the class says what happened, callers need not filter on it.
 * ``EmptySplitError`` (a SourceError) from ``open_source``: the split asked for has no
   examples; names the dataset, the split and the splits the copy holds (``split_sizes``).
 * ``SourceWarning`` at construction (or once per example where a repair needs the image): a

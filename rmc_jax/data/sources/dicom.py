@@ -3,48 +3,59 @@
 Stable API (other sources import it): ``read_dicom(path) -> np.ndarray`` uint8 [H, W];
 ``load_dicom(path) -> (image, pydicom.Dataset)`` when the tags (ViewPosition, ...) are needed.
 
-Pipeline, following DICOM PS3.3 C.11: stored values -> modality LUT (RescaleSlope /
-RescaleIntercept) -> VOI (WindowCenter / WindowWidth, linear, first window when several; else a
-VOI LUT sequence when present; else the image's own min..max) -> 0..255, then MONOCHROME1 (where
-the lowest value is white) is inverted so bright always means dense. Colour files
-(SamplesPerPixel 3: RGB, YBR) are converted to luminance. Pixel data that is not one image
-(a multi-frame file, or Rows/Columns tags too small for the data, which pydicom returns as
-several frames) is an ImageDecodeError naming the file, never read as colour or cut to a frame.
+Pipeline, following DICOM PS3.3 C.11 with pydicom's own functions: stored values ->
+``pydicom.pixels.apply_modality_lut`` (RescaleSlope / RescaleIntercept, or a Modality LUT
+Sequence) -> ``pydicom.pixels.apply_voi_lut`` on that output (a VOI LUT Sequence when present,
+else the first WindowCenter / WindowWidth with its VOILUTFunction: LINEAR, LINEAR_EXACT or
+SIGMOID) -> 0..255 over the VOI's output range (a window's full range, a LUT's range of
+values; without a VOI the image's own min..max), then MONOCHROME1 (where the lowest value is
+white) is inverted so bright always means dense. A window or LUT pydicom rejects (a width below
+1 for LINEAR, ...) is ignored with a SourceWarning naming the file, and the image's min..max
+used. Colour files (SamplesPerPixel 3: RGB, YBR) are converted to luminance. Pixel data that is
+not one image (a multi-frame file, or Rows/Columns tags too small for the data, which pydicom
+returns as several frames) is an ImageDecodeError naming the file, never read as colour or cut
+to a frame.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
+from rmc_jax.data.sources.base import SourceWarning
 from rmc_jax.data.sources.images import ImageDecodeError, to_uint8
 
 
-def _first(value):
-    """A DICOM value that may be multi-valued (WindowCenter '40\\400') -> its first number."""
-    if value is None:
-        return None
+def _voi(values: np.ndarray, dataset, path: str) -> np.ndarray:
+    """Modality-LUT output -> uint8 through the dataset's VOI LUT or window (module docstring)."""
+    from pydicom.pixels import apply_voi_lut
+
+    lut = dataset.get("VOILUTSequence")
+    lut = lut[0] if lut and None not in (lut[0].get("LUTDescriptor"), lut[0].get("LUTData")) \
+        else None
+    window = None not in (dataset.get("WindowCenter"), dataset.get("WindowWidth"))
+    if lut is None and not window:
+        return to_uint8(values.astype(np.float64))  # min..max, 8-bit data too
     try:
-        if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(
-                value, (str, bytes)):
-            value = value[0]
-        return float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _window(pixels: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Linear VOI window (PS3.3 C.11.2.1.2.1) -> uint8."""
-    width = max(width, 1.0)
-    low = center - 0.5 - (width - 1.0) / 2.0
-    high = center - 0.5 + (width - 1.0) / 2.0
-    if width <= 1.0:
-        scaled = (pixels > low).astype(np.float32)
-    else:
-        scaled = (pixels - (center - 0.5)) / (width - 1.0) + 0.5
-        scaled = np.where(pixels <= low, 0.0, np.where(pixels > high, 1.0, scaled))
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+        if lut is not None:  # (apply_voi_lut prefers it to a window, as here)
+            if values.dtype.kind == "f":  # a LUT is indexed by integer input values
+                values = np.rint(values).astype(np.int64)
+            count, first = int(lut.LUTDescriptor[0]) or 2**16, int(lut.LUTDescriptor[1])
+            held = apply_voi_lut(np.arange(first, first + count), dataset)
+            low, high = float(held.min()), float(held.max())  # the values the LUT holds
+        else:  # a window's output range: what it gives the lowest and the highest input
+            low, high = apply_voi_lut(np.array([-np.inf, np.inf]), dataset).tolist()
+        image = apply_voi_lut(values, dataset).astype(np.float64)
+    except (ValueError, NotImplementedError) as error:  # a window width below 1 for LINEAR,
+        # an unknown VOILUTFunction, an unsupported LUT depth, ...
+        warnings.warn(f"ignored the VOI LUT / window of {path} ({error}); scaled its own "
+                      "min..max", SourceWarning, stacklevel=3)
+        return to_uint8(values.astype(np.float64))
+    if high <= low:
+        return np.zeros(image.shape, np.uint8)
+    return np.round(np.clip((image - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
@@ -92,23 +103,9 @@ def load_dicom(path: str | os.PathLike):
         pixels = pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         return to_uint8(pixels), dataset
 
-    values = pixels.astype(np.float64)
-    slope = _first(dataset.get("RescaleSlope", None))
-    intercept = _first(dataset.get("RescaleIntercept", None))
-    values = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    from pydicom.pixels import apply_modality_lut
 
-    center = _first(dataset.get("WindowCenter", None))
-    width = _first(dataset.get("WindowWidth", None))
-    if center is not None and width is not None and width > 0:
-        image = _window(values, center, width)
-    elif "VOILUTSequence" in dataset:
-        try:
-            from pydicom.pixels import apply_voi_lut
-            image = to_uint8(np.asarray(apply_voi_lut(pixels, dataset), np.float64))
-        except Exception:  # noqa: BLE001 - a broken LUT falls back to min-max
-            image = to_uint8(values)
-    else:
-        image = to_uint8(values)
+    image = _voi(apply_modality_lut(pixels, dataset), dataset, path)
     if photometric == "MONOCHROME1":
         image = 255 - image
     return np.ascontiguousarray(image, dtype=np.uint8), dataset

@@ -21,13 +21,18 @@ from typing import Sequence
 import numpy as np
 
 from rmc_jax.data.schema import Example
+from rmc_jax.data.sources import TFDS_PREFIX
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
-    """``"a:1,b:3"`` -> ``[("a", 1.0), ("b", 3.0)]``; a missing weight is 1."""
+    """``"a:1,b:3"`` -> ``[("a", 1.0), ("b", 3.0)]``; a missing weight is 1. A prepared copy
+    keeps its prefix: ``"tfds:a:1"`` -> ``("tfds:a", 1.0)``."""
     parts = []
     for item in spec.split(","):
-        name, _, weight = item.strip().partition(":")
+        item = item.strip()
+        prefix = TFDS_PREFIX if item.startswith(TFDS_PREFIX) else ""
+        name, _, weight = item[len(prefix):].partition(":")
+        name = prefix + name if name else ""
         try:
             value = float(weight) if weight else 1.0
         except ValueError:
