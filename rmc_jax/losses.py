@@ -21,7 +21,7 @@ Multi-positive InfoNCE: where several candidates share an id with the anchor, th
 positives together: loss_i = logsumexp_{j valid} s_ij/tau - logsumexp_{j positive} s_ij/tau.
 With unique ids this is the usual InfoNCE.
 
-One module of about 500 lines on purpose: the public losses (``global_contrastive_loss`` on)
+One module of just over 500 lines on purpose: the public losses (``global_contrastive_loss`` on)
 are short and all stand on the one contrastive kernel above them (dense, tiled with its custom
 VJP, gathered and ring-sharded row losses); apart, the kernel's private helpers would only move
 behind an import.

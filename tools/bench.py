@@ -34,6 +34,10 @@ pipeline's batches (``tools/bench_data.py`` measures the pipeline).
 
 Workers are ordinary processes of this file (``--worker SPEC``) talking JSON over stdin/out;
 each sets ``torch.set_num_threads`` to the number of cores XLA uses (all of them).
+
+One file of about 800 lines on purpose: it is run by path and starts its own workers as
+processes of this same file, so the parent (rounds, tables), the worker protocol and the
+contestant groups it builds stay together; ``tools/`` is scripts, not a package to split into.
 """
 
 from __future__ import annotations

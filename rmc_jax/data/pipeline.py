@@ -36,7 +36,7 @@ L = max_text_len, C = labels, S = image size):
     skipped [B] int32, skipped_examples [B] str: bad examples skipped just before this one and
         their descriptions, one per line (``make_dataset`` batches only)
 
-One module of about 530 lines on purpose: it is the one chain drawn above, read top to bottom,
+One module of over 500 lines on purpose: it is the one chain drawn above, read top to bottom,
 and its bad-data parts (``Skipped``, ``SkipLog``, ``RobustSource``, the skip stage) are stages
 of that chain whose counts live in its checkpointed iterator state.
 """
