@@ -49,7 +49,10 @@ def test_two_processes_match_one(tmp_path):
             np.testing.assert_allclose(b[key], a[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("depth", [1, pytest.param(12, marks=pytest.mark.slow)])
+# ~70 s even at one layer: slow; test_two_processes_match_one covers two processes against one
+# and test_b16 the B/16 config in one process.
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [1, 12])
 def test_two_processes_match_one_b16(tmp_path, depth):
     """configs/b16.py (ViT-B/16 + BERT-base widths, heads and layouts; ``depth`` layers per
     tower, all 12 with -m slow; 64 px, 16 text tokens), global batch 2: one example per process
