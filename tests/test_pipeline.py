@@ -411,6 +411,25 @@ def test_crop_when_the_regions_reach_the_border_or_fill_the_crop():
         assert (mapped[:, 2:] - mapped[:, :2] > 0).all()
 
 
+def test_adjust_intensity_is_contrast_brightness_gamma_then_noise_in_float32():
+    """Against a float64 replay of the same draws: contrast x brightness clipped to [0, 1], the
+    gamma, Gaussian noise of the given scale, clipped again; the input is left as it was."""
+    image = np.random.default_rng(1).random((37, 23)).astype(np.float32)
+    before = image.copy()
+    out = transforms.adjust_intensity(image, np.random.default_rng(7), noise=0.05)
+    replay = np.random.default_rng(7)
+    scale, shift = replay.uniform(0.8, 1.2), replay.uniform(-0.1, 0.1)
+    exponent = replay.uniform(0.8, 1.2)
+    grain = replay.standard_normal(image.shape, dtype=np.float32).astype(np.float64)
+    expected = np.clip(np.clip(image.astype(np.float64) * np.float32(scale) + np.float32(shift),
+                               0, 1) ** np.float32(exponent) + 0.05 * grain, 0, 1)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(image, before)
+    assert 0.045 < np.std(out - np.clip(np.clip(image * np.float32(scale) + np.float32(shift),
+                                                0, 1) ** np.float32(exponent), 0, 1)) < 0.055
+
+
 def test_worker_processes_give_the_same_batches(tokenizer):
     dataset = pipe.make_dataset(TinySource(), config(), tokenizer, batch_size=4, seed=0,
                                 train=True)

@@ -63,3 +63,33 @@ def test_errors_are_actionable(tmp_path):
     tok = tk.train_wordpiece(CORPUS, vocab_size=300, max_len=8)
     with pytest.raises(TypeError, match="sequence of strings"):
         tok("a single string")
+
+
+def test_remembered_encodings_equal_fresh_ones_and_the_memory_is_bounded(monkeypatch):
+    """The per-text memory returns exactly what the backend encodes, in any mix of repeated,
+    new and duplicate texts; callers may write into what they get; it forgets all at once when
+    full, and a pickled copy (a worker process) starts empty."""
+    import pickle
+
+    tok = tk.train_wordpiece(CORPUS, vocab_size=300, max_len=10)
+    fresh = tk.train_wordpiece(CORPUS, vocab_size=300, max_len=10)
+    calls = []
+    encode = tok._encode
+    monkeypatch.setattr(tok, "_encode", lambda texts: calls.append(list(texts)) or encode(texts))
+    batches = [["right nodule", "no pneumothorax"], ["no pneumothorax", "left effusion",
+                                                     "left effusion", "right nodule"], []]
+    for texts in batches:
+        ids, mask = tok(texts)
+        assert ids.shape == mask.shape == (len(texts), 10) and ids.dtype == mask.dtype == np.int32
+        if texts:
+            encodings = fresh.backend.encode_batch(texts)
+            np.testing.assert_array_equal(ids, [e.ids for e in encodings])
+            np.testing.assert_array_equal(mask, [e.attention_mask for e in encodings])
+        ids[:] = -1  # must not reach the memory
+    assert calls == [["right nodule", "no pneumothorax"], ["left effusion"]]
+    assert tok(["right nodule"])[0].min() >= 0
+    monkeypatch.setattr(tok, "CACHE_SIZE", 3)
+    tok(["a", "b"])
+    assert sorted(tok._cache) == ["a", "b"]
+    fresh(["right nodule"])
+    assert fresh._cache and pickle.loads(pickle.dumps(fresh))._cache == {}

@@ -25,7 +25,14 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 class Tokenizer:
-    """Encodes texts into int32 ``ids [N, max_len]`` and ``mask [N, max_len]`` (1 = token)."""
+    """Encodes texts into int32 ``ids [N, max_len]`` and ``mask [N, max_len]`` (1 = token).
+
+    Encodings are remembered per text (up to ``CACHE_SIZE`` texts, then forgotten all at once):
+    region captions, their hard negatives and the concept prompts recur across examples and
+    epochs, and the data pipeline tokenizes a dozen texts per example.
+    """
+
+    CACHE_SIZE = 1 << 14
 
     def __init__(self, backend: tokenizers.Tokenizer, max_len: int):
         if max_len < 2:
@@ -37,6 +44,10 @@ class Tokenizer:
         backend.enable_truncation(max_len)
         backend.enable_padding(length=max_len, pad_id=self.pad_id,
                                pad_token=backend.id_to_token(self.pad_id) or "[PAD]")
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": {}}  # worker processes start with their own
 
     @property
     def vocab_size(self) -> int:
@@ -45,7 +56,28 @@ class Tokenizer:
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(texts, str):
             raise TypeError("Tokenizer takes a sequence of strings; wrap a single text in a list")
-        encodings = self.backend.encode_batch(list(texts))
+        texts = list(texts)
+        rows = {}  # text -> (ids [max_len], mask [max_len]); local, so threads may share a cache
+        for text in texts:
+            hit = self._cache.get(text)
+            if hit is not None:
+                rows[text] = hit
+        missing = [text for text in dict.fromkeys(texts) if text not in rows]
+        if missing:
+            ids, mask = self._encode(missing)
+            new = {text: (i, m) for text, i, m in zip(missing, ids, mask)}
+            rows.update(new)
+            if len(self._cache) + len(new) > self.CACHE_SIZE:
+                self._cache = {}
+            if len(new) <= self.CACHE_SIZE:
+                self._cache.update(new)
+        if not texts:
+            return (np.zeros((0, self.max_len), np.int32),) * 2
+        return (np.stack([rows[text][0] for text in texts]),
+                np.stack([rows[text][1] for text in texts]))
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self.backend.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], np.int32).reshape(len(texts), self.max_len)
         mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(ids.shape)
         return ids, mask
