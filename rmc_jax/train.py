@@ -241,6 +241,33 @@ def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
                    out_shardings=(state_sharding, shd.replicated(mesh)))
 
 
+def fixed_batch_step(config, mesh, source, tokenizer):
+    """The train step, a fresh state and one fixed global batch, for measuring and testing the
+    step apart from the input pipeline (``tools/bench_data.py``, the step's tests).
+
+    The batch is the first ``config.batch_size`` training examples of ``source`` through the
+    training pipeline (``tokenizer`` for reports, a copy at ``data.max_caption_len`` for captions);
+    with several processes each contributes its rows of the same global batch.
+    Returns (step, state, batch, concepts) as ``step(state, batch, concepts, None)`` takes them.
+    """
+    captions = tokenizer.with_max_len(config.data.max_caption_len)
+    dataset = pipe.make_dataset(source, pipe.PipelineConfig.from_data_config(config.data),
+                                tokenizer, batch_size=config.batch_size, seed=config.seed,
+                                train=True, caption_tokenizer=captions)
+    full = next(iter(dataset))
+    InputCounts().add(full)  # takes out the pipeline's bookkeeping fields
+    rows = config.batch_size // jax.process_count()
+    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+             for k, v in full.items()}
+    concepts = tuple(jnp.asarray(x) for x in captions(
+        concept_prompts(source.label_names, config.teacher.concepts)))
+    model = build_model(config.model)
+    tx, learning_rates = make_optimizer(config)
+    state, state_sharding = init_state(model, tx, config, mesh)
+    step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding)
+    return step, state, shd.global_batch(local, mesh), concepts
+
+
 # =============================================================================================
 # The loop
 # =============================================================================================

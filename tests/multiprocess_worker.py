@@ -27,7 +27,8 @@ def main(coordinator: str, process_id: int, out_path: str, steps: int):
     from rmc_jax import train
 
     if MODEL == "b16":
-        from test_b16 import b16, fixed_batch_losses
+        from test_b16 import b16
+        from test_train import fixed_batch_losses
 
         config = b16("global", depth=int(sys.argv[6]), res=64, text_len=16)
         losses = fixed_batch_losses(config, steps, mesh_devices=-1)

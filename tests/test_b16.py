@@ -14,16 +14,15 @@ import struct
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 from configs.b16 import get_config  # noqa: E402
+from test_train import fixed_batch_losses  # noqa: E402  (the step on one fixed batch)
 
 from rmc_jax import pretrained, train  # noqa: E402
-from rmc_jax import sharding as shd  # noqa: E402
 from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
 from rmc_jax.models import build_model, example_inputs, model_config  # noqa: E402
 from rmc_jax.pretrained import open_clip  # noqa: E402
@@ -215,38 +214,6 @@ def b16(variant: str = "roi", *, batch: int = 2, depth: int | None = None, text_
     config.teacher.warmup_steps = 0
     config.evals.enabled = False
     return config
-
-
-def fixed_batch_losses(config, steps: int, mesh_devices: int) -> list[dict]:
-    """Metrics of ``steps`` train steps on one fixed batch of ``config.batch_size`` synthetic
-    examples at the config's image size and text length; with several processes each feeds
-    its rows of the same global batch."""
-    mesh = shd.make_mesh(mesh_devices, 1)
-    source = train.data_sources.open_source("synthetic", "", "train", 16, 0,
-                                            config.data.image_size)
-    tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512,
-                                max_len=config.data.max_text_len)
-    captions = tokenizer.with_max_len(config.data.max_caption_len)
-    dataset = train.pipe.make_dataset(
-        source, train.pipe.PipelineConfig.from_data_config(config.data), tokenizer,
-        batch_size=config.batch_size, seed=0, train=True, caption_tokenizer=captions)
-    full = next(iter(dataset))
-    train.InputCounts().add(full)  # takes out the pipeline's bookkeeping fields
-    rows = config.batch_size // jax.process_count()
-    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-             for k, v in full.items()}
-    concepts = tuple(jnp.asarray(x) for x in captions(
-        train.concept_prompts(source.label_names)))
-    model = train.build_model(config.model)
-    tx, schedule = train.make_optimizer(config)
-    state, sharding = train.init_state(model, tx, config, mesh)
-    step = train.make_train_step(model, tx, schedule, config, mesh, sharding)
-    batch = shd.global_batch(local, mesh)
-    history = []
-    for _ in range(steps):
-        state, metrics = step(state, batch, concepts, None)
-        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    return history
 
 
 def test_b16_compiles_and_trains_on_cpu():

@@ -58,7 +58,8 @@ def test_two_processes_match_one_b16(tmp_path, depth):
     tower, all 12 with -m slow; 64 px, 16 text tokens), global batch 2: one example per process
     equals both in one process, over two steps (the second after an AdamW update of every
     parameter). tests/test_b16.py trains the full-size model in one process."""
-    from test_b16 import b16, fixed_batch_losses
+    from test_b16 import b16
+    from test_train import fixed_batch_losses
 
     steps = 2
     two = two_processes(tmp_path, steps, "b16", str(depth))["losses"]

@@ -36,6 +36,9 @@ def smoke(variant="roi", **overrides):
     config.update(batch_size=8, log_every=2, checkpoint_every=2)
     config.evals.enabled = False  # evaluated where a test checks it
     config.optimizer.warmup_steps = 1
+    # One device: the 8 simulated ones cost a third more per run on two cores. The tests that
+    # are about sharding set mesh.data (the roi variant trains and evaluates on all 8).
+    config.mesh.data = 1
     for key, value in overrides.items():
         train_config_set(config, key, value)
     return config
@@ -62,6 +65,7 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, capsys, variant):
     half = ({"model.vision.dtype": "bfloat16", "model.text.dtype": "bfloat16"}
             if variant == "medclip" else {})
     result = train.train(smoke(variant, **{"evals.enabled": True,
+                                           "mesh.data": -1 if variant == "roi" else 1,
                                            "evals.report": variant == "roi",
                                            "evals.grounding": variant == "roi"}, **half),
                          str(tmp_path))
@@ -222,31 +226,18 @@ def test_tower_rates_reach_their_leaves_and_frozen_towers_keep_no_moments():
 
 
 def _fixed_batch_setup(config, mesh):
-    """Train step, fresh state and one fixed global batch of 8 synthetic examples; with several
-    processes each contributes its half of the same global batch."""
-    source = train.data_sources.open_source("synthetic", "", "train", 16, 0, 32)
-    tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512, max_len=32)
-    captions = tokenizer.with_max_len(config.data.max_caption_len)
-    pipeline_config = train.pipe.PipelineConfig.from_data_config(config.data)
-    dataset = train.pipe.make_dataset(source, pipeline_config, tokenizer,
-                                      batch_size=8, seed=0, train=True,
-                                      caption_tokenizer=captions)
-    full = next(iter(dataset))
-    train.InputCounts().add(full)  # takes out the pipeline's bookkeeping fields
-    rows = 8 // jax.process_count()
-    local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
-             for k, v in full.items()}
-    concepts = tuple(jnp.asarray(x) for x in captions(
-        train.concept_prompts(source.label_names)))
-    model = train.build_model(config.model)
-    tx, schedule = optim.make_optimizer(config)
-    state, sharding = train.init_state(model, tx, config, mesh)
-    step = train.make_train_step(model, tx, schedule, config, mesh, sharding)
-    return step, state, shd.global_batch(local, mesh), concepts
+    """``train.fixed_batch_step`` on 16 synthetic examples at the config's image size, with a
+    512-token vocabulary at its report length."""
+    source = train.data_sources.open_source("synthetic", "", "train", 16, 0,
+                                            config.data.image_size)
+    tokenizer = train_wordpiece(train.corpus(source, 16), vocab_size=512,
+                                max_len=config.data.max_text_len)
+    return train.fixed_batch_step(config, mesh, source, tokenizer)
 
 
-def fixed_batch_losses(config, steps, mesh_devices):
-    """Loss terms of ``steps`` train steps on the fixed batch, as lists of floats."""
+def fixed_batch_losses(config, steps: int, mesh_devices: int) -> list[dict]:
+    """Metrics of ``steps`` train steps on one fixed batch of ``config.batch_size`` examples, as
+    floats; with several processes each feeds its rows of the same global batch."""
     mesh = shd.make_mesh(mesh_devices, 1)
     step, state, batch, concepts = _fixed_batch_setup(config, mesh)
     history = []
@@ -382,7 +373,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     command = [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
                "--config.total_steps=100000", "--config.checkpoint_every=100000",
                "--config.log_every=1", "--config.evals.enabled=False", f"--workdir={tmp_path}"]
-    process = subprocess.Popen(command + ["--config.data.workers=1"], cwd=root,
+    env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user's run
+    process = subprocess.Popen(command + ["--config.data.workers=1"], cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     metrics = tmp_path / "metrics.jsonl"
@@ -399,7 +391,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     rerun = subprocess.run(command[:4] + ["--config.total_steps=%d" % (saved[-1] + 1),
                                           "--config.evals.enabled=False",
                                           "--config.data.workers=1", f"--workdir={tmp_path}"],
-                           cwd=root, capture_output=True, text=True, timeout=240)
+                           cwd=root, env=env, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resumed from step {saved[-1]}" in rerun.stdout
 
@@ -414,7 +406,7 @@ def test_eval_mode_reads_the_latest_checkpoint(tmp_path):
         [sys.executable, "-m", "rmc_jax.main", "--config=configs/base.py:smoke",
          "--mode=eval", f"--workdir={tmp_path}", "--config.evals.report=False",
          "--config.evals.grounding=False"], cwd=root, capture_output=True, text=True,
-        timeout=240)
+        timeout=240, env=dict(os.environ, XLA_FLAGS=""))  # one CPU device, as a user's run
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert results["eval/examples"] == 16 and "zeroshot/auroc_mean" in results

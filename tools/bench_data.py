@@ -146,27 +146,12 @@ def step_rate(config, source, tokenizer, steps: int) -> tuple[list[float], float
     """Examples/s of the base config's jitted training step (one batch, after compiling), and
     the compile time in seconds."""
     import jax
-    import jax.numpy as jnp
 
     from rmc_jax import sharding as shd
     from rmc_jax import train as trainer
-    from rmc_jax.data import pipeline as pipe
 
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-    caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
-    dataset = pipe.make_dataset(source, pipeline_config, tokenizer,
-                                batch_size=config.batch_size, seed=config.seed, train=True,
-                                caption_tokenizer=caption_tokenizer)
-    local = next(iter(dataset))
-    trainer.InputCounts().add(local)  # takes out the pipeline's bookkeeping fields
-    batch = shd.global_batch(local, mesh)
-    concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
-        trainer.concept_prompts(source.label_names)))
-    model = trainer.build_model(config.model)
-    tx, schedule = trainer.make_optimizer(config)
-    state, state_sharding = trainer.init_state(model, tx, config, mesh)
-    step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding)
+    step, state, batch, concepts = trainer.fixed_batch_step(config, mesh, source, tokenizer)
     start = time.perf_counter()
     compiled = step.lower(state, batch, concepts, None).compile()
     compile_seconds = time.perf_counter() - start
