@@ -6,6 +6,11 @@ abstract state carrying the target shardings (a 1-device checkpoint restores on 
 back). Nothing is pickled: arrays go through Orbax's array format, the iterator state through
 Grain's JSON handler, the run's counters (``counters``: e.g. the bad examples skipped so far,
 so that a resumed run keeps its totals) through Orbax's JSON handler.
+
+Arrays replicated over several devices are written whole from one replica when the run is one
+process. Orbax's replica-parallel saving (each replica writes a slice) pays off only when the
+replicas sit on different hosts; within a process it slices every parameter per device with
+eager ops, which took 5 s of a 1-second checkpoint of the smallest model on 8 CPU devices.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -26,7 +32,8 @@ class Checkpointer:
                                                enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "counters"),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler(
+                               type_handler_registry=_array_handlers()),
                            "data": grain.checkpoint.CheckpointHandler(),
                            "counters": ocp.JsonCheckpointHandler()})
 
@@ -40,7 +47,7 @@ class Checkpointer:
         save is due: it may gather figures from every process)."""
         if not (force or self.manager.should_save(step)):
             return False
-        items = {"state": ocp.args.StandardSave(state)}
+        items = {"state": ocp.args.PyTreeSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if counters is not None:
@@ -64,7 +71,9 @@ class Checkpointer:
         step = self.manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {"state": ocp.args.PyTreeRestore(
+            abstract_state,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
         if data_iterator is not None:
             self._check_input_workers(step, data_iterator)
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -110,6 +119,17 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _array_handlers():
+    """Orbax's handlers for what a train state holds, replica-parallel only across processes."""
+    return ocp.type_handlers.create_type_handler_registry(
+        (jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=jax.process_count() > 1)),
+        (np.ndarray, ocp.type_handlers.NumpyHandler()),
+        (np.number, ocp.type_handlers.ScalarHandler()),
+        (int, ocp.type_handlers.ScalarHandler()),
+        (float, ocp.type_handlers.ScalarHandler()))
 
 
 def abstract_like(tree):
