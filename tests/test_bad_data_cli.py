@@ -164,11 +164,12 @@ def options(copies) -> str:
 
 
 def run_cli(workdir: str, cache: str, *flags: str) -> subprocess.CompletedProcess:
-    """``python -m rmc_jax.main`` with the smoke model, sharing the JAX compilation cache (a
-    size limit turns on JAX's file lock: xdist workers use it at once)."""
+    """``python -m rmc_jax.main`` with the smoke model on one CPU device, as a user runs it (not
+    the 8 devices the test process simulates), sharing the JAX compilation cache (a size limit
+    turns on JAX's file lock: xdist workers use it at once)."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_COMPILATION_CACHE_MAX_SIZE=str(2 ** 30))
+               JAX_COMPILATION_CACHE_MAX_SIZE=str(2 ** 30), XLA_FLAGS="")
     return subprocess.run([sys.executable, "-m", "rmc_jax.main", *COMMON,
                            f"--workdir={workdir}", *flags], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env=env)

@@ -166,7 +166,7 @@ def dicom(key, pixels, **options):
 
 def corrupt_record(ctx):
     """Zero 8 bytes inside the first record's chunk (riegeli: chunk data hash mismatch)."""
-    tfds_copies.zero_bytes(ctx["shard"])
+    tfds_copies.flip_bytes(ctx["shard"])
 
 
 def truncate_record_png(ctx):

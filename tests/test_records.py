@@ -186,7 +186,7 @@ def test_corrupt_records_raise_errors_naming_shard_and_record(tmp_path):
     assert copy.texts(1) == source.texts(1)  # the texts need no image
     with pytest.raises(ImageDecodeError, match=f"{shard} record 1: cannot decode"):
         copy[1]
-    tfds_copies.zero_bytes(shard)
+    tfds_copies.flip_bytes(shard)
     with pytest.raises(ExampleError, match=f"{shard} record 0: cannot read the record"):
         get_source("tfds:rmc_cut", str(tmp_path), "train")[0]
 
