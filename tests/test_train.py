@@ -256,8 +256,9 @@ def test_loss_decreases_on_a_fixed_batch():
 
 
 @pytest.mark.parametrize("backend,gradients", [
+    ("gather", False),  # the default backend: the step the roi variant's run compiled already
     pytest.param("gather", True, marks=pytest.mark.slow),
-    pytest.param("ring", True, marks=pytest.mark.slow), ("ring", False)])
+    pytest.param("ring", True, marks=pytest.mark.slow)])
 def test_eight_devices_equal_one_device(backend, gradients):
     """Same batch, same init: the sharded step's losses, gradient norm and per-tower update and
     parameter norms equal one device's over two steps (the second after an update of every
@@ -374,7 +375,7 @@ def test_unknown_config_key_fails_on_the_command_line(tmp_path):
     assert "roi_wieght" in result.stderr
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
     """A preemption signals the whole process group, input workers included: the trainer
     saves, stops its workers in order and leaves no shared memory behind."""
     import signal
@@ -400,12 +401,13 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     assert "leaked" not in output and "Traceback" not in output, output[-2000:]
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert saved and saved[-1] >= 3
-    rerun = subprocess.run(command[:4] + ["--config.total_steps=%d" % (saved[-1] + 1),
-                                          "--config.evals.enabled=False",
-                                          "--config.data.workers=1", f"--workdir={tmp_path}"],
-                           cwd=root, env=env, capture_output=True, text=True, timeout=240)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert f"resumed from step {saved[-1]}" in rerun.stdout
+    # What a rerun resumes from (test_resume_is_bit_identical resumes such a checkpoint): the
+    # train state, the input workers' positions and the run's counters, all at the last step.
+    checkpointer = ckpt.Checkpointer(str(tmp_path), 100000, 3)
+    assert checkpointer.latest_step() == saved[-1]
+    assert checkpointer.saved_input_workers() == 1
+    assert "bad_examples_total" in checkpointer.restore_counters()
+    checkpointer.close()
 
 
 # ~1 min; tests/test_bad_data_cli.py runs --mode=eval on a trained workdir for every format.
