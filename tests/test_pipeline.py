@@ -5,6 +5,8 @@ import dataclasses
 import os
 import re
 import sys
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -156,6 +158,38 @@ def test_evaluation_order_is_the_source_order_once(tokenizer):
                                  train=False))
     assert len(got) == 2  # 10 examples, batches of 4, remainder dropped
     assert _example_values(got, cfg) == list(range(8))
+
+
+class CountingSource(TinySource):
+    """TinySource that counts the examples read from it (by any thread)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.reads = 0
+        self.lock = threading.Lock()
+
+    def __getitem__(self, i):
+        with self.lock:
+            self.reads += 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_read_ahead_is_a_few_batches_not_the_whole_source(tokenizer, train):
+    # Grain's default buffer (500 examples) would prepare the whole of this source while the
+    # consumer holds the first batch (as a trainer does while its first step compiles).
+    source = CountingSource(400)
+    ahead = pipe.read_options(4).prefetch_buffer_size
+    assert ahead < 100
+    if train:
+        batches_ = pipe.make_dataset(source, config(), tokenizer, batch_size=4, seed=0,
+                                     train=True)
+    else:
+        batches_ = pipe.EvaluationBatches(source, config(), tokenizer, batch_size=4)
+    iterator = iter(batches_)
+    next(iterator)
+    time.sleep(1.0)  # time enough to read all 400
+    assert 4 <= source.reads <= 4 + 2 * ahead, source.reads  # Grain's bound is approximate
 
 
 class FailingSource(TinySource):

@@ -413,8 +413,27 @@ def make_dataset(source, config: PipelineConfig, tokenizer: Tokenizer, *, batch_
     dataset = prepared(source, config, tokenizer, seed=seed, train=train,
                        process_index=process_index, process_count=process_count,
                        caption_tokenizer=caption_tokenizer, num_epochs=num_epochs)
-    return _SkipBad(dataset.to_iter_dataset(), config.max_bad_fraction,
+    return _SkipBad(dataset.to_iter_dataset(read_options(batch_size)), config.max_bad_fraction,
                     10 * len(source) + 100).batch(batch_size, drop_remainder=True)
+
+
+READ_AHEAD_BATCHES = 2  # examples prepared ahead of the consumer, in batches
+
+
+def read_options(batch_size: int) -> grain.ReadOptions:
+    """Grain's read threads for a pipeline of ``batch_size`` batches: Grain's thread count,
+    and a read-ahead of ``READ_AHEAD_BATCHES`` batches (at most Grain's default buffer).
+
+    Here a read is the whole preparation (decode, augment, tokenize), not a file fetch: Grain's
+    default buffer of 500 examples, sized for remote file systems, would prepare hundreds of
+    examples ahead while the first step compiles on the same cores, and a short run (an
+    evaluation, a test) would prepare examples it never uses. Steady-state throughput is the
+    threads', not the buffer's (``tools/bench_data.py``).
+    """
+    default = grain.ReadOptions()
+    ahead = max(READ_AHEAD_BATCHES * batch_size, default.num_threads)
+    return grain.ReadOptions(num_threads=default.num_threads,
+                             prefetch_buffer_size=min(ahead, default.prefetch_buffer_size))
 
 
 class _SkipBad(grain.IterDataset):
@@ -477,7 +496,8 @@ class EvaluationBatches:
     def __iter__(self):
         self.log, self.count = SkipLog(self.log.limit, self.log.what), 0
         pending = []
-        with closing(iter(self.dataset.to_iter_dataset())) as items:  # stops the read-ahead
+        read_ahead = read_options(self.batch_size)
+        with closing(iter(self.dataset.to_iter_dataset(read_ahead))) as items:  # stops read-ahead
             for item in items:
                 if isinstance(item, Skipped):
                     self.log.add(skipped=[item])
