@@ -3,6 +3,7 @@
 Read top to bottom: config checks, data, model and state, the train step, and the loop (resume,
 logging, preemption, non-finite handling). The optimiser (towers, learning rates, freezing) is
 ``rmc_jax.optim``; the loss of one batch and the distillation teacher, ``rmc_jax.objective``.
+One module of just over 500 lines on purpose: one run, read in the order it happens.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ implementation='cudnn')``) where cuDNN takes the shape, XLA's attention where it
 TPU both are XLA's. float32 compute is plain ``nn.Dense`` and XLA's attention everywhere. The
 choice is made when a model is traced, for the default backend, or for the platform named by
 ``kernels_for`` (cross-platform lowering, or another platform's kernels on this device).
+
+Just over 500 lines on purpose: the blocks and their per-backend kernels (the blocks' matmuls)
+change together.
 """
 
 from __future__ import annotations
