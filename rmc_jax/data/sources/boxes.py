@@ -82,6 +82,31 @@ def warn_boxes(dataset: str, checked: Checked) -> None:
                 checked.dropped)
 
 
+class CheckedAsRead:
+    """For sources that check an image's boxes when the image is first read (VinDr-CXR, Chest
+    ImaGenome): ``warn_and_count`` warns about one image's clipped and dropped boxes once, and
+    ``clipped_boxes`` / ``dropped_boxes`` total them over the images read so far."""
+
+    def _checked_images(self) -> dict[str, tuple[int, int]]:
+        return self.__dict__.setdefault("_box_counts", {})
+
+    def box_counted(self, image: str) -> bool:
+        return image in self._checked_images()
+
+    def warn_and_count(self, dataset: str, image: str, checked: Checked) -> None:
+        if not self.box_counted(image):
+            warn_boxes(f"{dataset} {image}", checked)
+            self._checked_images()[image] = (len(checked.clipped), len(checked.dropped))
+
+    @property
+    def clipped_boxes(self) -> int:
+        return sum(c for c, _ in self._checked_images().values())
+
+    @property
+    def dropped_boxes(self) -> int:
+        return sum(d for _, d in self._checked_images().values())
+
+
 def box_position(box) -> tuple[str, str]:
     """(side, zone) of a normalised xyxy box on a frontal radiograph; '' when not meaningful.
 

@@ -67,7 +67,7 @@ from rmc_jax.data.sources import mimic_cxr
 from rmc_jax.data.sources import reports as report_lib
 from rmc_jax.data.sources import tabular
 from rmc_jax.data.sources.base import ExampleError, Source, SourceError, warn_places
-from rmc_jax.data.sources.boxes import Checked, check_boxes, warn_boxes
+from rmc_jax.data.sources.boxes import Checked, CheckedAsRead, check_boxes
 from rmc_jax.data.sources.images import ImageDecodeError, image_size, read_image
 from rmc_jax.data.sources.tabular import clean_id
 
@@ -161,7 +161,7 @@ def region_position(bbox_name: str) -> tuple[str, str]:
     return side, zone
 
 
-class ChestImaGenome(Source):
+class ChestImaGenome(CheckedAsRead, Source):
     """Chest ImaGenome silver scene graphs as Examples; see the module docstring.
 
     Args:
@@ -239,21 +239,12 @@ class ChestImaGenome(Source):
         self.missing_scene_graphs = len(missing)
         warn_places(f"Chest ImaGenome: skipped {{count}} image(s) without a scene graph in "
                     f"{graphs}", missing)
-        self._box_counts: dict[str, tuple[int, int]] = {}
 
     def split_sizes(self) -> dict:
         splits = os.path.dirname(self.split_path)
         return {name.split(".")[0]: len(tabular.read_csv(os.path.join(splits, name)))
                 for name in sorted(os.listdir(splits))
                 if name.split(".")[0] in SPLIT_ALIASES.values()}
-
-    @property
-    def clipped_boxes(self) -> int:
-        return sum(c for c, _ in self._box_counts.values())
-
-    @property
-    def dropped_boxes(self) -> int:
-        return sum(d for _, d in self._box_counts.values())
 
     def scene_graph_path(self, index: int) -> str:
         return os.path.join(self.scene_graph_dir,
@@ -393,10 +384,9 @@ class ChestImaGenome(Source):
             boxes[rows[checked.keep]] = checked.boxes
             keep[rows[checked.keep]] = True
             clipped, dropped = clipped + checked.clipped, dropped + checked.dropped
-        if count and record["dicom_id"] not in self._box_counts:
-            warn_boxes(f"Chest ImaGenome {record['dicom_id']}",
-                       Checked(boxes[keep], keep, clipped, dropped))
-            self._box_counts[record["dicom_id"]] = (len(clipped), len(dropped))
+        if count:
+            self.warn_and_count("Chest ImaGenome", record["dicom_id"],
+                                Checked(boxes[keep], keep, clipped, dropped))
 
         sides, zones, sizes = [], [], []
         for i in np.flatnonzero(keep):

@@ -66,7 +66,8 @@ from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources import tabular
 from rmc_jax.data.sources.base import Source, SourceError, warn_places
-from rmc_jax.data.sources.boxes import box_position, check_boxes, describe_region, warn_boxes
+from rmc_jax.data.sources.boxes import (CheckedAsRead, box_position, check_boxes,
+                                        describe_region)
 from rmc_jax.data.sources.dicom import read_dicom
 from rmc_jax.data.sources.images import ImageDecodeError
 
@@ -170,7 +171,7 @@ def _column(header: Sequence[str], *names: str) -> str | None:
 _CLASS_BY_KEY = {schema.normalise_name(name): name for name in VINDR_CLASSES}
 
 
-class VinDrCXR(Source):
+class VinDrCXR(CheckedAsRead, Source):
     """VinDr-CXR as Examples; see the module docstring for layout, merging, labels and captions.
 
     Args:
@@ -242,7 +243,6 @@ class VinDrCXR(Source):
                     break
         self._sizes: dict[str, tuple[int, int]] = {}
         self._regions: dict[str, tuple] = {}
-        self._box_counts: dict[str, tuple[int, int]] = {}
 
     # -- index -----------------------------------------------------------------------------
 
@@ -337,9 +337,8 @@ class VinDrCXR(Source):
         image_id = self.image_ids[index]
         if image_id not in self._regions:
             checked = self._check(image_id, self.image_size(index))
-            warn_boxes(f"VinDr-CXR {image_id}", checked)
+            self.warn_and_count("VinDr-CXR", image_id, checked)
             self._regions[image_id] = self._merge(image_id, checked)
-            self._box_counts[image_id] = (len(checked.clipped), len(checked.dropped))
         return self._regions[image_id]
 
     def _check(self, image_id: str, size):
@@ -354,14 +353,6 @@ class VinDrCXR(Source):
         if self.readers == "merge":
             return merge_reader_boxes(checked.boxes, classes, readers, self.iou_threshold)
         return checked.boxes, classes, [1] * len(classes)
-
-    @property
-    def clipped_boxes(self) -> int:
-        return sum(c for c, _ in self._box_counts.values())
-
-    @property
-    def dropped_boxes(self) -> int:
-        return sum(d for _, d in self._box_counts.values())
 
     def readers_of(self, index: int) -> list[str]:
         return list(self._readers[self.image_ids[index]])
