@@ -1,0 +1,186 @@
+"""What the image tower can learn in a step budget: the same ViT trained on the labels.
+
+    python experiments/ceiling.py                         # 400 steps (the default run's budget)
+    python experiments/ceiling.py --steps=400,1600 --args=lr=1e-3
+
+The zero-shot targets ask the image tower to tell findings apart from what it learns in the
+default run's steps. This measures how far that tower gets when it is told the answer: the
+``roi`` configuration's image tower (same architecture and initialisers, optimizer, schedule,
+batch, seed and training pipeline, so the same examples in the same order and augmentation)
+with a linear head on its pooled output, trained on the labels with a masked binary
+cross-entropy for ``--steps`` steps. It is evaluated on the same test split as the runs, with
+the headline metrics' definitions: AUROC per class and its mean over the classes, and
+single-label accuracy (argmax over classes on images with exactly one positive class).
+A supervised classifier of the same tower on the same examples is the usual reference above
+a zero-shot one (CheXzero, MedCLIP and GLoRIA report their supervised rows above their zero-shot
+ones). It is not a strict bound: the contrastive runs see more than the labels (reports with
+sides, zones and sizes; captions with boxes). But where the tower, told the labels, falls far
+short of a zero-shot target at a budget, the budget rather than the recipe is what to question.
+Results go to ``experiments/results/ceiling.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from configs import base  # noqa: E402
+from rmc_jax import train  # noqa: E402
+from rmc_jax.data import pipeline as pipe  # noqa: E402
+from rmc_jax.data.tokenizer import tokenizer_for_run  # noqa: E402
+from rmc_jax.evaluate import eval_source  # noqa: E402
+from rmc_jax.evaluate import metrics as M  # noqa: E402
+from rmc_jax.models import VisionTransformer, model_config  # noqa: E402
+from rmc_jax.optim import make_optimizer  # noqa: E402
+
+
+class LabelClassifier(nn.Module):
+    """images [B, H, W, C] -> label logits [B, C]: the image tower and a linear head."""
+    vision: object
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, images):
+        pooled, _ = VisionTransformer(self.vision, name="image_encoder")(images)
+        return nn.Dense(self.num_labels, name="head")(pooled.astype(jnp.float32))
+
+
+def masked_bce(logits, labels, mask):
+    """Mean binary cross-entropy over the known labels. logits, labels, mask [B, C]."""
+    mask = mask.astype(jnp.float32)
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels)
+    return (loss * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def label_metrics(scores, labels, mask, label_names) -> dict:
+    """AUROC per class (known labels, both classes present), their mean, single-label accuracy."""
+    results, aurocs = {}, []
+    for c, name in enumerate(label_names):
+        known = mask[:, c].astype(bool)
+        truth = labels[known, c] > 0
+        if truth.any() and not truth.all():
+            aurocs.append(M.auroc(scores[known, c], truth))
+            results[f"auroc/{name}"] = aurocs[-1]
+    results["auroc_mean"] = float(np.mean(aurocs))
+    single = mask.all(1) & ((labels > 0).sum(1) == 1)
+    results["accuracy_single_label"] = float(
+        (scores[single].argmax(1) == labels[single].argmax(1)).mean())
+    results["single_label_examples"] = float(single.sum())
+    return results
+
+
+def run(config, workdir: str) -> dict:
+    """Train the labelled image tower for config.total_steps and evaluate it -> metrics."""
+    config = train.resolve_compute_dtypes(config)
+    source = train.data_sources.open_source(config.data.train, config.data.root, "train",
+                                            config.data.train_size, config.seed,
+                                            config.data.image_size, config.data.source_options)
+    # Reports and captions are tokenized as in the runs (the pipeline's per-example cost and
+    # its random draws stay the same); only images and labels reach the classifier.
+    tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
+                                  corpus=train.corpus(source), vocab_size=config.data.vocab_size)
+    captions = tokenizer.with_max_len(config.data.max_caption_len)
+    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
+    dataset = pipe.make_dataset(source, pipeline_config, tokenizer, batch_size=config.batch_size,
+                                seed=config.seed, train=True, caption_tokenizer=captions)
+    workers = train.resolve_input_workers(config.data.workers)
+    model = LabelClassifier(model_config(config.model.to_dict()).vision, len(source.label_names))
+    tx, _ = make_optimizer(config)
+
+    @jax.jit
+    def step(params, opt_state, images, labels, mask):
+        loss, grads = jax.value_and_grad(
+            lambda p: masked_bce(model.apply({"params": p}, images), labels, mask))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start = time.perf_counter()
+    losses = []
+    with pipe.closing(iter(pipe.prefetch(dataset, workers))) as batches:
+        for i in range(config.total_steps):
+            batch = next(batches)
+            if i == 0:
+                params = model.init(jax.random.key(config.seed), batch["image"][:1])["params"]
+                opt_state = tx.init(params)
+            params, opt_state, loss = step(params, opt_state, batch["image"], batch["labels"],
+                                           batch["label_mask"])
+            losses.append(loss)
+    train_seconds = time.perf_counter() - start
+
+    test = eval_source(config)
+    logits = jax.jit(model.apply)
+    scores, labels, masks = [], [], []
+    eval_batches = pipe.EvaluationBatches(test, pipeline_config, tokenizer,
+                                          batch_size=config.evals.batch_size,
+                                          caption_tokenizer=captions)
+    for batch in eval_batches:
+        scores.append(np.asarray(logits({"params": params}, batch["image"])))
+        labels.append(batch["labels"])
+        masks.append(batch["label_mask"])
+    n = eval_batches.count
+    results = label_metrics(np.concatenate(scores)[:n], np.concatenate(labels)[:n],
+                            np.concatenate(masks)[:n], list(test.label_names))
+    results.update(steps=config.total_steps, train_seconds=train_seconds,
+                   final_loss=float(np.mean(jax.device_get(losses[-20:]))),
+                   test_examples=float(n))
+    return results
+
+
+def markdown(rows: dict, args: str, seed: int) -> str:
+    names = sorted({k for r in rows.values() for k in r if k.startswith("auroc/")})
+    lines = [f"Generated by `python experiments/ceiling.py` on {datetime.date.today()} "
+             f"({platform.machine()}, {os.cpu_count()} CPU cores, jax {jax.__version__}); the "
+             f"`roi` configuration's image tower trained on the labels (config arguments: "
+             f"`{args or '(defaults)'}`, seed {seed}); evaluation on the synthetic test split.",
+             "", "| steps | AUROC mean | single-label acc | "
+             + " | ".join(n.split("/", 1)[1] for n in names) + " | train (s) |",
+             "|---:|---:|---:|" + "---:|" * len(names) + "---:|"]
+    for steps, r in rows.items():
+        lines.append(f"| {steps} | {r['auroc_mean']:.3f} | {r['accuracy_single_label']:.3f} | "
+                     + " | ".join(f"{r[n]:.3f}" for n in names)
+                     + f" | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", default="400", help="comma-separated step budgets")
+    parser.add_argument("--args", default="", help="config arguments after 'roi,'")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "ceiling"),
+                        help="where the tokenizer is kept between budgets")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    options = parser.parse_args()
+    rows = {}
+    for steps in [int(s) for s in options.steps.split(",") if s]:
+        arg = ",".join(p for p in ("roi", options.args, f"steps={steps}",
+                                   f"seed={options.seed}") if p)
+        rows[steps] = run(base.get_config(arg), options.workdir)
+        print(f"{steps} steps: AUROC {rows[steps]['auroc_mean']:.3f}, single-label accuracy "
+              f"{rows[steps]['accuracy_single_label']:.3f}", flush=True)
+    table = markdown(rows, options.args, options.seed)
+    os.makedirs(options.out, exist_ok=True)
+    with open(os.path.join(options.out, "ceiling.json"), "w") as f:
+        json.dump({"args": options.args, "seed": options.seed, "results": rows}, f, indent=1)
+    with open(os.path.join(options.out, "ceiling.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
