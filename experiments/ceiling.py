@@ -120,6 +120,9 @@ def run(config, workdir: str) -> dict:
             params, opt_state, loss = step(params, opt_state, batch["image"], batch["labels"],
                                            batch["label_mask"])
             losses.append(loss)
+            if (i + 1) % 100 == 0:
+                print(f"[step {i + 1}/{config.total_steps}] loss={float(loss):.4f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
     train_seconds = time.perf_counter() - start
 
     test = eval_source(config)
