@@ -45,6 +45,7 @@ from rmc_jax.data import pipeline as pipe  # noqa: E402
 from rmc_jax.data.tokenizer import tokenizer_for_run  # noqa: E402
 from rmc_jax.evaluate import eval_source  # noqa: E402
 from rmc_jax.evaluate import metrics as M  # noqa: E402
+from rmc_jax.evaluate import tasks  # noqa: E402
 from rmc_jax.models import VisionTransformer, model_config  # noqa: E402
 from rmc_jax.optim import make_optimizer  # noqa: E402
 
@@ -77,10 +78,9 @@ def label_metrics(scores, labels, mask, label_names) -> dict:
             aurocs.append(M.auroc(scores[known, c], truth))
             results[f"auroc/{name}"] = aurocs[-1]
     results["auroc_mean"] = float(np.mean(aurocs))
-    single = mask.all(1) & ((labels > 0).sum(1) == 1)
-    results["accuracy_single_label"] = float(
-        (scores[single].argmax(1) == labels[single].argmax(1)).mean())
-    results["single_label_examples"] = float(single.sum())
+    accuracy = tasks.single_label_accuracy(scores, labels, mask.astype(bool))  # zero-shot's
+    results["accuracy_single_label"] = np.nan if accuracy is None else accuracy
+    results["single_label_examples"] = float((mask.all(1) & (labels.sum(1) == 1)).sum())
     return results
 
 
@@ -109,14 +109,14 @@ def run(config, workdir: str) -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    size = config.data.image_size
+    params = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))["params"]
+    opt_state = tx.init(params)
     start = time.perf_counter()
     losses = []
     with pipe.closing(iter(pipe.prefetch(dataset, workers))) as batches:
         for i in range(config.total_steps):
             batch = next(batches)
-            if i == 0:
-                params = model.init(jax.random.key(config.seed), batch["image"][:1])["params"]
-                opt_state = tx.init(params)
             params, opt_state, loss = step(params, opt_state, batch["image"], batch["labels"],
                                            batch["label_mask"])
             losses.append(loss)

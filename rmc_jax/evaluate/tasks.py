@@ -62,7 +62,7 @@ def _class_prompts(name: str, spec, label_names) -> dict[str, list[str]]:
     return {"positive": list(spec["positive"]), "negative": list(negative)}
 
 
-def _single_label_accuracy(scores, labels, label_mask):
+def single_label_accuracy(scores, labels, label_mask):
     """Accuracy of argmax(scores) over classes on the images with exactly one positive class
     and every class known; None when there is no such image."""
     single = (labels.sum(1) == 1) & label_mask.all(1)
@@ -160,7 +160,7 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
                                    known[:, keep], n=bootstrap)
         results[f"{prefix}/auroc_mean_ci_low"], results[f"{prefix}/auroc_mean_ci_high"] = low, high
     for kind, suffix in (("posneg", ""), ("ensemble", "_ensemble")):
-        accuracy = _single_label_accuracy(matrices[kind], y, known)
+        accuracy = single_label_accuracy(matrices[kind], y, known)
         if accuracy is not None:
             results[f"{prefix}/accuracy_single_label{suffix}"] = accuracy
     return results
