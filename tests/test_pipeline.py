@@ -4,6 +4,8 @@ per-process slicing and bad input."""
 import dataclasses
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -634,3 +636,49 @@ def test_pipeline_config_from_the_run_config():
     assert (cfg.image_size, cfg.max_text_len, cfg.report_sections) == (
         data.image_size, data.max_text_len, data.report_sections)
     assert cfg.augment is False and cfg.num_negatives == data.num_negatives
+
+
+_DYING_PARENT = """
+import os, signal, sys
+import grain
+from rmc_jax.data import pipeline as pipe
+
+if __name__ == "__main__":
+    batches = iter(pipe.prefetch(grain.MapDataset.range(10**6).to_iter_dataset(), workers=2))
+    next(batches)
+    children = [int(name) for name in os.listdir("/proc") if name.isdigit()
+                and open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[1]
+                == str(os.getpid())]
+    print(" ".join(map(str, children)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # dies without closing its iterator
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process parents from /proc")
+def test_input_workers_exit_when_the_trainer_dies_without_closing_them(tmp_path):
+    """A trainer killed by SIGKILL or the OOM killer cannot close its iterator; its input
+    workers (which ignore SIGTERM) must not live on, decoding for nobody."""
+    script = tmp_path / "dying_parent.py"
+    script.write_text(_DYING_PARENT)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"   # files: orphans would hold a pipe open
+    with out.open("w") as stdout, err.open("w") as stderr:
+        done = subprocess.run([sys.executable, str(script)], stdout=stdout, stderr=stderr,
+                              timeout=120, cwd=tmp_path)
+    assert done.returncode == -signal.SIGKILL, err.read_text()
+    children = [int(pid) for pid in out.read_text().split()]
+    assert len(children) >= 2, out.read_text()  # the two workers (and Python's resource tracker)
+    deadline = time.monotonic() + 30
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in children if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"input workers outlived their parent: {survivors}"

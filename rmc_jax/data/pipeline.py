@@ -48,6 +48,8 @@ import dataclasses
 import hashlib
 import os
 import signal
+import threading
+import time
 import warnings
 from typing import Sequence
 
@@ -562,16 +564,42 @@ def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:
     if not flags.FLAGS.is_parsed():  # called from a notebook or test, not from an absl app:
         flags.FLAGS.mark_as_parsed()  # Grain's worker options read absl flags (defaults)
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                               worker_init_fn=_leave_sigterm_to_the_trainer)
+                               worker_init_fn=_start_input_worker)
 
 
-def _leave_sigterm_to_the_trainer(worker_index: int, worker_count: int) -> None:
-    """Input workers ignore SIGTERM. A preemption signals the whole process group; the trainer
-    then saves a checkpoint and closes the iterator, which stops the workers in order and
-    frees the shared memory of their ready batches (a worker killed by the signal would leave
-    it behind)."""
+PARENT_POLL_S = 1.0   # how often an input worker checks that its trainer is still alive
+
+
+def _start_input_worker(worker_index: int, worker_count: int) -> None:
+    """Set up an input worker process: SIGTERM is left to the trainer, and the worker exits
+    when the trainer is gone.
+
+    A preemption signals the whole process group; the trainer then saves a checkpoint and
+    closes the iterator, which stops the workers in order and frees the shared memory of their
+    ready batches (a worker killed by the signal would leave it behind), so workers ignore
+    SIGTERM. A trainer that dies without closing the iterator (SIGKILL, the OOM killer, a
+    script without the trainer's handler) cannot stop them, so each worker watches its parent
+    and exits once it has been re-parented: orphaned workers would otherwise decode for nobody,
+    holding cores and memory until killed by hand.
+    """
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent(os.getppid())
+
+
+def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """Exit this process (status 1) once its parent process ``parent`` has died, checked every
+    ``poll_s`` seconds in a daemon thread. Polling ``os.getppid()`` works on every POSIX
+    system; Linux's PR_SET_PDEATHSIG would fire when the parent's *thread* that started this
+    process ends, which for a pool started from a helper thread is not the parent's death."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    watcher.start()
+    return watcher
 
 
 @contextlib.contextmanager
