@@ -42,7 +42,6 @@ import optax  # noqa: E402
 from configs import base  # noqa: E402
 from rmc_jax import train  # noqa: E402
 from rmc_jax.data import pipeline as pipe  # noqa: E402
-from rmc_jax.data.tokenizer import tokenizer_for_run  # noqa: E402
 from rmc_jax.evaluate import eval_source  # noqa: E402
 from rmc_jax.evaluate import metrics as M  # noqa: E402
 from rmc_jax.evaluate import tasks  # noqa: E402
@@ -87,19 +86,12 @@ def label_metrics(scores, labels, mask, label_names) -> dict:
 def run(config, workdir: str) -> dict:
     """Train the labelled image tower for config.total_steps and evaluate it -> metrics."""
     config = train.resolve_compute_dtypes(config)
-    source = train.data_sources.open_source(config.data.train, config.data.root, "train",
-                                            config.data.train_size, config.seed,
-                                            config.data.image_size, config.data.source_options)
     # Reports and captions are tokenized as in the runs (the pipeline's per-example cost and
     # its random draws stay the same); only images and labels reach the classifier.
-    tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
-                                  corpus=train.corpus(source), vocab_size=config.data.vocab_size)
-    captions = tokenizer.with_max_len(config.data.max_caption_len)
-    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
-    dataset = pipe.make_dataset(source, pipeline_config, tokenizer, batch_size=config.batch_size,
-                                seed=config.seed, train=True, caption_tokenizer=captions)
+    data = train.training_data(config, workdir)
     workers = train.resolve_input_workers(config.data.workers)
-    model = LabelClassifier(model_config(config.model.to_dict()).vision, len(source.label_names))
+    model = LabelClassifier(model_config(config.model.to_dict()).vision,
+                            len(data.source.label_names))
     tx, _ = make_optimizer(config)
 
     @jax.jit
@@ -114,7 +106,7 @@ def run(config, workdir: str) -> dict:
     opt_state = tx.init(params)
     start = time.perf_counter()
     losses = []
-    with pipe.closing(iter(pipe.prefetch(dataset, workers))) as batches:
+    with pipe.closing(iter(pipe.prefetch(data.dataset, workers))) as batches:
         for i in range(config.total_steps):
             batch = next(batches)
             params, opt_state, loss = step(params, opt_state, batch["image"], batch["labels"],
@@ -128,9 +120,9 @@ def run(config, workdir: str) -> dict:
     test = eval_source(config)
     logits = jax.jit(model.apply)
     scores, labels, masks = [], [], []
-    eval_batches = pipe.EvaluationBatches(test, pipeline_config, tokenizer,
+    eval_batches = pipe.EvaluationBatches(test, data.pipeline, data.tokenizer,
                                           batch_size=config.evals.batch_size,
-                                          caption_tokenizer=captions)
+                                          caption_tokenizer=data.captions)
     for batch in eval_batches:
         scores.append(np.asarray(logits({"params": params}, batch["image"])))
         labels.append(batch["labels"])

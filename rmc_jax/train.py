@@ -8,6 +8,7 @@ One module of just over 500 lines on purpose: one run, read in the order it happ
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -27,7 +28,7 @@ from rmc_jax import flops, losses, pretrained, summaries, text_pretrain
 from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
-from rmc_jax.data.tokenizer import tokenizer_for_run
+from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs
 from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
 from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_SOURCES, batch_losses,
@@ -242,6 +243,39 @@ def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
                    out_shardings=(state_sharding, shd.replicated(mesh)))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """A run's training input up to its batches (before the input worker processes)."""
+    source: object                   # the opened training source (``data_sources.open_source``)
+    tokenizer: Tokenizer             # reports: config.data.tokenizer, or trained and cached
+    captions: Tokenizer              # the same vocabulary at data.max_caption_len
+    pipeline: pipe.PipelineConfig
+    dataset: object                  # grain.IterDataset of this process's batches
+
+
+def training_data(config: ml_collections.ConfigDict, workdir: str) -> TrainingData:
+    """Open the training source, get the run's tokenizer (``config.data.tokenizer``, or one
+    trained on the source's reports and kept in ``workdir`` so that resumed runs and evaluation
+    read the same) and build this process's share of the batched training dataset: each of the
+    ``jax.process_count()`` processes reads its own rows of every global batch."""
+    d = config.data
+    source = data_sources.open_source(d.train, d.root, "train", d.train_size, config.seed,
+                                      d.image_size, d.source_options)
+    tokenizer = tokenizer_for_run(workdir, d.max_text_len, path=d.tokenizer or None,
+                                  corpus=corpus(source, max_bad_fraction=d.max_bad_fraction),
+                                  vocab_size=d.vocab_size)
+    if tokenizer.vocab_size > config.model.text.vocab_size:
+        raise ValueError(f"invalid config: the tokenizer has {tokenizer.vocab_size} tokens but "
+                         f"model.text.vocab_size = {config.model.text.vocab_size}")
+    captions = tokenizer.with_max_len(d.max_caption_len)
+    pipeline_config = pipe.PipelineConfig.from_data_config(d)
+    pc, pi = jax.process_count(), jax.process_index()
+    dataset = pipe.make_dataset(source, pipeline_config, tokenizer,
+                                batch_size=config.batch_size // pc, seed=config.seed, train=True,
+                                process_index=pi, process_count=pc, caption_tokenizer=captions)
+    return TrainingData(source, tokenizer, captions, pipeline_config, dataset)
+
+
 def fixed_batch_step(config, mesh, source, tokenizer):
     """The train step, a fresh state and one fixed global batch, for measuring and testing the
     step apart from the input pipeline (``tools/bench_data.py``, the step's tests).
@@ -313,29 +347,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     pretrained.save_run_config(workdir, config)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-    pc, pi = jax.process_count(), jax.process_index()
+    pi = jax.process_index()
 
     # ---- data -------------------------------------------------------------------------------
-    train_source = data_sources.open_source(config.data.train, config.data.root, "train",
-                               config.data.train_size, config.seed, config.data.image_size,
-                               config.data.source_options)
-    tokenizer = tokenizer_for_run(workdir, config.data.max_text_len,
-                                  path=config.data.tokenizer or None,
-                                  corpus=corpus(train_source,
-                                                max_bad_fraction=config.data.max_bad_fraction),
-                                  vocab_size=config.data.vocab_size)
-    if tokenizer.vocab_size > config.model.text.vocab_size:
-        raise ValueError(f"invalid config: the tokenizer has {tokenizer.vocab_size} tokens but "
-                         f"model.text.vocab_size = {config.model.text.vocab_size}")
-    caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
-    pipeline_config = pipe.PipelineConfig.from_data_config(config.data)
-    dataset = pipe.make_dataset(train_source, pipeline_config, tokenizer,
-                                batch_size=config.batch_size // pc, seed=config.seed, train=True,
-                                process_index=pi, process_count=pc,
-                                caption_tokenizer=caption_tokenizer)
+    data = training_data(config, workdir)
+    train_source, tokenizer, caption_tokenizer = data.source, data.tokenizer, data.captions
     checkpointer = ckpt.Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
     workers = resolve_input_workers(config.data.workers, checkpointer.saved_input_workers())
-    data_iter = iter(pipe.prefetch(dataset, workers))
+    data_iter = iter(pipe.prefetch(data.dataset, workers))
     concepts = tuple(jnp.asarray(x) for x in caption_tokenizer(
         concept_prompts(train_source.label_names, config.teacher.concepts)))
 
