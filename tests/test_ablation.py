@@ -106,6 +106,11 @@ def test_markdown_table_headline_first_intervals_and_missing_metrics():
     assert "| roi - global, image->report R@5 | -0.060 [" in text
     assert "| >= 0 within the interval | no |" in text
     assert "| roi zero-shot AUROC (headline) | 0.930 | >= 0.90 | yes |" in text
+    assert "config arguments: `steps=10`. " in text and "flags for every run" not in text
+    flagged = ablation.markdown(ablation.aggregate(runs), runs, "", [0], extra=[
+        "--config.data.augment=True", "--config.data.workers=1"])
+    assert ("config arguments: `(defaults)`; flags for every run: "
+            "`--config.data.augment=True --config.data.workers=1`. ") in flagged
 
 
 def test_stale_results_are_refused(tmp_path):
