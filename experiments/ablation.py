@@ -209,6 +209,29 @@ def targets(per_run: dict) -> list[Target]:
     return rows
 
 
+def paired_differences(per_run: dict, other: dict) -> dict:
+    """{variant: {metric: interval of this sweep's value minus ``other``'s}} for the table's
+    metrics, over the seeds both sweeps ran of that variant (paired by seed: same data order,
+    same initialisation, same test split). ``per_run`` and ``other``: {variant: {seed: results}}."""
+    out = {}
+    for variant, runs in per_run.items():
+        theirs = other.get(variant, {})
+        for metric, *_ in TABLE:
+            seeds = sorted(s for s in runs if s in theirs and metric in runs[s]
+                           and metric in theirs[s])
+            if seeds:
+                out.setdefault(variant, {})[metric] = interval(
+                    [runs[s][metric] - theirs[s][metric] for s in seeds])
+    return out
+
+
+def _difference_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    value = f"{entry['mean']:+.3f}"
+    return value if entry["n"] < 2 else f"{value} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+
+
 def _cell(entry: dict | None, digits: int = 3) -> str:
     if entry is None:
         return "-"
@@ -218,7 +241,9 @@ def _cell(entry: dict | None, digits: int = 3) -> str:
 
 
 def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
-             extra: list[str] = ()) -> str:
+             extra: list[str] = (), against: tuple[str, dict] | None = None) -> str:
+    """The table (metric x variant), the targets checked and, with ``against`` = (name, its
+    runs), the paired differences from another sweep."""
     variants = [v for v in VARIANTS if v in summary]
     lines = [
         "# Ablation on the embedded synthetic benchmark",
@@ -256,6 +281,18 @@ def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
                 shown += f" [{row.low:+.3f}, {row.high:+.3f}]"
         met = "-" if row.met is None else "yes" if row.met else "no"
         lines.append(f"| {row.what} | {shown} | {row.required} | {met} |")
+    if against is not None:
+        name, other = against
+        differences = paired_differences(per_run, other)
+        shown = [v for v in variants if v in differences]
+        lines += ["", f"## Against {name}", "",
+                  f"This sweep minus `{name}`, variant by variant, paired by seed, with the 95% "
+                  "interval of the per-seed differences.", "",
+                  "| metric | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+        for metric, label, _ in TABLE:
+            cells = [_difference_cell(differences[v].get(metric)) for v in shown]
+            if any(c != "-" for c in cells):
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Runs: " + ", ".join(f"{v} ({len(per_run[v])} seeds)" for v in variants), ""]
     return "\n".join(lines)
 
@@ -277,6 +314,9 @@ def main():
                         "e.g. the accelerator")
     parser.add_argument("--name", default="ablation",
                         help="file name of the table and its JSON in --out (NAME.md, NAME.json)")
+    parser.add_argument("--against", default="",
+                        help="a JSON this script wrote for another sweep (other flags, another "
+                        "commit): the table adds this sweep minus that one, paired by seed")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md (between its ablation markers)")
     options = parser.parse_args()
@@ -300,7 +340,11 @@ def main():
         json.dump({"args": options.args, "extra": extra, "seeds": seeds, "summary": summary,
                    "targets": [dataclasses.asdict(t) for t in targets(per_run)],
                    "runs": per_run}, f, indent=1)
-    table = markdown(summary, per_run, options.args, seeds, options.note, extra)
+    against = None
+    if options.against:
+        with open(options.against) as f:
+            against = (os.path.basename(options.against), json.load(f)["runs"])
+    table = markdown(summary, per_run, options.args, seeds, options.note, extra, against)
     with open(os.path.join(options.out, f"{options.name}.md"), "w") as f:
         f.write(table)
     if options.readme:

@@ -182,3 +182,24 @@ def test_runner_reuses_finished_runs_and_reports_failures(tmp_path):
     again = runner.train_and_evaluate([sys.executable, "-c", "import sys; sys.exit(3)"],
                                       str(workdir), "reused")
     assert again == results
+
+
+def test_paired_differences_from_another_sweep():
+    runs = fake_runs()
+    other = {"roi": {"0": result(0.90, r1=0.60), "1": result(0.90, r1=0.60),
+                     "3": result(0.10)},                  # seed 3: not in this sweep
+             "medclip": {"0": result(0.80)}}
+    diff = ablation.paired_differences(runs, other)
+    auroc = diff["roi"]["zeroshot/auroc_mean"]
+    assert auroc["n"] == 2 and auroc["mean"] == pytest.approx(0.03)   # seeds 0, 1: +0.02, +0.04
+    half = 12.7062 * np.std([0.02, 0.04], ddof=1) / np.sqrt(2)
+    assert (auroc["low"], auroc["high"]) == pytest.approx((0.03 - half, 0.03 + half))
+    assert diff["roi"]["regions/region_to_caption_semantic_R@1"]["mean"] == pytest.approx(0.06)
+    assert "global" not in diff and diff["medclip"]["zeroshot/auroc_mean"]["n"] == 1
+    text = ablation.markdown(ablation.aggregate(runs), runs, "", [0, 1, 2],
+                             against=("ablation_augmented.json", other))
+    section = text.split("## Against ablation_augmented.json", 1)[1]
+    assert "| metric | medclip | roi |" in section
+    first = section.split("|---|---|---|\n", 1)[1].split("\n", 1)[0]
+    assert first == ("| zero-shot AUROC, headline (CheXzero pos/neg prompt ensembles) | "
+                     "+0.150 | +0.030 [-0.097, +0.157] |")    # one seed of medclip: no interval
