@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import signal
@@ -564,13 +565,14 @@ def prefetch(dataset: grain.IterDataset, workers: int) -> grain.IterDataset:
     if not flags.FLAGS.is_parsed():  # called from a notebook or test, not from an absl app:
         flags.FLAGS.mark_as_parsed()  # Grain's worker options read absl flags (defaults)
     return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
-                               worker_init_fn=_start_input_worker)
+                               worker_init_fn=functools.partial(_start_input_worker,
+                                                                parent=os.getpid()))
 
 
 PARENT_POLL_S = 1.0   # how often an input worker checks that its trainer is still alive
 
 
-def _start_input_worker(worker_index: int, worker_count: int) -> None:
+def _start_input_worker(worker_index: int, worker_count: int, parent: int) -> None:
     """Set up an input worker process: SIGTERM is left to the trainer, and the worker exits
     when the trainer is gone.
 
@@ -580,11 +582,13 @@ def _start_input_worker(worker_index: int, worker_count: int) -> None:
     SIGTERM. A trainer that dies without closing the iterator (SIGKILL, the OOM killer, a
     script without the trainer's handler) cannot stop them, so each worker watches its parent
     and exits once it has been re-parented: orphaned workers would otherwise decode for nobody,
-    holding cores and memory until killed by hand.
+    holding cores and memory until killed by hand. ``parent`` is the trainer's pid, taken
+    before the worker starts: a worker still starting when the trainer dies must not take its
+    new parent for the trainer.
     """
     del worker_index, worker_count
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    exit_with_parent(os.getppid())
+    exit_with_parent(parent)
 
 
 def exit_with_parent(parent: int, poll_s: float = PARENT_POLL_S) -> threading.Thread:
