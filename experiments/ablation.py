@@ -225,19 +225,14 @@ def paired_differences(per_run: dict, other: dict) -> dict:
     return out
 
 
-def _difference_cell(entry: dict | None) -> str:
+def _cell(entry: dict | None, digits: int = 3, sign: str = "") -> str:
+    """'mean [low, high]' of an interval ('-' when missing, the mean alone for one seed);
+    ``sign='+'`` for differences."""
     if entry is None:
         return "-"
-    value = f"{entry['mean']:+.3f}"
-    return value if entry["n"] < 2 else f"{value} [{entry['low']:+.3f}, {entry['high']:+.3f}]"
-
-
-def _cell(entry: dict | None, digits: int = 3) -> str:
-    if entry is None:
-        return "-"
-    value = f"{entry['mean']:.{digits}f}"
-    return value if entry["n"] < 2 else f"{value} [{entry['low']:.{digits}f}, " \
-                                         f"{entry['high']:.{digits}f}]"
+    spec = f"{sign}.{digits}f"
+    value = f"{entry['mean']:{spec}}"
+    return value if entry["n"] < 2 else f"{value} [{entry['low']:{spec}}, {entry['high']:{spec}}]"
 
 
 def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
@@ -290,7 +285,7 @@ def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
                   "interval of the per-seed differences.", "",
                   "| metric | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for metric, label, _ in TABLE:
-            cells = [_difference_cell(differences[v].get(metric)) for v in shown]
+            cells = [_cell(differences[v].get(metric), sign="+") for v in shown]
             if any(c != "-" for c in cells):
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Runs: " + ", ".join(f"{v} ({len(per_run[v])} seeds)" for v in variants), ""]
