@@ -46,3 +46,36 @@ def test_run_trains_the_image_tower_and_scores_the_test_split(tmp_path):
     assert results["steps"] == 3 and results["test_examples"] == 16
     assert 0.0 <= results["auroc_mean"] <= 1.0 and np.isfinite(results["final_loss"])
     assert os.path.exists(tmp_path / "tokenizer.json")   # kept for the next budget
+
+
+def test_expected_recall_is_the_mean_over_every_tie_order_of_the_evaluations_ranking():
+    import itertools
+
+    from rmc_jax.evaluate import metrics as M
+
+    content = ["normal", "normal", "normal", "effusion", "effusion", "nodule"]
+    report_key = [1, 2, 2, 3, 4, 5]       # reports 1 and 2 share a text: positives of each other
+    n, ks = len(content), (1, 2, 5)
+    same_content = np.array([[a == b for b in content] for a in content], float)
+    positive = np.array([[a == b for b in report_key] for a in report_key])
+    totals = {k: 0.0 for k in ks}
+    orders = list(itertools.permutations(range(n)))
+    for order in orders:           # the model's similarity: content agreement, ties by `order`
+        similarity = same_content + np.array(order, float)[None, :] * 1e-3
+        recall = M.recall_at_k(M.ranks_of_positives(similarity, positive), ks)
+        for k in ks:
+            totals[k] += recall[k] / len(orders)
+    got = ceiling.expected_recall(content, report_key, ks)
+    for k in ks:
+        assert got[k] == pytest.approx(totals[k], abs=1e-12)
+    assert got[1] < got[2] < got[5] == 1.0
+
+
+def test_retrieval_references_grow_with_what_the_model_recognises(tmp_path):
+    references = ceiling.retrieval_references(base.get_config("smoke"), str(tmp_path))
+    assert list(references) == list(ceiling.READERS)
+    for k in ("R@1", "R@5", "R@10"):
+        recalls = [r[k] for r in references.values()]
+        assert all(0.0 < r <= 1.0 for r in recalls)
+        assert recalls == sorted(recalls)        # each reader sees what the one before it does
+    assert references["finding names"]["R@1"] < references["+ sizes (every stated attribute)"]["R@1"]

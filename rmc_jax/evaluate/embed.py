@@ -116,7 +116,7 @@ class Encoders:
         return out
 
 
-def _row_keys(ids: np.ndarray) -> np.ndarray:
+def report_keys(ids: np.ndarray) -> np.ndarray:
     """Stable key per token row: equal texts get equal keys."""
     return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
                                     "little") for row in ids], np.uint64)
@@ -154,7 +154,7 @@ def embed_batches(encoders: Encoders, batches, *, crops: bool = False, patches: 
         rows = {
             "image": np.asarray(image_emb), "regions": np.asarray(regions),
             "report": encoders.texts(batch["text_ids"], batch["text_mask"]),
-            "report_key": _row_keys(batch["text_ids"]),
+            "report_key": report_keys(batch["text_ids"]),
             "captions": captions,
             "negatives": encoders.texts_where(batch["neg_ids"], batch["neg_mask"],
                                               negative_valid),
