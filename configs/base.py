@@ -146,7 +146,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # tokenizer's data.vocab_size tokens or more, model.text.max_len positions the longest text
     # or more (configs/b16.py reads 256 tokens with BiomedCLIP's 512 positions).
     c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(
-        vision=VisionConfig(dtype="auto"), text=TextConfig(vocab_size=4096, dtype="auto"),
+        vision=VisionConfig(dtype="auto", position_init="sincos2d"),
+        text=TextConfig(vocab_size=4096, dtype="auto"),
         roi_output_size=4)))
     c.model.vision.image_size = c.data.get_ref("image_size")
 

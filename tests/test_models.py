@@ -530,6 +530,45 @@ def test_smaller_images_interpolate_position_embeddings(model, params):
     assert not np.allclose(small, apply(zero_pos, jnp.zeros((1, 4, 4, 1)))[0])
 
 
+def test_sincos2d_positions_are_the_transformer_codes_of_column_then_row():
+    from rmc_jax.models.vit import sincos2d_positions
+
+    grid_h, grid_w, width = 3, 5, 8                    # two frequencies per axis and function
+    table = sincos2d_positions(grid_h, grid_w, width)
+    assert table.shape == (grid_h * grid_w, width) and table.dtype == np.float32
+    for patch in range(grid_h * grid_w):
+        row, col = divmod(patch, grid_w)               # row-major, as the patch tokens are laid
+        expected = []
+        for fn, index in ((math.sin, col), (math.cos, col), (math.sin, row), (math.cos, row)):
+            expected += [fn(index / 10_000 ** (i / 2)) for i in range(2)]
+        np.testing.assert_allclose(table[patch], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_vision_tower_position_table_starts_from_its_position_init():
+    from rmc_jax.models.vit import sincos2d_positions
+
+    def table(position_init, class_token=True):
+        config = VisionConfig(width=8, depth=1, num_heads=2, patch_size=4, image_size=12,
+                              position_init=position_init, class_token=class_token,
+                              pooling="cls" if class_token else "mean")
+        variables = jax.eval_shape(VisionTransformer(config).init, jax.random.key(0),
+                                   jnp.zeros((1, 12, 12, 1)))
+        assert variables["params"]["pos_embed"].shape == (1, 9 + class_token, 8)
+        return np.asarray(VisionTransformer(config).init(
+            jax.random.key(0), jnp.zeros((1, 12, 12, 1)))["params"]["pos_embed"][0])
+
+    codes = table("sincos2d")
+    np.testing.assert_array_equal(codes[0], 0.0)                 # the class token's row
+    np.testing.assert_array_equal(codes[1:], sincos2d_positions(3, 3, 8))
+    np.testing.assert_array_equal(table("sincos2d", class_token=False), sincos2d_positions(3, 3, 8))
+    drawn = table("normal")
+    assert 0.005 < drawn.std() < 0.05 and not np.allclose(drawn[1:], codes[1:])
+    with pytest.raises(ValueError, match="position_init='fourier'"):
+        VisionConfig(position_init="fourier")
+    with pytest.raises(ValueError, match="width divisible by 4"):
+        VisionConfig(width=6, num_heads=2, position_init="sincos2d")
+
+
 def test_exact_gelu_is_flax_exact_gelu():
     from rmc_jax.models.layers import exact_gelu
 

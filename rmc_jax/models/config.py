@@ -15,10 +15,13 @@ from typing import Any
 
 from rmc_jax.models.layers import REMAT_POLICIES, canonical_dtype, check_architecture
 
-__all__ = ["VisionConfig", "TextConfig", "ModelConfig", "model_config", "POOLINGS"]
+__all__ = ["VisionConfig", "TextConfig", "ModelConfig", "model_config", "POOLINGS",
+           "POSITION_INITS"]
 
 # Text pooling ('auto': 'last' for a causal tower, 'cls' otherwise; see TextTransformer).
 POOLINGS = ("auto", "cls", "last", "mean", "pooler")
+# How the image tower's position table starts (see VisionTransformer).
+POSITION_INITS = ("normal", "sincos2d")
 
 
 def _check_tower(name: str, width: int, num_heads: int, depth: int, dtype: str, remat: str):
@@ -56,6 +59,10 @@ class VisionConfig:
     final_norm: bool = True        # LayerNorm after the blocks
     class_token: bool = True
     pooling: str = "cls"           # 'cls' (needs the class token) or 'mean' of the patch tokens
+    # How the learned position table starts: 'normal' (N(0, 0.02), timm / CLIP) or 'sincos2d'
+    # (2-D sine-cosine codes, vit.sincos2d_positions; configs/base.py's choice). Imported
+    # towers bring their own table, so this matters only when training from scratch.
+    position_init: str = "normal"
     # Model-side input normalisation, one value per channel; empty = images go in as given. The
     # pipeline's images, normalised with input_mean / input_std, are mapped back to [0, 1],
     # replicated to ``channels`` and normalised with these (what an imported model expects).
@@ -72,6 +79,11 @@ class VisionConfig:
                 f"vision: image_size {self.image_size} is not divisible by patch_size "
                 f"{self.patch_size}"
             )
+        if self.position_init not in POSITION_INITS or (
+                self.position_init == "sincos2d" and self.width % 4):
+            raise ValueError(f"vision: position_init={self.position_init!r} with width "
+                             f"{self.width}; expected one of {POSITION_INITS} ('sincos2d' "
+                             "needs a width divisible by 4)")
         if self.pooling not in ("cls", "mean") or (self.pooling == "cls" and not self.class_token):
             raise ValueError(f"vision: pooling={self.pooling!r} with class_token="
                              f"{self.class_token}; expected 'cls' (needs a class token) or 'mean'")

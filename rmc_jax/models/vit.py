@@ -11,13 +11,33 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rmc_jax.models.config import VisionConfig
 from rmc_jax.models.layers import TransformerStack, canonical_dtype
 
-__all__ = ["VisionTransformer"]
+__all__ = ["VisionTransformer", "sincos2d_positions"]
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def sincos2d_positions(grid_h: int, grid_w: int, width: int,
+                       temperature: float = 10_000.0) -> np.ndarray:
+    """2-D sine-cosine position codes [grid_h * grid_w, width] of a row-major patch grid.
+
+    A quarter of the channels each: sin and cos of the column index, then of the row index, at
+    width / 4 frequencies temperature ** (-i / (width / 4)) (the Transformer's codes per axis,
+    as in MoCo v3 and big_vision). Neighbouring patches get similar codes from the start, which
+    a table drawn at random has to learn first.
+    """
+    if width % 4:
+        raise ValueError(f"sincos2d position codes need a width divisible by 4; got {width}")
+    quarter = width // 4
+    omega = temperature ** (-np.arange(quarter, dtype=np.float64) / quarter)       # [W/4]
+    rows, cols = np.mgrid[:grid_h, :grid_w]
+    x = cols.reshape(-1, 1) * omega                                                 # [N, W/4]
+    y = rows.reshape(-1, 1) * omega
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], 1).astype(np.float32)
 
 
 class VisionTransformer(nn.Module):
@@ -31,6 +51,8 @@ class VisionTransformer(nn.Module):
     Position embeddings are learned for the grid of ``image_size``, with one extra leading row
     for the class token when there is one; other sizes (e.g. region crops scored by a teacher)
     bilinearly resize the patch part of the table. H and W must be multiples of ``patch_size``.
+    The table starts as ``position_init`` says: 'normal' (N(0, 0.02), timm's and CLIP's) or
+    'sincos2d' (``sincos2d_positions`` for the patches, zeros for the class token).
 
     Input normalisation: with ``pixel_mean``/``pixel_std`` empty (default) the images go in as
     given. An imported model sets them to the per-channel statistics it was trained with (its
@@ -63,6 +85,17 @@ class VisionTransformer(nn.Module):
         std = jnp.asarray(c.pixel_std, jnp.float32)
         return ((x - mean) / std).astype(images.dtype)
 
+    def _position_init(self, grid_h: int, grid_w: int, extra: int):
+        if self.config.position_init == "normal":
+            return _EMBED_INIT
+
+        def sincos2d(key, shape, dtype=jnp.float32):
+            del key
+            table = sincos2d_positions(grid_h, grid_w, shape[-1])
+            return jnp.asarray(np.concatenate([np.zeros((extra, shape[-1]), np.float32),
+                                               table])[None], dtype)
+        return sincos2d
+
     @nn.compact
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         c = self.config
@@ -87,8 +120,8 @@ class VisionTransformer(nn.Module):
         if c.class_token:
             cls = self.param("cls_token", _EMBED_INIT, (1, 1, c.width), self.param_dtype)
         gh = gw = c.image_size // P
-        pos = self.param("pos_embed", _EMBED_INIT, (1, gh * gw + extra, c.width),
-                         self.param_dtype)
+        pos = self.param("pos_embed", self._position_init(gh, gw, extra),
+                         (1, gh * gw + extra, c.width), self.param_dtype)
         if (gh, gw) != (h, w):
             grid = pos[0, extra:].reshape(gh, gw, c.width)
             grid = jax.image.resize(grid, (h, w, c.width), "bilinear", antialias=False)
