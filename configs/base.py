@@ -41,7 +41,7 @@ _ARGUMENTS = {
     "augment": (("data.augment",), "boolean"),
 }
 
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_arg(arg: str) -> tuple[str, dict]:
@@ -57,9 +57,9 @@ def parse_arg(arg: str) -> tuple[str, dict]:
                              f"{sorted(_ARGUMENTS)}")
         paths, kind = _ARGUMENTS[key]
         if kind == "boolean":
-            if value.lower() not in _BOOLEANS:
+            if value.lower() not in BOOLEANS:
                 raise ValueError(f"config argument {pair!r}: {key} is true or false")
-            value, kind = _BOOLEANS[value.lower()], bool
+            value, kind = BOOLEANS[value.lower()], bool
         overrides.update({path: kind(value) for path in paths})
     return variant, overrides
 

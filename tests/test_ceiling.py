@@ -79,3 +79,16 @@ def test_retrieval_references_grow_with_what_the_model_recognises(tmp_path):
         assert all(0.0 < r <= 1.0 for r in recalls)
         assert recalls == sorted(recalls)        # each reader sees what the one before it does
     assert references["finding names"]["R@1"] < references["+ sizes (every stated attribute)"]["R@1"]
+
+
+def test_set_fields_types_values_like_the_command_line_and_names_a_bad_path():
+    config = ceiling.set_fields(base.get_config("roi"), [
+        "model.vision.position_init=normal", "optimizer.learning_rate=1e-3",
+        "data.augment=true", "teacher.warmup_steps=7"])
+    assert config.model.vision.position_init == "normal"
+    assert config.optimizer.learning_rate == 1e-3 and config.data.augment is True
+    assert config.teacher.warmup_steps == 7
+    for bad in ("model.vision.position_initt=normal", "nothing.here=1", "data.augment=maybe",
+                "total_steps"):
+        with pytest.raises(SystemExit, match="--set"):
+            ceiling.set_fields(base.get_config("roi"), [bad])
