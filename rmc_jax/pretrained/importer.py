@@ -178,7 +178,9 @@ def model_config_from(image: Imported | None, text: Imported | None,
     """The ModelConfig of a model whose image tower comes from ``image`` and text tower from
     ``text`` (either may be None: that tower keeps ``base``'s architecture and a fresh init).
 
-    Training knobs (dtype, remat, scan_layers) and the region head settings come from ``base``.
+    Training knobs (dtype, remat, scan_layers), how a position table would start
+    (``position_init``: the imported table replaces it) and the region head settings come from
+    ``base``.
     The embedding size is the imported projections' output size; two imported projections
     must agree. ``input_mean`` / ``input_std`` describe how the data pipeline normalised the
     images, so the imported tower can map them to its own statistics.
@@ -188,7 +190,8 @@ def model_config_from(image: Imported | None, text: Imported | None,
     vision, textc, changes = base.vision, base.text, {}
     if image is not None:
         vision = dataclasses.replace(image.vision, input_mean=input_mean, input_std=input_std,
-                                     **{k: getattr(base.vision, k) for k in knobs})
+                                     **{k: getattr(base.vision, k)
+                                        for k in knobs + ("position_init",)})
         changes["image_proj_bias"] = image.image_proj_bias
     if text is not None:
         textc = dataclasses.replace(text.text, **{k: getattr(base.text, k) for k in knobs})
