@@ -34,9 +34,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
-import math
 import sys
 import time
 
@@ -54,9 +54,9 @@ from configs import base  # noqa: E402
 from rmc_jax import train  # noqa: E402
 from rmc_jax.data import pipeline as pipe  # noqa: E402
 from rmc_jax.evaluate import eval_source  # noqa: E402
-from rmc_jax.evaluate.embed import report_keys  # noqa: E402
 from rmc_jax.evaluate import metrics as M  # noqa: E402
 from rmc_jax.evaluate import tasks  # noqa: E402
+from rmc_jax.evaluate.embed import report_keys  # noqa: E402
 from rmc_jax.models import VisionTransformer, model_config  # noqa: E402
 from rmc_jax.optim import make_optimizer  # noqa: E402
 
