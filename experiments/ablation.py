@@ -3,10 +3,12 @@
     python experiments/ablation.py                      # 5 variants x 3 seeds, default budget
     python experiments/ablation.py --seeds=0,1 --args=steps=200 --runs=/tmp/ablation
     python experiments/ablation.py --readme             # also put the table into README.md
+    python experiments/ablation.py --reuse=experiments/results/ablation.json   # add variants
 
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
-interrupted sweep continues where it stopped). The script then writes
+interrupted sweep continues where it stopped; ``--reuse`` takes the runs an earlier sweep's
+JSON holds, so a sweep extended by variants trains only those). The script then writes
 ``experiments/results/ablation.json`` (every run's metrics, plus mean, std and 95% interval per
 variant) and ``experiments/results/ablation.md`` (metric x variant, mean and 95% interval over
 seeds, and the targets checked).
@@ -103,12 +105,37 @@ def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) ->
     config = f"{variant},seed={seed}" + (f",{args}" if args else "")
     results = runner.train_and_evaluate(runner.main_command(config, workdir, list(extra)),
                                         workdir, f"{variant}-seed{seed}")
-    if STALE_KEY in results and CURRENT_KEY not in results:
-        raise SystemExit(f"{workdir}/eval/results.json comes from an older rmc_jax (its "
-                         "zeroshot/auroc_mean is the positive-prompt ensemble, and its medclip "
-                         f"loss was not MedCLIP's): delete {workdir} to rerun it, or pass "
-                         "another --runs")
+    refuse_stale(results, f"{workdir}/eval/results.json",
+                 f"delete {workdir} to rerun it, or pass another --runs")
     return results
+
+
+def refuse_stale(results: dict, where: str, remedy: str) -> None:
+    """Stops the sweep on results from before the headline zero-shot protocol changed."""
+    if STALE_KEY in results and CURRENT_KEY not in results:
+        raise SystemExit(f"{where} comes from an older rmc_jax (its zeroshot/auroc_mean is the "
+                         "positive-prompt ensemble, and its medclip loss was not MedCLIP's): "
+                         f"{remedy}")
+
+
+def reused_runs(path: str, variants, seeds, args: str, extra: list[str]) -> dict:
+    """{variant: {seed: results}} of the runs in ``path`` (a JSON this script wrote) for these
+    variants and seeds. A sweep with other config arguments or flags trained something else, so
+    it is refused."""
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("args", "") != args or list(saved.get("extra", [])) != list(extra):
+        raise SystemExit(f"--reuse={path} ran with --args={saved.get('args', '')!r} "
+                         f"--extra={' '.join(saved.get('extra', []))!r}, this sweep with "
+                         f"--args={args!r} --extra={' '.join(extra)!r}: its runs are not this "
+                         "sweep's")
+    runs = saved["runs"]
+    reused = {v: {str(s): runs[v][str(s)] for s in seeds if str(s) in runs.get(v, {})}
+              for v in variants}
+    for v, by_seed in reused.items():
+        for s, results in by_seed.items():
+            refuse_stale(results, f"{path} ({v}, seed {s})", "leave out --reuse")
+    return reused
 
 
 def t_quantile(df: int, p: float = 0.975) -> float:
@@ -312,6 +339,10 @@ def main():
     parser.add_argument("--against", default="",
                         help="a JSON this script wrote for another sweep (other flags, another "
                         "commit): the table adds this sweep minus that one, paired by seed")
+    parser.add_argument("--reuse", default="",
+                        help="a JSON this script wrote for the same --args and --extra at the "
+                        "same training numerics: its runs of these variants and seeds are taken "
+                        "from it instead of being trained again (a sweep extended by variants)")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md (between its ablation markers)")
     options = parser.parse_args()
@@ -320,9 +351,12 @@ def main():
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
-    per_run = {v: {} for v in variants}
-    jobs = [(v, s) for s in seeds for v in variants]  # seed-major: a cut sweep has every variant
     extra = options.extra.split()
+    per_run = {v: {} for v in variants}
+    if options.reuse:
+        per_run = reused_runs(options.reuse, variants, seeds, options.args, extra)
+    # seed-major: a cut sweep has every variant
+    jobs = [(v, s) for s in seeds for v in variants if str(s) not in per_run[v]]
     with futures.ThreadPoolExecutor(options.parallel) as pool:
         done = pool.map(lambda job: run(*job, options.args, options.runs, extra), jobs)
         for (v, s), results in zip(jobs, done):

@@ -203,3 +203,42 @@ def test_paired_differences_from_another_sweep():
     first = section.split("|---|---|---|\n", 1)[1].split("\n", 1)[0]
     assert first == ("| zero-shot AUROC, headline (CheXzero pos/neg prompt ensembles) | "
                      "+0.150 | +0.030 [-0.097, +0.157] |")    # one seed of medclip: no interval
+
+
+def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, monkeypatch):
+    """--reuse: runs held by an earlier sweep's JSON are taken from it (not trained again); a
+    sweep with other arguments, or results from before the headline protocol, are refused."""
+    earlier = {"args": "steps=5", "extra": [], "runs": {
+        "global": {"0": {"zeroshot/auroc_mean": 0.61}, "1": {"zeroshot/auroc_mean": 0.63},
+                   "7": {"zeroshot/auroc_mean": 0.99}},          # seed 7: not in this sweep
+        "roi": {"0": {"zeroshot/auroc_mean": 0.70}}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    calls = []
+
+    def fake_run(variant, seed, args, runs, extra=()):
+        calls.append((variant, seed))
+        return {"zeroshot/auroc_mean": 0.80 + 0.01 * seed}
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    argv = ["ablation.py", "--variants=global,roi,roi_noneg", "--seeds=0,1", "--args=steps=5",
+            f"--out={tmp_path}", f"--reuse={path}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    ablation.main()
+    assert sorted(calls) == [("roi", 1), ("roi_noneg", 0), ("roi_noneg", 1)]
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["runs"]["global"] == {"0": {"zeroshot/auroc_mean": 0.61},
+                                       "1": {"zeroshot/auroc_mean": 0.63}}
+    assert saved["runs"]["roi"] == {"0": {"zeroshot/auroc_mean": 0.70},
+                                    "1": {"zeroshot/auroc_mean": 0.81}}
+    assert saved["summary"]["global"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.62)
+
+    monkeypatch.setattr(sys, "argv", argv[:3] + ["--args=steps=6"] + argv[4:])
+    with pytest.raises(SystemExit, match="steps=5"):
+        ablation.main()
+    earlier["runs"]["roi"]["0"] = {"zeroshot/auroc_mean": 0.7,
+                                   "zeroshot/auroc_mean_posneg": 0.8}
+    path.write_text(json.dumps(earlier))
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=r"\(roi, seed 0\) comes from an older rmc_jax"):
+        ablation.main()
