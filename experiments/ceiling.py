@@ -3,6 +3,7 @@
     python experiments/ceiling.py                         # 400 steps (the default run's budget)
     python experiments/ceiling.py --steps=400,1600 --args=lr=1e-3
     python experiments/ceiling.py --set=model.vision.position_init=normal --name=ceiling_normal
+    python experiments/ceiling.py --steps=1200 --probe=runs/roi-seed0 --no-ceiling --name=probe
 
 The zero-shot targets ask the image tower to tell findings apart from what it learns in the
 default run's steps. This measures how far that tower gets when it is told the answer: the
@@ -25,6 +26,11 @@ test reports state the same content (170 of 512 are normal). A model that recogn
 some set of attributes can do no better than rank the reports of the image's content first,
 in an order it cannot choose; ``retrieval_references`` gives the expected R@K of such a model
 for four attribute sets (finding names only, then sides, zones, then everything stated).
+
+``--probe=RUN_WORKDIR`` adds a linear probe of a finished training run: its image tower frozen,
+only the head trained on the labels in the same way. Between the tower told the labels and the
+run's zero-shot score, it says whether what the run lacks is in its image features or in the
+match with the text.
 
 Results go to ``experiments/results/ceiling.{md,json}``.
 """
@@ -51,6 +57,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs import base  # noqa: E402
+from rmc_jax import checkpoint as ckpt  # noqa: E402
 from rmc_jax import train  # noqa: E402
 from rmc_jax.data import pipeline as pipe  # noqa: E402
 from rmc_jax.evaluate import eval_source  # noqa: E402
@@ -95,8 +102,12 @@ def label_metrics(scores, labels, mask, label_names) -> dict:
     return results
 
 
-def run(config, workdir: str) -> dict:
-    """Train the labelled image tower for config.total_steps and evaluate it -> metrics."""
+def run(config, workdir: str, tower=None, out: dict | None = None) -> dict:
+    """Train the labelled image tower for config.total_steps and evaluate it -> metrics.
+
+    ``tower``: image encoder params (a run's, ``run_image_tower``) to keep frozen, so only the
+    linear head trains: a linear probe of what that tower's pooled features hold.
+    ``out['params']`` receives the classifier's final params."""
     config = train.resolve_compute_dtypes(config)
     # Reports and captions are tokenized as in the runs (the pipeline's per-example cost and
     # its random draws stay the same); only images and labels reach the classifier.
@@ -107,22 +118,29 @@ def run(config, workdir: str) -> dict:
     tx, _ = make_optimizer(config)
 
     @jax.jit
-    def step(params, opt_state, images, labels, mask):
-        loss, grads = jax.value_and_grad(
-            lambda p: masked_bce(model.apply({"params": p}, images), labels, mask))(params)
+    def step(params, frozen, opt_state, images, labels, mask):
+        loss, grads = jax.value_and_grad(lambda p: masked_bce(
+            model.apply({"params": {**frozen, **p}}, images), labels, mask))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     size = config.data.image_size
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, 1)))["params"]
+    frozen = {}
+    if tower is not None:
+        expected = jax.tree.map(jnp.shape, params["image_encoder"])
+        if jax.tree.map(jnp.shape, tower) != expected:
+            raise SystemExit("the probed run's image tower differs from this configuration's "
+                             "(pass the run's config arguments with --args / --set)")
+        frozen, params = {"image_encoder": tower}, {"head": params["head"]}
     opt_state = tx.init(params)
     start = time.perf_counter()
     losses = []
     with pipe.closing(iter(pipe.prefetch(data.dataset, workers))) as batches:
         for i in range(config.total_steps):
             batch = next(batches)
-            params, opt_state, loss = step(params, opt_state, batch["image"], batch["labels"],
-                                           batch["label_mask"])
+            params, opt_state, loss = step(params, frozen, opt_state, batch["image"],
+                                           batch["labels"], batch["label_mask"])
             losses.append(loss)
             if (i + 1) % 100 == 0:
                 print(f"[step {i + 1}/{config.total_steps}] loss={float(loss):.4f} "
@@ -136,16 +154,28 @@ def run(config, workdir: str) -> dict:
                                           batch_size=config.evals.batch_size,
                                           caption_tokenizer=data.captions)
     for batch in eval_batches:
-        scores.append(np.asarray(logits({"params": params}, batch["image"])))
+        scores.append(np.asarray(logits({"params": {**frozen, **params}}, batch["image"])))
         labels.append(batch["labels"])
         masks.append(batch["label_mask"])
     n = eval_batches.count
+    if out is not None:
+        out["params"] = {**frozen, **params}
     results = label_metrics(np.concatenate(scores)[:n], np.concatenate(labels)[:n],
                             np.concatenate(masks)[:n], list(test.label_names))
     results.update(steps=config.total_steps, train_seconds=train_seconds,
                    final_loss=float(np.mean(jax.device_get(losses[-20:]))),
                    test_examples=float(n))
     return results
+
+
+def run_image_tower(run_workdir: str):
+    """The image encoder params of a training run's latest checkpoint."""
+    checkpointer = ckpt.Checkpointer(run_workdir, 1, None)
+    if checkpointer.latest_step() is None:
+        raise SystemExit(f"--probe={run_workdir}: no checkpoint in {checkpointer.directory}")
+    state = checkpointer.restore(None)
+    checkpointer.close()
+    return jax.tree.map(jnp.asarray, state["params"]["image_encoder"])
 
 
 # What a reader of the image recognises of each finding, from coarse to everything the
@@ -205,6 +235,12 @@ def retrieval_references(config, workdir: str, ks=(1, 5, 10)) -> dict:
             for name, read in READERS.items()}
 
 
+PROBE_NOTE = ("Rows named 'linear probe of RUN' keep that training run's image tower frozen "
+              "(its latest checkpoint) and train only the linear head, on the same examples "
+              "with the same optimizer and schedule: what the run's pooled image features hold "
+              "about the labels, against what its zero-shot classifier reads from them.")
+
+
 def markdown(rows: dict, args: str, seed: int, references: dict | None = None,
              assignments=()) -> str:
     names = sorted({k for r in rows.values() for k in r if k.startswith("auroc/")})
@@ -214,6 +250,7 @@ def markdown(rows: dict, args: str, seed: int, references: dict | None = None,
              f"`{args or '(defaults)'}`"
              f"{''.join(f', --set={a}' for a in assignments)}, seed {seed}); evaluation on the "
              "synthetic test split.",
+             *(["", PROBE_NOTE] if any("linear probe" in str(k) for k in rows) else []),
              "", "| steps | AUROC mean | single-label acc | "
              + " | ".join(n.split("/", 1)[1] for n in names) + " | train (s) |",
              "|---:|---:|---:|" + "---:|" * len(names) + "---:|"]
@@ -265,6 +302,11 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                         help="any config field, e.g. model.vision.position_init=normal")
     parser.add_argument("--name", default="ceiling", help="file name of the results")
+    parser.add_argument("--probe", action="append", default=[], metavar="RUN_WORKDIR",
+                        help="also a linear probe of this training run's image tower (frozen; "
+                        "only the head trains) at each budget")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="only the probes (--probe)")
     options = parser.parse_args()
 
     def config(steps=None):
@@ -272,11 +314,15 @@ def main():
                                    f"seed={options.seed}") if p)
         return set_fields(base.get_config(arg), options.set)
 
+    towers = {os.path.basename(os.path.normpath(w)): run_image_tower(w) for w in options.probe}
     rows = {}
     for steps in [int(s) for s in options.steps.split(",") if s]:
-        rows[steps] = run(config(steps), options.workdir)
-        print(f"{steps} steps: AUROC {rows[steps]['auroc_mean']:.3f}, single-label accuracy "
-              f"{rows[steps]['accuracy_single_label']:.3f}", flush=True)
+        jobs = ({str(steps): None} if options.ceiling else {}) | {
+            f"{steps}, linear probe of {name}": tower for name, tower in towers.items()}
+        for label, tower in jobs.items():
+            rows[label] = run(config(steps), options.workdir, tower)
+            print(f"{label}: AUROC {rows[label]['auroc_mean']:.3f}, single-label accuracy "
+                  f"{rows[label]['accuracy_single_label']:.3f}", flush=True)
     references = retrieval_references(config(), options.workdir)
     table = markdown(rows, options.args, options.seed, references, options.set)
     os.makedirs(options.out, exist_ok=True)

@@ -3,8 +3,8 @@
     python experiments/recipes.py                          # every recipe below, one at a time
     python experiments/recipes.py --parallel=12 --runs=/scratch/recipes   # a GPU host
     python experiments/recipes.py --only=base,mlm --seed=1
-    python experiments/recipes.py --name=distillation --only=default,default_no_distill,\
-        distill_temperature0.05,distill_threshold0.5,distill_warmup200  # 400 steps, own table
+    python experiments/recipes.py --name=distillation --only=roi_augmented,\
+        roi_nodistill_augmented,distill_temperature0.05,distill_threshold0.5,distill_warmup200
 
 A recipe is a config argument string plus ``--config.KEY=VALUE`` overrides on top of the
 ``roi`` variant; each runs as ``python -m rmc_jax.main`` in its own workdir under ``--runs``
@@ -52,16 +52,16 @@ RECIPES = {
     "all_no_distill": (BASE.replace("roi,", "roi_nodistill,"), ALL),
     "all_global_weight2": (BASE, {**ALL, "loss.global_weight": 2.0}),
     "all_batch64": (BASE.replace("steps=1600", "steps=800,batch=64"), ALL),
-    # Distillation probes at the default budget (400 steps), beside the roi and roi_nodistill
-    # runs of the same seed (the augmented ablation's runs of that seed, same commands): a
-    # softer teacher and student (RegionCLIP's 0.01 makes the targets nearly one-hot), only
-    # confident regions, a later start.
-    "roi_augmented": ("roi", {}),
-    "roi_nodistill_augmented": ("roi_nodistill", {}),
-    "distill_temperature0.05": ("roi", {"teacher.temperature": 0.05,
-                                        "teacher.student_temperature": 0.05}),
-    "distill_threshold0.5": ("roi", {"teacher.threshold": 0.5}),
-    "distill_warmup200": ("roi", {"teacher.warmup_steps": 200}),
+    # Distillation probes at the default budget then (400 steps), beside the roi and
+    # roi_nodistill runs of the same seed (the augmented ablation's runs of that seed, same
+    # commands): a softer teacher and student (RegionCLIP's 0.01 makes the targets nearly
+    # one-hot), only confident regions, a later start.
+    "roi_augmented": ("roi,steps=400", {}),
+    "roi_nodistill_augmented": ("roi_nodistill,steps=400", {}),
+    "distill_temperature0.05": ("roi,steps=400", {"teacher.temperature": 0.05,
+                                                  "teacher.student_temperature": 0.05}),
+    "distill_threshold0.5": ("roi,steps=400", {"teacher.threshold": 0.5}),
+    "distill_warmup200": ("roi,steps=400", {"teacher.warmup_steps": 200}),
 }
 RECIPES = {name: (args, {**AUGMENTED, **overrides}) for name, (args, overrides) in RECIPES.items()}
 

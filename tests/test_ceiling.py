@@ -3,6 +3,7 @@
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,6 +47,36 @@ def test_run_trains_the_image_tower_and_scores_the_test_split(tmp_path):
     assert results["steps"] == 3 and results["test_examples"] == 16
     assert 0.0 <= results["auroc_mean"] <= 1.0 and np.isfinite(results["final_loss"])
     assert os.path.exists(tmp_path / "tokenizer.json")   # kept for the next budget
+
+
+def test_probe_keeps_the_runs_image_tower_frozen_and_trains_only_the_head(tmp_path):
+    """--probe: a finished run's image tower, restored from its checkpoint, is bit-identical
+    after the probe's steps; the head has trained; a tower of another shape is refused."""
+    from rmc_jax import train
+
+    config = base.get_config("smoke,steps=3")
+    config.update(checkpoint_every=3)
+    config.evals.enabled = False
+    train.train(config, str(tmp_path / "run"))
+    tower = ceiling.run_image_tower(str(tmp_path / "run"))
+    before = jax.tree.map(np.array, tower)
+    out = {}
+    results = ceiling.run(config, str(tmp_path / "probe"), tower, out)
+    assert 0.0 <= results["auroc_mean"] <= 1.0 and results["steps"] == 3
+    after = out["params"]
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, np.asarray(b)),
+                                     before, after["image_encoder"]))
+    classifier = ceiling.LabelClassifier(ceiling.model_config(config.model.to_dict()).vision,
+                                         after["head"]["kernel"].shape[-1])
+    size = config.data.image_size
+    initial = classifier.init(jax.random.key(config.seed), np.zeros((1, size, size, 1)))
+    assert not np.allclose(after["head"]["kernel"], initial["params"]["head"]["kernel"])
+    wider = base.get_config("smoke,steps=3")
+    wider.model.vision.width = 48
+    with pytest.raises(SystemExit, match="differs from this configuration"):
+        ceiling.run(wider, str(tmp_path / "probe"), tower)
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        ceiling.run_image_tower(str(tmp_path / "empty"))
 
 
 def test_expected_recall_is_the_mean_over_every_tie_order_of_the_evaluations_ranking():
