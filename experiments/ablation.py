@@ -118,12 +118,24 @@ def refuse_stale(results: dict, where: str, remedy: str) -> None:
                          f"{remedy}")
 
 
+def step_budget(args: str) -> int:
+    """The steps a run of these config arguments trains (the default budget unless ``args``
+    sets steps=)."""
+    sys.path.insert(0, REPO)
+    from configs import base
+
+    return base.get_config(",".join(p for p in ("roi", args) if p)).total_steps
+
+
 def reused_runs(path: str, variants, seeds, args: str, extra: list[str]) -> dict:
     """{variant: {seed: results}} of the runs in ``path`` (a JSON this script wrote) for these
-    variants and seeds. A sweep with other config arguments or flags trained something else, so
-    it is refused."""
+    variants and seeds. A sweep with other config arguments, flags or step budget (the default
+    budget changes with the code) trained something else, so it is refused."""
     with open(path) as f:
         saved = json.load(f)
+    if saved.get("total_steps") != step_budget(args):
+        raise SystemExit(f"--reuse={path} ran {saved.get('total_steps', 'an unrecorded number of')}"
+                         f" steps, this sweep {step_budget(args)}: its runs are not this sweep's")
     if saved.get("args", "") != args or list(saved.get("extra", [])) != list(extra):
         raise SystemExit(f"--reuse={path} ran with --args={saved.get('args', '')!r} "
                          f"--extra={' '.join(saved.get('extra', []))!r}, this sweep with "
@@ -274,6 +286,7 @@ def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
         f"({platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
         f"{', ' + note if note else ''})."
         f" Seeds {', '.join(map(str, seeds))}; config arguments: `{args or '(defaults)'}`"
+        f" ({step_budget(args)} steps)"
         f"{'; flags for every run: `' + ' '.join(extra) + '`' if extra else ''}. "
         "Mean over seeds [95% interval: mean ± t(0.975, n-1)·s/√n]; evaluation on the "
         "synthetic test split. The first row is the headline zero-shot protocol.",
@@ -366,7 +379,8 @@ def main():
     summary = aggregate(per_run)
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, f"{options.name}.json"), "w") as f:
-        json.dump({"args": options.args, "extra": extra, "seeds": seeds, "summary": summary,
+        json.dump({"args": options.args, "total_steps": step_budget(options.args),
+                   "extra": extra, "seeds": seeds, "summary": summary,
                    "targets": [dataclasses.asdict(t) for t in targets(per_run)],
                    "runs": per_run}, f, indent=1)
     against = None

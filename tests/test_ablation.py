@@ -106,10 +106,11 @@ def test_markdown_table_headline_first_intervals_and_missing_metrics():
     assert "| roi - global, image->report R@5 | -0.060 [" in text
     assert "| >= 0 within the interval | no |" in text
     assert "| roi zero-shot AUROC (headline) | 0.930 | >= 0.90 | yes |" in text
-    assert "config arguments: `steps=10`. " in text and "flags for every run" not in text
+    assert "config arguments: `steps=10` (10 steps). " in text and "flags for every run" not in text
     flagged = ablation.markdown(ablation.aggregate(runs), runs, "", [0], extra=[
         "--config.data.augment=True", "--config.data.workers=1"])
-    assert ("config arguments: `(defaults)`; flags for every run: "
+    default_steps = ablation.step_budget("")                     # configs/base.py's budget
+    assert (f"config arguments: `(defaults)` ({default_steps} steps); flags for every run: "
             "`--config.data.augment=True --config.data.workers=1`. ") in flagged
 
 
@@ -208,7 +209,7 @@ def test_paired_differences_from_another_sweep():
 def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, monkeypatch):
     """--reuse: runs held by an earlier sweep's JSON are taken from it (not trained again); a
     sweep with other arguments, or results from before the headline protocol, are refused."""
-    earlier = {"args": "steps=5", "extra": [], "runs": {
+    earlier = {"args": "steps=5", "total_steps": 5, "extra": [], "runs": {
         "global": {"0": {"zeroshot/auroc_mean": 0.61}, "1": {"zeroshot/auroc_mean": 0.63},
                    "7": {"zeroshot/auroc_mean": 0.99}},          # seed 7: not in this sweep
         "roi": {"0": {"zeroshot/auroc_mean": 0.70}}}}
@@ -233,9 +234,19 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
                                     "1": {"zeroshot/auroc_mean": 0.81}}
     assert saved["summary"]["global"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.62)
 
-    monkeypatch.setattr(sys, "argv", argv[:3] + ["--args=steps=6"] + argv[4:])
-    with pytest.raises(SystemExit, match="steps=5"):
+    assert saved["total_steps"] == 5
+    monkeypatch.setattr(sys, "argv", argv[:3] + ["--args=steps=5,batch=16"] + argv[4:])
+    with pytest.raises(SystemExit, match="ran with --args='steps=5'"):
         ablation.main()
+    monkeypatch.setattr(sys, "argv", argv[:3] + ["--args=steps=6"] + argv[4:])
+    with pytest.raises(SystemExit, match="ran 5 steps, this sweep 6"):
+        ablation.main()
+    del earlier["total_steps"]                  # a JSON from before budgets were recorded
+    path.write_text(json.dumps(earlier))
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="ran an unrecorded number of steps"):
+        ablation.main()
+    earlier["total_steps"] = 5
     earlier["runs"]["roi"]["0"] = {"zeroshot/auroc_mean": 0.7,
                                    "zeroshot/auroc_mean_posneg": 0.8}
     path.write_text(json.dumps(earlier))
