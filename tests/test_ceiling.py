@@ -123,3 +123,14 @@ def test_set_fields_types_values_like_the_command_line_and_names_a_bad_path():
                 "total_steps"):
         with pytest.raises(SystemExit, match="--set"):
             ceiling.set_fields(base.get_config("roi"), [bad])
+
+
+def test_markdown_names_the_dtype_and_explains_probe_rows_only_when_there_are_some():
+    row = {"auroc_mean": 0.8, "accuracy_single_label": 0.7, "auroc/a": 0.9, "auroc/b": 0.7,
+           "train_seconds": 12.0}
+    plain = ceiling.markdown({"1200": row}, "", 0, dtype="bfloat16")
+    assert "compute dtype bfloat16)" in plain and ceiling.PROBE_NOTE not in plain
+    assert "| 1200 | 0.800 | 0.700 | 0.900 | 0.700 | 12 |" in plain
+    probed = ceiling.markdown({"1200": row, "1200, linear probe of roi-seed0": row}, "", 0)
+    assert ceiling.PROBE_NOTE in probed and "compute dtype" not in probed
+    assert "| 1200, linear probe of roi-seed0 | 0.800 |" in probed
