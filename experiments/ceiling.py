@@ -1,6 +1,6 @@
 """What the image tower can learn in a step budget: the same ViT trained on the labels.
 
-    python experiments/ceiling.py                         # 400 steps (the default run's budget)
+    python experiments/ceiling.py                         # the default run's budget
     python experiments/ceiling.py --steps=400,1600 --args=lr=1e-3
     python experiments/ceiling.py --set=model.vision.position_init=normal --name=ceiling_normal
     python experiments/ceiling.py --steps=1200 --probe=runs/roi-seed0 --no-ceiling --name=probe
@@ -294,7 +294,8 @@ def set_fields(config, assignments):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", default="400", help="comma-separated step budgets")
+    parser.add_argument("--steps", default="", help="comma-separated step budgets (default: "
+                        "the run's, configs/base.py with --args)")
     parser.add_argument("--args", default="", help="config arguments after 'roi,'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "ceiling"),
@@ -317,7 +318,8 @@ def main():
 
     towers = {os.path.basename(os.path.normpath(w)): run_image_tower(w) for w in options.probe}
     rows = {}
-    for steps in [int(s) for s in options.steps.split(",") if s]:
+    budgets = [int(s) for s in options.steps.split(",") if s] or [config().total_steps]
+    for steps in budgets:
         jobs = ({str(steps): None} if options.ceiling else {}) | {
             f"{steps}, linear probe of {name}": tower for name, tower in towers.items()}
         for label, tower in jobs.items():

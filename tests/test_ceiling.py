@@ -1,5 +1,6 @@
 """experiments/ceiling.py: the labelled image tower's metrics, loss, and one tiny run."""
 
+import json
 import os
 import sys
 
@@ -134,3 +135,26 @@ def test_markdown_names_the_dtype_and_explains_probe_rows_only_when_there_are_so
     probed = ceiling.markdown({"1200": row, "1200, linear probe of roi-seed0": row}, "", 0)
     assert ceiling.PROBE_NOTE in probed and "compute dtype" not in probed
     assert "| 1200, linear probe of roi-seed0 | 0.800 |" in probed
+
+
+def test_main_rows_default_budget_probes_and_no_ceiling(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(config, workdir, tower=None, out=None):
+        calls.append((config.total_steps, tower))
+        return {"auroc_mean": 0.5, "accuracy_single_label": 0.5, "train_seconds": 1.0}
+
+    monkeypatch.setattr(ceiling, "run", fake_run)
+    monkeypatch.setattr(ceiling, "run_image_tower", lambda w: f"tower of {w}")
+    monkeypatch.setattr(ceiling, "retrieval_references", lambda config, workdir: {})
+    argv = ["ceiling.py", f"--out={tmp_path}", "--probe=/runs/roi-seed0/"]
+    monkeypatch.setattr(sys, "argv", argv)
+    ceiling.main()
+    steps = base.get_config("roi").total_steps                 # the default run's budget
+    assert calls == [(steps, None), (steps, "tower of /runs/roi-seed0/")]
+    saved = json.loads((tmp_path / "ceiling.json").read_text())
+    assert list(saved["results"]) == [str(steps), f"{steps}, linear probe of roi-seed0"]
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", argv + ["--steps=5,7", "--no-ceiling"])
+    ceiling.main()
+    assert calls == [(5, "tower of /runs/roi-seed0/"), (7, "tower of /runs/roi-seed0/")]
