@@ -134,6 +134,9 @@ def test_markdown_names_the_dtype_and_explains_probe_rows_only_when_there_are_so
     assert "| 1200 | 0.800 | 0.700 | 0.900 | 0.700 | 12 |" in plain
     probed = ceiling.markdown({"1200": row, "1200, linear probe of roi-seed0": row}, "", 0)
     assert ceiling.PROBE_NOTE in probed and "compute dtype" not in probed
+    assert "the `roi` configuration's image tower trained on the labels (config" in probed
+    only = ceiling.markdown({"1200, linear probe of roi-seed0": row}, "", 0)
+    assert "linear probes of training runs' image towers, a head trained on the labels (" in only
     assert "| 1200, linear probe of roi-seed0 | 0.800 |" in probed
 
 
