@@ -4,6 +4,7 @@
     python experiments/ablation.py --seeds=0,1 --args=steps=200 --runs=/tmp/ablation
     python experiments/ablation.py --readme             # also put the table into README.md
     python experiments/ablation.py --reuse=experiments/results/ablation.json   # add variants
+    python experiments/ablation.py --finished-only      # the table of the runs finished so far
 
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
@@ -101,13 +102,17 @@ STALE_KEY, CURRENT_KEY = "zeroshot/auroc_mean_posneg", "zeroshot/auroc_mean_ense
 def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) -> dict:
     """Train + evaluate one variant/seed (or reuse a finished run); its results.json, {} when
     the run failed."""
-    workdir = os.path.join(runs, f"{variant}-seed{seed}")
+    workdir = run_dir(runs, variant, seed)
     config = f"{variant},seed={seed}" + (f",{args}" if args else "")
     results = runner.train_and_evaluate(runner.main_command(config, workdir, list(extra)),
                                         workdir, f"{variant}-seed{seed}")
     refuse_stale(results, f"{workdir}/eval/results.json",
                  f"delete {workdir} to rerun it, or pass another --runs")
     return results
+
+
+def run_dir(runs: str, variant: str, seed: int) -> str:
+    return os.path.join(runs, f"{variant}-seed{seed}")
 
 
 def refuse_stale(results: dict, where: str, remedy: str) -> None:
@@ -356,6 +361,9 @@ def main():
                         help="a JSON this script wrote for the same --args and --extra at the "
                         "same training numerics: its runs of these variants and seeds are taken "
                         "from it instead of being trained again (a sweep extended by variants)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: the table of the runs already finished under --runs "
+                        "(and --reuse); the others are left out and named")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md (between its ablation markers)")
     options = parser.parse_args()
@@ -370,6 +378,11 @@ def main():
         per_run = reused_runs(options.reuse, variants, seeds, options.args, extra)
     # seed-major: a cut sweep has every variant
     jobs = [(v, s) for s in seeds for v in variants if str(s) not in per_run[v]]
+    if options.finished_only:
+        unfinished = [(v, s) for v, s in jobs if not runner.finished(run_dir(options.runs, v, s))]
+        if unfinished:
+            print("left out, not finished: " + ", ".join(f"{v}-seed{s}" for v, s in unfinished))
+        jobs = [job for job in jobs if job not in unfinished]
     with futures.ThreadPoolExecutor(options.parallel) as pool:
         done = pool.map(lambda job: run(*job, options.args, options.runs, extra), jobs)
         for (v, s), results in zip(jobs, done):

@@ -21,11 +21,16 @@ def main_command(config: str, workdir: str, flags: list[str] = ()) -> list[str]:
              f"--workdir={workdir}", "--config.progress_bar=off"] + list(flags))
 
 
+def finished(workdir: str) -> bool:
+    """Whether ``workdir`` holds a finished run (its ``eval/results.json``)."""
+    return os.path.exists(os.path.join(workdir, "eval", "results.json"))
+
+
 def train_and_evaluate(command: list[str], workdir: str, name: str) -> dict:
     """Runs ``command`` unless ``workdir`` holds a finished run; its results.json (with
     ``run/wall_seconds`` where measured), or {} when the run failed (said on stdout)."""
     results_path = os.path.join(workdir, "eval", "results.json")
-    if not os.path.exists(results_path):
+    if not finished(workdir):
         os.makedirs(workdir, exist_ok=True)
         print(f"{name}: $ {' '.join(command)}", flush=True)
         start = time.perf_counter()

@@ -253,3 +253,29 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match=r"\(roi, seed 0\) comes from an older rmc_jax"):
         ablation.main()
+
+
+def test_finished_only_tables_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch,
+                                                                   capsys):
+    for name in ("roi-seed0", "global-seed0", "roi-seed1"):
+        os.makedirs(tmp_path / "runs" / name / "eval")
+        (tmp_path / "runs" / name / "eval" / "results.json").write_text(
+            json.dumps({"zeroshot/auroc_mean": 0.7}))
+    os.makedirs(tmp_path / "runs" / "global-seed1")          # started, never finished
+    calls = []
+    monkeypatch.setattr(ablation.runner, "subprocess", None)  # nothing may be launched
+    real_run = ablation.run
+
+    def recording_run(variant, seed, *args, **kwargs):
+        calls.append((variant, seed))
+        return real_run(variant, seed, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "run", recording_run)
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--variants=global,roi", "--seeds=0,1",
+                                      f"--runs={tmp_path / 'runs'}", f"--out={tmp_path}",
+                                      "--finished-only"])
+    ablation.main()
+    assert sorted(calls) == [("global", 0), ("roi", 0), ("roi", 1)]
+    assert "left out, not finished: global-seed1" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert sorted(saved["runs"]["global"]) == ["0"] and sorted(saved["runs"]["roi"]) == ["0", "1"]
