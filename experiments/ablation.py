@@ -138,9 +138,10 @@ def reused_runs(path: str, variants, seeds, args: str, extra: list[str]) -> dict
     budget changes with the code) trained something else, so it is refused."""
     with open(path) as f:
         saved = json.load(f)
-    if saved.get("total_steps") != step_budget(args):
+    steps = step_budget(args)
+    if saved.get("total_steps") != steps:
         raise SystemExit(f"--reuse={path} ran {saved.get('total_steps', 'an unrecorded number of')}"
-                         f" steps, this sweep {step_budget(args)}: its runs are not this sweep's")
+                         f" steps, this sweep {steps}: its runs are not this sweep's")
     if saved.get("args", "") != args or list(saved.get("extra", [])) != list(extra):
         raise SystemExit(f"--reuse={path} ran with --args={saved.get('args', '')!r} "
                          f"--extra={' '.join(saved.get('extra', []))!r}, this sweep with "
