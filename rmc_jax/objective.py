@@ -18,11 +18,14 @@ from rmc_jax import losses, pretrained
 from rmc_jax import sharding as shd
 from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, roi_align
 
-__all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_SOURCES", "batch_losses", "caption_budget",
+__all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses", "caption_budget",
            "encode_packed", "region_slots", "region_teacher", "teacher_scores"]
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
+# How the teacher embeds a region: 'crop' (RegionCLIP: its image tower on the cropped box) or
+# 'head' (an rmc_jax teacher's own region head on its patch grid, as the student does).
+TEACHER_REGIONS = ("crop", "head")
 # 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
 # from label overlap (losses.medclip_contrastive_loss).
 GLOBAL_LOSSES = ("clip", "medclip")
@@ -161,16 +164,21 @@ def encode_packed(apply, tokens, masks, slots):
 
 
 def region_teacher(config, model) -> Callable | None:
-    """The distillation teacher, chosen once from ``teacher.source``: a function
-    ``(teacher, images, boxes, concepts) -> logits [B, R, T]`` (no gradient) that scores each
-    region's crop against the concept set, or None when nothing is distilled.
+    """The distillation teacher, chosen once from ``teacher.source`` and ``teacher.regions``: a
+    function ``(teacher, images, boxes, concepts) -> logits [B, R, T]`` (no gradient) that
+    scores each region against the concept set, or None when nothing is distilled.
 
     ``teacher`` is what the train step holds for it: the EMA params ('ema'), a finished run's
     params ('checkpoint'), or a pretrained CLIP's ``{'params', 'concepts'}`` ('hf'), which
     scores crops at its own image size against the concepts encoded by its own tokenizer.
+    A region is the teacher's image tower on the cropped box (``regions='crop'``, RegionCLIP;
+    the only way for an image-level CLIP) or, for an rmc_jax teacher, its own region head on
+    its patch grid (``regions='head'``, ``teacher_head_scores``).
     """
     if config.loss.distill_weight <= 0 or config.teacher.source == "none":
         return None
+    if config.teacher.get("regions", "crop") == "head":
+        return functools.partial(teacher_head_scores, model=model)
     if config.teacher.source == "hf":
         clip, crop_size = pretrained.teacher_model(config), pretrained.teacher_crop_size(config)
 
@@ -196,3 +204,17 @@ def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size)
                      method=RegionCLIP.encode_image).reshape(b, r, -1)
     concept_emb = apply(*concepts, method=RegionCLIP.encode_text)
     return jax.lax.stop_gradient(jnp.einsum("bre,te->brt", crop_emb, concept_emb))
+
+
+def teacher_head_scores(teacher_params, images, boxes, concepts, *, model):
+    """An rmc_jax teacher's region head: RoIAlign on the teacher's own patch grid, scored against
+    the concept set, the way the student embeds regions (a mean teacher when the params are the
+    EMA). Unlike a crop, the region keeps its context and position. Returns cosine
+    similarities [B, R, T] with no gradient; padding slots score like any box (the loss masks
+    them)."""
+    teacher_params = jax.lax.stop_gradient(teacher_params)
+    apply = functools.partial(model.apply, {"params": teacher_params})
+    every_slot = jnp.ones(boxes.shape[:2], bool)
+    region_emb = apply(images, boxes, every_slot, method=RegionCLIP.encode_regions)
+    concept_emb = apply(*concepts, method=RegionCLIP.encode_text)
+    return jax.lax.stop_gradient(jnp.einsum("bre,te->brt", region_emb, concept_emb))

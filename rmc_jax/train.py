@@ -31,8 +31,8 @@ from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs
 from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
-from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_SOURCES, batch_losses,
-                               region_teacher)
+from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_REGIONS, TEACHER_SOURCES,
+                               batch_losses, region_teacher)
 from rmc_jax.optim import TOWERS, frozen_towers, make_optimizer, tower_norms, tower_options
 
 # Diagnostics the step logs to metrics.jsonl and TensorBoard, not to the console:
@@ -66,6 +66,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fail(f"teacher.concepts = {config.teacher.concepts!r}; choose one of {CONCEPT_SETS}")
     if config.teacher.source not in TEACHER_SOURCES:
         fail(f"teacher.source = {config.teacher.source!r}; choose one of {TEACHER_SOURCES}")
+    regions = config.teacher.get("regions", "crop")
+    if regions not in TEACHER_REGIONS:
+        fail(f"teacher.regions = {regions!r}; choose one of {TEACHER_REGIONS}")
+    if regions == "head" and config.teacher.source == "hf":
+        fail("teacher.regions = 'head' needs an rmc_jax teacher (teacher.source 'ema' or "
+             "'checkpoint'): a pretrained CLIP has no region head; use 'crop'")
     if config.teacher.source == "checkpoint" and not os.path.isdir(
             os.path.join(config.teacher.checkpoint, "checkpoints")):
         fail(f"teacher.checkpoint = {config.teacher.checkpoint!r} is not the workdir of an "

@@ -326,6 +326,8 @@ def test_fsdp_mesh_shards_parameters():
     ({"optimizer.freeze": "image,text", "loss.roi_weight": 0.0, "loss.neg_weight": 0.0,
       "loss.distill_weight": 0.0}, "only the temperature would train"),
     ({"loss.global_loss": "siglip"}, "loss.global_loss"),
+    ({"teacher.regions": "box"}, "teacher.regions = 'box'"),
+    ({"teacher.regions": "head", "teacher.source": "hf"}, "needs an rmc_jax teacher"),
 ])
 def test_bad_configs_fail_before_compiling(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -572,3 +574,29 @@ def test_distillation_concepts_have_no_sides_by_default(tmp_path):
         "left pleural effusion"]
     with pytest.raises(ValueError, match="teacher.concepts"):
         train.train(smoke(**{"teacher.concepts": "sides"}), str(tmp_path))
+
+
+def test_head_teacher_scores_regions_as_the_student_embeds_them():
+    """teacher.regions='head': the teacher's logits are its region head's embeddings (RoIAlign on
+    its patch grid) against the concepts -- with the EMA at its start (the params) exactly the
+    student's region logits on every real region; the crop teacher scores something else."""
+    config = smoke(**{"teacher.regions": "head"})
+    step, state, batch, concepts = _fixed_batch_setup(config, shd.make_mesh(1, 1))
+    model = train.build_model(config.model)
+    params = state["params"]
+    head = jax.jit(objective.region_teacher(config, model))(
+        params, batch["image"], batch["boxes"], concepts)
+    apply = functools.partial(model.apply, {"params": params})
+    regions = apply(batch["image"], batch["boxes"], batch["box_mask"],
+                    method=train.RegionCLIP.encode_regions)
+    student = jnp.einsum("bre,te->brt", regions, apply(*concepts,
+                                                        method=train.RegionCLIP.encode_text))
+    real = np.asarray(batch["box_mask"], bool)
+    assert real.sum() >= 8
+    np.testing.assert_allclose(np.asarray(head)[real], np.asarray(student)[real], atol=1e-5)
+    crop_config = smoke()
+    crop = jax.jit(objective.region_teacher(crop_config, model))(
+        params, batch["image"], batch["boxes"], concepts)
+    assert np.abs(np.asarray(crop)[real] - np.asarray(head)[real]).max() > 1e-2
+    _, metrics = step(state, batch, concepts, None)
+    assert np.isfinite(float(metrics["distill"])) and float(metrics["distill_kept"]) > 0
