@@ -118,6 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
         student_temperature=0.01,
         threshold=0.1,              # keep regions whose top teacher probability exceeds this
+        fixed_concepts=False,       # True: no distillation gradient into the concept texts' (the
+                                    # text tower's) embeddings, as RegionCLIP's fixed encoder
         concepts="findings",        # what regions are scored against: 'findings' (no sides: a
                                     # crop has lost its position) or 'findings_and_sides'
         warmup_steps=100))          # distillation starts after the teacher has learnt a little

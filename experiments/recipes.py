@@ -4,7 +4,8 @@
     python experiments/recipes.py --parallel=12 --runs=/scratch/recipes   # a GPU host
     python experiments/recipes.py --only=base,mlm --seed=1
     python experiments/recipes.py --name=recipes_default --only=default,lr1e-3,text_lr1e-3,\
-        mlm300,distill_warmup600,distill_head_teacher,global_weight2
+        mlm300,distill_warmup600,distill_head_teacher,distill_fixed_concepts,\
+        global_weight2
     python experiments/recipes.py --name=distillation --only=roi_augmented,\
         roi_nodistill_augmented,distill_temperature0.05,distill_threshold0.5,distill_warmup200
 
@@ -71,7 +72,8 @@ RECIPES = {name: (args, {**AUGMENTED, **overrides}) for name, (args, overrides) 
 # against `default` (which is the ablation's roi run of the same seed): a higher peak rate for
 # both towers or for the text tower alone, a masked-language-model warm start of the text
 # tower, distillation from a teacher that has trained longer or that scores regions with its
-# region head instead of crops, a heavier image-report term.
+# region head instead of crops, distillation that leaves the concept texts' embeddings alone
+# (RegionCLIP's text encoder is fixed), a heavier image-report term.
 DEFAULT_RECIPES = {
     "default": ("roi", {}),
     "lr1e-3": ("roi", {"optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 100}),
@@ -79,6 +81,7 @@ DEFAULT_RECIPES = {
     "mlm300": ("roi", MLM),
     "distill_warmup600": ("roi", {"teacher.warmup_steps": 600}),
     "distill_head_teacher": ("roi", {"teacher.regions": "head"}),
+    "distill_fixed_concepts": ("roi", {"teacher.fixed_concepts": True}),
     "global_weight2": ("roi", {"loss.global_weight": 2.0}),
 }
 RECIPES.update(DEFAULT_RECIPES)

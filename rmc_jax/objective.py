@@ -115,6 +115,11 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
                                                     box_mask, batch["neg_valid"], tau)
     if config.loss.distill_weight > 0 and teacher_logits is not None:
         concept_emb = apply(*concepts, method=RegionCLIP.encode_text)              # [T, E]
+        if config.teacher.get("fixed_concepts", False):
+            # RegionCLIP scores regions against concept embeddings of a fixed text encoder:
+            # distillation then trains the region pathway only, never the concept texts
+            # (which are also the zero-shot prompts' words).
+            concept_emb = jax.lax.stop_gradient(concept_emb)
         student_logits = jnp.einsum("bre,te->brt", region_emb, concept_emb)
         probs = jax.nn.softmax(teacher_logits / config.teacher.temperature, axis=-1)
         keep = box_mask & (probs.max(-1) > config.teacher.threshold)

@@ -600,3 +600,26 @@ def test_head_teacher_scores_regions_as_the_student_embeds_them():
     assert np.abs(np.asarray(crop)[real] - np.asarray(head)[real]).max() > 1e-2
     _, metrics = step(state, batch, concepts, None)
     assert np.isfinite(float(metrics["distill"])) and float(metrics["distill_kept"]) > 0
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_fixed_concepts_keep_distillation_out_of_the_text_tower(fixed):
+    """teacher.fixed_concepts: the distillation term's gradient reaches the text tower (through
+    the student's concept embeddings) only when the concepts are not fixed; the image tower
+    and region head learn from it either way."""
+    config = smoke(**{"teacher.fixed_concepts": fixed, "loss.global_weight": 0.0,
+                      "loss.roi_weight": 0.0, "loss.neg_weight": 0.0})
+    _, state, batch, concepts = _fixed_batch_setup(config, shd.make_mesh(1, 1))
+    model = train.build_model(config.model)
+    teacher = objective.region_teacher(config, model)
+    # A teacher that disagrees with the student: the params of another initialisation.
+    other, _ = train.init_state(model, optim.make_optimizer(config)[0],
+                                smoke(seed=1), shd.make_mesh(1, 1))
+    teacher_logits = jax.jit(teacher)(other["params"], batch["image"], batch["boxes"], concepts)
+    loss_fn = functools.partial(objective.batch_losses, model=model, config=config,
+                                mesh=shd.make_mesh(1, 1))
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, teacher_logits, batch, concepts, 0)[0]))(
+        state["params"])
+    norm = lambda tree: float(optax.tree.norm(tree))  # noqa: E731
+    assert norm(grads["image_encoder"]) > 0 and norm(grads["region_proj"]) > 0
+    assert (norm(grads["text_encoder"]) == 0) == fixed
