@@ -111,9 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         path="",                    # source='hf': 'hf:/dir' (CLIPModel), 'open_clip:/dir' or
                                     # 'rmc:/dir' (converted); crops at the teacher's image size
         ema_decay=0.99,
-        regions="crop",             # 'crop' (RegionCLIP: the teacher's image tower on each
-                                    # cropped box) or 'head' (an rmc_jax teacher's own region
-                                    # head on its patch grid, as the student embeds regions)
+        regions="auto",             # 'crop' (RegionCLIP: the teacher's image tower on each
+                                    # cropped box), 'head' (an rmc_jax teacher's own region head
+                                    # on its patch grid, as the student embeds regions) or
+                                    # 'auto': 'crop' for source 'hf', 'head' otherwise (README)
         crop_size=64,               # region crops are resized to this many pixels
         temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
         student_temperature=0.01,

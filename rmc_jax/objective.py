@@ -23,9 +23,10 @@ __all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", 
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
-# How the teacher embeds a region: 'crop' (RegionCLIP: its image tower on the cropped box) or
-# 'head' (an rmc_jax teacher's own region head on its patch grid, as the student does).
-TEACHER_REGIONS = ("crop", "head")
+# How the teacher embeds a region: 'crop' (RegionCLIP: its image tower on the cropped box),
+# 'head' (an rmc_jax teacher's own region head on its patch grid, as the student does) or
+# 'auto' (teacher_regions: 'crop' for a pretrained CLIP, 'head' for an rmc_jax teacher).
+TEACHER_REGIONS = ("auto", "crop", "head")
 # 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
 # from label overlap (losses.medclip_contrastive_loss).
 GLOBAL_LOSSES = ("clip", "medclip")
@@ -178,11 +179,12 @@ def region_teacher(config, model) -> Callable | None:
     scores crops at its own image size against the concepts encoded by its own tokenizer.
     A region is the teacher's image tower on the cropped box (``regions='crop'``, RegionCLIP;
     the only way for an image-level CLIP) or, for an rmc_jax teacher, its own region head on
-    its patch grid (``regions='head'``, ``teacher_head_scores``).
+    its patch grid (``regions='head'``, ``teacher_head_scores``); ``teacher_regions`` resolves
+    'auto'.
     """
     if config.loss.distill_weight <= 0 or config.teacher.source == "none":
         return None
-    if config.teacher.get("regions", "crop") == "head":
+    if teacher_regions(config) == "head":
         return functools.partial(teacher_head_scores, model=model)
     if config.teacher.source == "hf":
         clip, crop_size = pretrained.teacher_model(config), pretrained.teacher_crop_size(config)
@@ -209,6 +211,16 @@ def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size)
                      method=RegionCLIP.encode_image).reshape(b, r, -1)
     concept_emb = apply(*concepts, method=RegionCLIP.encode_text)
     return jax.lax.stop_gradient(jnp.einsum("bre,te->brt", crop_emb, concept_emb))
+
+
+def teacher_regions(config) -> str:
+    """``teacher.regions`` resolved: 'auto' is 'crop' for a pretrained CLIP teacher (it has no
+    region head) and 'head' for an rmc_jax teacher ('ema', 'checkpoint'), whose image tower
+    reads a crop poorly when it has learnt from whole images (measured in README)."""
+    regions = config.teacher.get("regions", "auto")
+    if regions == "auto":
+        return "crop" if config.teacher.source == "hf" else "head"
+    return regions
 
 
 def teacher_head_scores(teacher_params, images, boxes, concepts, *, model):

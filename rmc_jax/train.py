@@ -66,7 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         fail(f"teacher.concepts = {config.teacher.concepts!r}; choose one of {CONCEPT_SETS}")
     if config.teacher.source not in TEACHER_SOURCES:
         fail(f"teacher.source = {config.teacher.source!r}; choose one of {TEACHER_SOURCES}")
-    regions = config.teacher.get("regions", "crop")
+    regions = config.teacher.get("regions", "auto")
     if regions not in TEACHER_REGIONS:
         fail(f"teacher.regions = {regions!r}; choose one of {TEACHER_REGIONS}")
     if regions == "head" and config.teacher.source == "hf":

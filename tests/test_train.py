@@ -594,12 +594,20 @@ def test_head_teacher_scores_regions_as_the_student_embeds_them():
     real = np.asarray(batch["box_mask"], bool)
     assert real.sum() >= 8
     np.testing.assert_allclose(np.asarray(head)[real], np.asarray(student)[real], atol=1e-5)
-    crop_config = smoke()
+    crop_config = smoke(**{"teacher.regions": "crop"})
     crop = jax.jit(objective.region_teacher(crop_config, model))(
         params, batch["image"], batch["boxes"], concepts)
     assert np.abs(np.asarray(crop)[real] - np.asarray(head)[real]).max() > 1e-2
     _, metrics = step(state, batch, concepts, None)
     assert np.isfinite(float(metrics["distill"])) and float(metrics["distill_kept"]) > 0
+
+
+def test_auto_teacher_regions_use_the_head_of_an_rmc_jax_teacher_and_crops_of_a_clip():
+    assert get_config("roi").teacher.regions == "auto"
+    assert objective.teacher_regions(smoke()) == "head"
+    assert objective.teacher_regions(smoke(**{"teacher.source": "checkpoint"})) == "head"
+    assert objective.teacher_regions(smoke(**{"teacher.source": "hf"})) == "crop"
+    assert objective.teacher_regions(smoke(**{"teacher.regions": "crop"})) == "crop"
 
 
 @pytest.mark.parametrize("fixed", [False, True])
