@@ -18,8 +18,9 @@ from rmc_jax import losses, pretrained
 from rmc_jax import sharding as shd
 from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, roi_align
 
-__all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses", "caption_budget",
-           "encode_packed", "region_slots", "region_teacher", "teacher_scores"]
+__all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses",
+           "caption_budget", "encode_packed", "region_slots", "region_teacher",
+           "teacher_head_scores", "teacher_regions", "teacher_scores"]
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")

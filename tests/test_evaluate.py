@@ -97,10 +97,43 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
     single = labels.sum(1) == 1
     assert results["zeroshot/accuracy_single_label"] == pytest.approx(
         np.mean(probability[single].argmax(1) == labels[single].argmax(1)))
+    # Split by what the image shows: its one positive class is 'no_finding' or a finding.
+    correct = probability[single].argmax(1) == labels[single].argmax(1)
+    normal = labels[single][:, names.index("no_finding")] > 0
+    assert 0 < normal.sum() < single.sum()
+    assert results["zeroshot/accuracy_single_label_normal"] == pytest.approx(
+        np.mean(correct[normal]))
+    assert results["zeroshot/accuracy_single_label_findings"] == pytest.approx(
+        np.mean(correct[~normal]))
     # 'No Finding' has its own prompts: never the inverted "no {}" template.
     assert not any(p.startswith("no no finding") for p in prompt_dirs)
     assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
         "no acute cardiopulmonary process"
+
+
+def test_single_label_accuracy_split_shows_a_classifier_that_calls_every_image_normal():
+    """Every image embedded as 'normal': the headline accuracy is the normal share of the
+    single-label images, the split says 1.0 on normal images and 0.0 on the abnormal ones."""
+    rng = np.random.default_rng(2)
+    names = ("nodule", "pleural_effusion", "no_finding")
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]] * 5, np.float32)
+    directions = _normal(rng.normal(size=(3, 16)))
+    images = _normal(np.tile(directions[2], (len(labels), 1)) + 0.01 * rng.normal(size=(20, 16)))
+
+    def embed_texts(texts):
+        keys = [next((i for i, n in enumerate(names[:2]) if n.replace("_", " ") in t), 2)
+                for t in texts]
+        negated = [t.startswith("no ") or t.startswith("there is no") for t in texts]
+        return np.stack([-directions[k] if n and k < 2 else directions[k]
+                         for k, n in zip(keys, negated)])
+
+    results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
+                              bootstrap=0)
+    assert results["zeroshot/accuracy_single_label"] == pytest.approx(0.5)
+    assert results["zeroshot/accuracy_single_label_normal"] == 1.0
+    assert results["zeroshot/accuracy_single_label_findings"] == 0.0
+    assert tasks.single_label_accuracy(np.eye(3)[[2, 2, 2]], np.eye(3), np.ones((3, 3), bool),
+                                       among=[True, True, False]) == 0.0
 
 
 def test_zero_shot_needs_negatives_where_positive_prompts_alone_fail():

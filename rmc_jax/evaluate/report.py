@@ -44,6 +44,10 @@ HEADLINE = (
      "CheXzero's softmax over positive/negative prompt ensembles"),
     ("zeroshot/accuracy_single_label", "zero-shot accuracy on single-label images: argmax of "
      "p(positive) over the classes"),
+    ("zeroshot/accuracy_single_label_normal",
+     "zero-shot accuracy on the normal single-label images"),
+    ("zeroshot/accuracy_single_label_findings",
+     "zero-shot accuracy on the single-label images with a finding"),
     ("zeroshot/auroc_mean_ensemble", "zero-shot AUROC, positive-prompt ensemble alone "
      "(secondary)"),
     ("retrieval/image_to_report_R@5", "image -> report R@5"),

@@ -3,8 +3,10 @@
 Names are stable (documented in the README):
   zeroshot/auroc/<class>, zeroshot/auroc_mean (+ _ci_low/_ci_high), zeroshot/accuracy_single_label
     (the headline: CheXzero positive/negative prompt ensembles), zeroshot/auroc_ensemble/<class>,
-    zeroshot/auroc_mean_ensemble, zeroshot/accuracy_single_label_ensemble (positive prompts
-    only), zeroshot/auroc_mean_max, zeroshot/classes, zeroshot/classes_skipped
+    zeroshot/accuracy_single_label_{normal,findings} (the headline accuracy on the normal and
+    on the abnormal single-label images), zeroshot/auroc_mean_ensemble,
+    zeroshot/accuracy_single_label_ensemble (positive prompts only), zeroshot/auroc_mean_max,
+    zeroshot/classes, zeroshot/classes_skipped
   retrieval/image_to_report_R@K, retrieval/report_to_image_R@K, .../median_rank
   regions/region_to_caption_R@K, regions/region_to_caption_semantic_R@K,
   regions/caption_to_region_R@K, regions/caption_to_region_semantic_R@K
@@ -62,10 +64,13 @@ def _class_prompts(name: str, spec, label_names) -> dict[str, list[str]]:
     return {"positive": list(spec["positive"]), "negative": list(negative)}
 
 
-def single_label_accuracy(scores, labels, label_mask):
+def single_label_accuracy(scores, labels, label_mask, among=None):
     """Accuracy of argmax(scores) over classes on the images with exactly one positive class
-    and every class known; None when there is no such image."""
+    and every class known (and, with ``among`` [C] bool, whose positive class is one of
+    those); None when there is no such image."""
     single = (labels.sum(1) == 1) & label_mask.all(1)
+    if among is not None:
+        single &= (labels[:, np.asarray(among, bool)] > 0).any(1)
     if not single.any():
         return None
     predicted = scores[single].argmax(1)
@@ -84,7 +89,10 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     alone lands near normal images; the negative prompts cancel that. Metrics:
     ``<prefix>/auroc/<class>`` and ``<prefix>/auroc_mean`` of p(positive) (bootstrap 95%
     interval ``_ci_low``/``_ci_high``), ``<prefix>/accuracy_single_label``: argmax of p(positive)
-    over the classes on images with exactly one positive class (every class known).
+    over the classes on images with exactly one positive class (every class known), and
+    where a 'No Finding' class is scored, the same accuracy on the images whose one positive
+    class is it (``_normal``) and on those whose one positive class is a finding
+    (``_findings``).
     Secondary: the positive-prompt ensemble (image . mean positive prompt embedding, open_clip's
     classifier) ``<prefix>/auroc_ensemble/<class>``, ``<prefix>/auroc_mean_ensemble``,
     ``<prefix>/accuracy_single_label_ensemble``; the max over positive prompts
@@ -159,10 +167,18 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         low, high = M.bootstrap_ci(mean_auroc, matrices["posneg"][:, keep], y[:, keep],
                                    known[:, keep], n=bootstrap)
         results[f"{prefix}/auroc_mean_ci_low"], results[f"{prefix}/auroc_mean_ci_high"] = low, high
+    normal = np.array([label_names[c] in NO_FINDING for c in columns])
     for kind, suffix in (("posneg", ""), ("ensemble", "_ensemble")):
         accuracy = single_label_accuracy(matrices[kind], y, known)
         if accuracy is not None:
             results[f"{prefix}/accuracy_single_label{suffix}"] = accuracy
+    if normal.any():
+        # The accuracy split by what the image shows: a classifier that calls every image
+        # normal scores the normal share of the single-label images, and this shows it.
+        for part, among in (("normal", normal), ("findings", ~normal)):
+            accuracy = single_label_accuracy(matrices["posneg"], y, known, among)
+            if accuracy is not None:
+                results[f"{prefix}/accuracy_single_label_{part}"] = accuracy
     return results
 
 
