@@ -15,6 +15,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups patches      # model-code variants (attention layout)
     python tools/bench.py --groups vits vits-roi --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
+    python tools/bench.py --groups teacher      # roi with the head vs the crop teacher
     python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base, ViT-S/16 and
                                                 # ViT-B/16 + BERT-base (configs/b16.py), with
                                                 # the backend's kernels and with the CPU's
@@ -119,13 +120,20 @@ def analytic_flops(config, batch_size: int) -> float:
         trained += slots * (1 + d.num_negatives) * text(d.max_caption_len)
         trained += b * d.max_regions * (2 * v.width * v.width + 2 * v.width * m.embed_dim)
     if config.loss.distill_weight > 0:
+        from rmc_jax import objective
+
         concepts = 24
         trained += concepts * text(d.max_caption_len)
-        crop_patches = (config.teacher.crop_size // v.patch_size) ** 2
-        teacher = b * d.max_regions * (
-            2 * crop_patches * v.patch_size ** 2 * v.channels * v.width
-            + _tower_flops(crop_patches + 1, v.width, v.depth, v.mlp_ratio)
-            + 2 * v.width * m.embed_dim) + concepts * text(d.max_caption_len)
+        if objective.teacher_regions(config) == "head":  # the image tower once per image
+            teacher = b * (image + d.max_regions * (2 * v.width * v.width
+                                                    + 2 * v.width * m.embed_dim))
+        else:                                           # once per region crop
+            crop_patches = (config.teacher.crop_size // v.patch_size) ** 2
+            teacher = b * d.max_regions * (
+                2 * crop_patches * v.patch_size ** 2 * v.channels * v.width
+                + _tower_flops(crop_patches + 1, v.width, v.depth, v.mlp_ratio)
+                + 2 * v.width * m.embed_dim)
+        teacher += concepts * text(d.max_caption_len)
     return 3 * trained + teacher
 
 
@@ -236,6 +244,8 @@ def jax_worker(spec: dict):
 
     config = bench_config(spec["variant"], spec["model"], spec["dtype"], spec["batch"],
                           spec.get("text_len"))
+    if spec.get("teacher_regions"):
+        config.teacher.regions = spec["teacher_regions"]
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     model = trainer.build_model(config.model)
     tx, schedule = trainer.make_optimizer(config)
@@ -567,6 +577,11 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
                       ("PyTorch f32 eager, 1 thread", _torch(args.flags_variant, threads=1), {}),
                       ("PyTorch f32 eager, 2 threads, OMP_WAIT_POLICY=PASSIVE",
                        _torch(args.flags_variant), {"OMP_WAIT_POLICY": "PASSIVE"})]
+    # The distillation teacher scoring regions with its region head (the default for the EMA
+    # teacher) or with the image tower on 64 px crops (RegionCLIP's way).
+    out["teacher"] = [(f"rmc_jax bf16, roi, {regions} teacher",
+                       dict(_jax("roi", dtype="bfloat16"), teacher_regions=regions), {})
+                      for regions in ("head", "crop")]
     out["patches"] = [("rmc_jax f32", _jax(args.flags_variant), {}),
                       ("rmc_jax f32, [B,N,T,H] attention",
                        _jax(args.flags_variant, patches=PATCHES), {}),
@@ -584,7 +599,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
                         help="base-global, base-roi, vits, vits-roi, flags, threads, patches, eval, "
-                             "accelerator")
+                             "teacher, accelerator")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
     parser.add_argument("--only", nargs="*", default=None,
