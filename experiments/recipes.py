@@ -4,7 +4,7 @@
     python experiments/recipes.py --parallel=12 --runs=/scratch/recipes   # a GPU host
     python experiments/recipes.py --only=base,mlm --seed=1
     python experiments/recipes.py --name=recipes_default --only=crop_teacher,head_teacher,\
-        lr1e-3,crop_teacher_fixed_concepts
+        crop_teacher_fixed_concepts,head_teacher_fixed_concepts,lr1e-3
     python experiments/recipes.py --name=distillation --only=roi_augmented,\
         roi_nodistill_augmented,distill_temperature0.05,distill_threshold0.5,distill_warmup200
 
@@ -69,10 +69,10 @@ RECIPES = {name: (args, {**AUGMENTED, **overrides}) for name, (args, overrides) 
 
 # At the default budget of configs/base.py (1,200 steps, augmentation off), one change each: the
 # distillation teacher scoring region crops (RegionCLIP) or with its region head (the default
-# for an EMA teacher), and on top of the crop teacher a higher peak rate for both towers, or
-# distillation that leaves the concept texts' embeddings alone (RegionCLIP's text encoder is
-# fixed); a higher text tower rate, a masked-language-model warm start of the text tower, a
-# heavier image-report term.
+# for an EMA teacher), on top of the crop teacher a higher peak rate for both towers, on top of
+# either teacher distillation that leaves the concept texts' embeddings alone (RegionCLIP's text
+# encoder is fixed); a higher text tower rate, a masked-language-model warm start of the text
+# tower, a heavier image-report term.
 CROP_TEACHER = {"teacher.regions": "crop"}   # the default before teacher.regions='auto'
 DEFAULT_RECIPES = {
     "crop_teacher": ("roi", CROP_TEACHER),
@@ -80,6 +80,8 @@ DEFAULT_RECIPES = {
     "lr1e-3": ("roi", {**CROP_TEACHER, "optimizer.learning_rate": 1e-3,
                        "optimizer.warmup_steps": 100}),
     "crop_teacher_fixed_concepts": ("roi", {**CROP_TEACHER, "teacher.fixed_concepts": True}),
+    "head_teacher_fixed_concepts": ("roi", {"teacher.regions": "head",
+                                            "teacher.fixed_concepts": True}),
     "text_lr1e-3": ("roi", {"optimizer.tower_lr": "text=1e-3"}),
     "mlm300": ("roi", MLM),
     "global_weight2": ("roi", {"loss.global_weight": 2.0}),
