@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
-    # About 10 minutes with evaluation on a 2-core CPU with bf16 units (AVX512-BF16/AMX, where
+    # About 11 minutes with evaluation on a 2-core CPU with bf16 units (AVX512-BF16/AMX, where
     # dtype 'auto' is bfloat16); a CPU without them runs float32 at about a third of the speed:
     # ``steps=400`` there for a run of about 10 minutes.
     c.total_steps = 1200
