@@ -122,7 +122,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         fixed_concepts=False,       # True: no distillation gradient into the concept texts' (the
                                     # text tower's) embeddings, as RegionCLIP's fixed encoder
         concepts="findings",        # what regions are scored against: 'findings' (no sides: a
-                                    # crop has lost its position) or 'findings_and_sides'
+                                    # crop has lost its position; train.concept_prompts) or
+                                    # 'findings_and_sides'
         warmup_steps=100))          # distillation starts after the teacher has learnt a little
 
     # data.train: one dataset name or a weighted mixture "ms_cxr:1,mimic_cxr:3"; data.root: one

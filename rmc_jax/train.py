@@ -161,11 +161,12 @@ def concept_prompts(label_names, concepts: str = "findings") -> list[str]:
     """The caption set the distillation teacher and student score every region against: each
     finding (``'findings'``), or each finding alone and on each side (``'findings_and_sides'``).
 
-    The teacher sees a region cropped out of its image and resized, which removes where the
-    region was, and the side of a finding is where it is (the patient's left is on the
-    image's right): a crop's preference between 'left X' and 'right X' is noise, and
-    distilling it taught the student's region head that noise (laterality accuracy fell), so
-    the default set has no sides."""
+    A crop teacher (``teacher.regions='crop'``) sees a region cropped out of its image and
+    resized, which removes where the region was, and the side of a finding is where it is (the
+    patient's left is on the image's right): a crop's preference between 'left X' and 'right X'
+    is noise, and distilling it taught the student's region head that noise (laterality
+    accuracy fell), so the default set has no sides. A head teacher keeps the region's
+    position; the sided set has not been measured with it."""
     if concepts not in CONCEPT_SETS:
         raise ValueError(f"teacher.concepts = {concepts!r}; choose one of {CONCEPT_SETS}")
     prompts = []
