@@ -72,7 +72,8 @@ RECIPES = {name: (args, {**AUGMENTED, **overrides}) for name, (args, overrides) 
 # for an EMA teacher), on top of the crop teacher a higher peak rate for both towers, on top of
 # either teacher distillation that leaves the concept texts' embeddings alone (RegionCLIP's text
 # encoder is fixed); a higher text tower rate, a masked-language-model warm start of the text
-# tower, a heavier image-report term.
+# tower, a heavier image-report term; distillation at a softer temperature (teacher and student;
+# RegionCLIP's 0.01 scales cosines by 100).
 CROP_TEACHER = {"teacher.regions": "crop"}   # the default before teacher.regions='auto'
 DEFAULT_RECIPES = {
     "crop_teacher": ("roi", CROP_TEACHER),
@@ -85,6 +86,8 @@ DEFAULT_RECIPES = {
     "text_lr1e-3": ("roi", {"optimizer.tower_lr": "text=1e-3"}),
     "mlm300": ("roi", MLM),
     "global_weight2": ("roi", {"loss.global_weight": 2.0}),
+    "head_teacher_temperature0.05": ("roi", {"teacher.temperature": 0.05,
+                                             "teacher.student_temperature": 0.05}),
 }
 RECIPES.update(DEFAULT_RECIPES)
 
@@ -93,6 +96,7 @@ COLUMNS = (
     ("zeroshot/auroc_mean", "zero-shot AUROC pos/neg (headline)"),
     ("zeroshot/auroc_mean_ensemble", "zero-shot AUROC ensemble"),
     ("zeroshot/accuracy_single_label", "zero-shot acc"),
+    ("zeroshot/accuracy_single_label_findings", "zero-shot acc, images with a finding"),
     ("retrieval/image_to_report_R@5", "img->report R@5"),
     ("retrieval/image_to_report_median_rank", "median rank"),
     ("regions/region_to_caption_semantic_R@1", "semantic region R@1"),
