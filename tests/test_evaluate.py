@@ -105,6 +105,15 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
         np.mean(correct[normal]))
     assert results["zeroshot/accuracy_single_label_findings"] == pytest.approx(
         np.mean(correct[~normal]))
+    # The confusion matrix behind the accuracy: (true, predicted) pairs counted one by one.
+    confusion = raw["confusion"]["zeroshot"]
+    assert confusion["classes"] == list(names)
+    expected = np.zeros((3, 3), int)
+    for true, predicted in zip(labels[single].argmax(1), probability[single].argmax(1)):
+        expected[true, predicted] += 1
+    np.testing.assert_array_equal(confusion["counts"], expected)
+    assert np.trace(expected) / expected.sum() == pytest.approx(
+        results["zeroshot/accuracy_single_label"])
     # 'No Finding' has its own prompts: never the inverted "no {}" template.
     assert not any(p.startswith("no no finding") for p in prompt_dirs)
     assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
@@ -127,9 +136,13 @@ def test_single_label_accuracy_split_shows_a_classifier_that_calls_every_image_n
         return np.stack([-directions[k] if n and k < 2 else directions[k]
                          for k, n in zip(keys, negated)])
 
+    raw = {}
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=0)
+                              bootstrap=0, raw=raw)
     assert results["zeroshot/accuracy_single_label"] == pytest.approx(0.5)
+    # Every image lands in the 'no_finding' column: 5 nodules, 5 effusions, 10 normal images.
+    np.testing.assert_array_equal(raw["confusion"]["zeroshot"]["counts"],
+                                  [[0, 0, 5], [0, 0, 5], [0, 0, 10]])
     assert results["zeroshot/accuracy_single_label_normal"] == 1.0
     assert results["zeroshot/accuracy_single_label_findings"] == 0.0
     assert tasks.single_label_accuracy(np.eye(3)[[2, 2, 2]], np.eye(3), np.ones((3, 3), bool),

@@ -107,6 +107,17 @@ def test_report_writes_markdown_and_png_figures(tmp_path):
         assert data.startswith(PNG) and len(data) > 2000, name
 
 
+def test_report_shows_the_single_label_confusion_matrix(tmp_path):
+    raw = {"confusion": {"zeroshot": {"classes": ["nodule", "edema", "no_finding"],
+                                      "counts": np.array([[1, 0, 3], [0, 0, 0], [0, 1, 5]])}}}
+    text = open(report.write_report({}, raw, str(tmp_path))).read()
+    assert "## Single-label zero-shot predictions: zeroshot" in text
+    assert "10 images with exactly one positive class" in text
+    assert "| nodule | 1 | 0 | 3 | 0.250 |" in text
+    assert "| no_finding | 0 | 1 | 5 | 0.833 |" in text
+    assert "\n| edema |" not in text   # no image of the class: no row (and no 0/0)
+
+
 def test_report_without_raw_data_still_lists_the_metrics(tmp_path):
     path = report.write_report({"retrieval/image_to_report_R@5": 0.1}, {}, str(tmp_path))
     text = open(path).read()

@@ -14,8 +14,8 @@ Figures (PNG, next to the report):
 
 The report starts with the bad examples left out of each split, by name (``raw['skipped']``),
 a table of headline numbers, then notes on what could not be measured (``raw['notes']``, e.g.
-zero-shot classes without a negative example, retrieval without reports), the figures, and
-every metric.
+zero-shot classes without a negative example, retrieval without reports), the single-label
+zero-shot confusion matrix (``raw['confusion']``), the figures, and every metric.
 Plots use matplotlib's Agg backend through ``Figure`` objects (no pyplot state, no display).
 """
 
@@ -224,6 +224,27 @@ def _left_out(finite: dict, raw: dict) -> list[str]:
     return lines
 
 
+def _confusion(raw: dict) -> list[str]:
+    """Report lines: the single-label zero-shot confusion matrix of each zero-shot task
+    (``raw['confusion']``), true class per row, predicted class per column."""
+    lines = []
+    for group, confusion in raw.get("confusion", {}).items():
+        classes, counts = confusion["classes"], np.asarray(confusion["counts"])
+        if not counts.sum():
+            continue
+        lines += [f"## Single-label zero-shot predictions: {group}", "",
+                  f"{int(counts.sum())} images with exactly one positive class; true class per "
+                  "row, predicted class (argmax of p(positive)) per column.", "",
+                  "| true \\ predicted | " + " | ".join(classes) + " | correct |",
+                  "|---|" + "---:|" * (len(classes) + 1)]
+        for name, row, hit in zip(classes, counts, np.diag(counts)):
+            if row.sum():
+                lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row)
+                             + f" | {hit / row.sum():.3f} |")
+        lines.append("")
+    return lines
+
+
 def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax evaluation"
                  ) -> str:
     """Write ``report.md`` and its PNG figures into ``directory``; returns the report's path."""
@@ -262,6 +283,7 @@ def write_report(results: dict, raw: dict, directory: str, title: str = "rmc_jax
     lines.append("")
     if raw.get("notes"):  # what was not measured, and why
         lines += ["## Notes", ""] + [f"- {note}" for note in raw["notes"]] + [""]
+    lines += _confusion(raw)
     for caption, name in figures:
         lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     lines += ["## All metrics", "", "| metric | value |", "|---|---|"]

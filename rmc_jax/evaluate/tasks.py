@@ -77,6 +77,15 @@ def single_label_accuracy(scores, labels, label_mask, among=None):
     return float(np.mean(labels[single][np.arange(single.sum()), predicted] == 1))
 
 
+def single_label_confusion(scores, labels, label_mask):
+    """[C, C] counts of (true class, argmax class) on the images that
+    ``single_label_accuracy`` scores: its diagonal over its sum is that accuracy."""
+    single = (labels.sum(1) == 1) & label_mask.all(1)
+    counts = np.zeros((labels.shape[1],) * 2, np.int64)
+    np.add.at(counts, (labels[single].argmax(1), scores[single].argmax(1)), 1)
+    return counts
+
+
 def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=None,
               temperature=0.07, bootstrap: int = 200, *, prefix: str = "zeroshot",
               raw: dict | None = None) -> dict:
@@ -105,7 +114,8 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     [n, E]`` embeds prompts; ``prompts`` is {class: [...]} (positive prompts) or {class:
     {'positive': [...], 'negative': [...]}} (defaults: ``default_prompts``).
     ``raw['roc'][prefix][class]`` receives (p(positive), labels) of the known examples of each
-    scored class.
+    scored class, and ``raw['confusion'][prefix]`` the headline accuracy's confusion matrix
+    ({'classes': [...], 'counts': [C, C] true x predicted}): which finding a wrong answer is.
     """
     prompts = default_prompts(label_names) if prompts is None else prompts
     results, skipped = {}, []
@@ -172,6 +182,10 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         accuracy = single_label_accuracy(matrices[kind], y, known)
         if accuracy is not None:
             results[f"{prefix}/accuracy_single_label{suffix}"] = accuracy
+            if kind == "posneg" and raw is not None:
+                raw.setdefault("confusion", {})[prefix] = {
+                    "classes": [label_names[c] for c in columns],
+                    "counts": single_label_confusion(matrices[kind], y, known)}
     if normal.any():
         # The accuracy split by what the image shows: a classifier that calls every image
         # normal scores the normal share of the single-label images, and this shows it.
