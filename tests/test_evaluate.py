@@ -114,6 +114,9 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
     np.testing.assert_array_equal(confusion["counts"], expected)
     assert np.trace(expected) / expected.sum() == pytest.approx(
         results["zeroshot/accuracy_single_label"])
+    # Once there is a finding, it is named right; the two findings vary apart.
+    assert results["zeroshot/accuracy_which_finding"] == 1.0
+    assert results["zeroshot/margin_first_component"] < 0.9
     # 'No Finding' has its own prompts: never the inverted "no {}" template.
     assert not any(p.startswith("no no finding") for p in prompt_dirs)
     assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
@@ -147,6 +150,52 @@ def test_single_label_accuracy_split_shows_a_classifier_that_calls_every_image_n
     assert results["zeroshot/accuracy_single_label_findings"] == 0.0
     assert tasks.single_label_accuracy(np.eye(3)[[2, 2, 2]], np.eye(3), np.ones((3, 3), bool),
                                        among=[True, True, False]) == 0.0
+
+
+def test_zero_shot_shows_a_classifier_that_only_tells_abnormal_from_normal():
+    """Every abnormal image embedded alike, both findings' prompts on one abnormal-normal axis:
+    normal and abnormal are told apart, but the finding named is always the one whose prompts
+    load more on the axis; the margins' first principal component holds all their variance."""
+    rng = np.random.default_rng(3)
+    names = ("nodule", "pleural_effusion", "no_finding")
+    labels = np.array([[1, 0, 0]] * 5 + [[0, 1, 0]] * 5 + [[0, 0, 1]] * 10, np.float32)
+    abnormal, normal = np.eye(16)[0], np.eye(16)[1]
+    images = _normal(np.where(labels[:, 2:] > 0, normal, abnormal)
+                     + 0.001 * rng.normal(size=(20, 16)))
+
+    def embed_texts(texts):
+        out = []
+        for text in texts:
+            if text.startswith("no ") or text.startswith("there is no") or text in \
+                    tasks.NORMAL_PROMPTS:
+                out.append(normal)
+            else:   # nodule prompts lie on the abnormal direction, effusion ones nearer normal
+                out.append(abnormal if "nodule" in text else _normal(0.6 * abnormal
+                                                                     + 0.4 * normal))
+        return np.stack(out)
+
+    raw = {}
+    results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
+                              bootstrap=0, raw=raw)
+    assert results["zeroshot/accuracy_single_label_normal"] == 1.0
+    assert results["zeroshot/accuracy_which_finding"] == 0.5    # every finding 'nodule'
+    assert results["zeroshot/accuracy_single_label_findings"] == 0.5
+    np.testing.assert_array_equal(raw["confusion"]["zeroshot"]["counts"],
+                                  [[5, 0, 0], [5, 0, 0], [0, 0, 10]])
+    assert results["zeroshot/margin_first_component"] > 0.999
+
+
+def test_first_component_share_matches_scikit_learn_pca():
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    rng = np.random.default_rng(4)
+    margins = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+    assert tasks.first_component_share(margins) == pytest.approx(
+        decomposition.PCA().fit(margins).explained_variance_ratio_[0], rel=1e-9)
+    axis = rng.normal(size=(200, 1)) * rng.normal(size=(1, 6))   # one axis: rank 1
+    assert tasks.first_component_share(axis) == pytest.approx(1.0)
+    assert tasks.first_component_share(np.eye(4) * 3) == pytest.approx(1 / 3)  # 4 points, 3 dims
+    assert tasks.first_component_share(np.ones((5, 3))) is None      # no variance
+    assert tasks.first_component_share(np.ones((1, 3))) is None
 
 
 def test_zero_shot_needs_negatives_where_positive_prompts_alone_fail():

@@ -48,6 +48,12 @@ HEADLINE = (
      "zero-shot accuracy on the normal single-label images"),
     ("zeroshot/accuracy_single_label_findings",
      "zero-shot accuracy on the single-label images with a finding"),
+    ("zeroshot/accuracy_which_finding",
+     "zero-shot accuracy naming the finding (argmax over the finding classes alone) on the "
+     "single-label images with a finding"),
+    ("zeroshot/margin_first_component",
+     "share of the variance of the finding classes' pos-neg margins in their first principal "
+     "component: near 1, the classes tell abnormal from normal and little else"),
     ("zeroshot/auroc_mean_ensemble", "zero-shot AUROC, positive-prompt ensemble alone "
      "(secondary)"),
     ("retrieval/image_to_report_R@5", "image -> report R@5"),

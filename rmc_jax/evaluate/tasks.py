@@ -4,7 +4,8 @@ Names are stable (documented in the README):
   zeroshot/auroc/<class>, zeroshot/auroc_mean (+ _ci_low/_ci_high), zeroshot/accuracy_single_label
     (the headline: CheXzero positive/negative prompt ensembles), zeroshot/auroc_ensemble/<class>,
     zeroshot/accuracy_single_label_{normal,findings} (the headline accuracy on the normal and
-    on the abnormal single-label images), zeroshot/auroc_mean_ensemble,
+    on the abnormal single-label images), zeroshot/accuracy_which_finding,
+    zeroshot/margin_first_component, zeroshot/auroc_mean_ensemble,
     zeroshot/accuracy_single_label_ensemble (positive prompts only), zeroshot/auroc_mean_max,
     zeroshot/classes, zeroshot/classes_skipped
   retrieval/image_to_report_R@K, retrieval/report_to_image_R@K, .../median_rank
@@ -86,6 +87,17 @@ def single_label_confusion(scores, labels, label_mask):
     return counts
 
 
+def first_component_share(margins):
+    """Share of the variance of [N, C] per-class scores across images that their first
+    principal component holds: 1.0 when every class's score is one axis, 1/C when the classes
+    vary independently with equal spread; None for fewer than two images or classes, or no
+    variance."""
+    if margins.shape[0] < 2 or margins.shape[1] < 2:
+        return None
+    variances = np.linalg.svd(margins - margins.mean(0), compute_uv=False) ** 2
+    return float(variances[0] / variances.sum()) if variances.sum() > 0 else None
+
+
 def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=None,
               temperature=0.07, bootstrap: int = 200, *, prefix: str = "zeroshot",
               raw: dict | None = None) -> dict:
@@ -101,7 +113,13 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     over the classes on images with exactly one positive class (every class known), and
     where a 'No Finding' class is scored, the same accuracy on the images whose one positive
     class is it (``_normal``) and on those whose one positive class is a finding
-    (``_findings``).
+    (``_findings``); ``<prefix>/accuracy_which_finding``, on the latter images, the argmax
+    over the finding classes alone (is the finding named right, once there is one), and
+    ``<prefix>/margin_first_component``, the share of the variance of the finding classes'
+    margins (positive minus negative prompt similarity; every class's where no 'No Finding' is
+    scored) across the images held by their first principal component
+    (``first_component_share``; near 1: the classes answer one question, abnormal or not, and
+    the argmax among them follows each class's loading on that axis).
     Secondary: the positive-prompt ensemble (image . mean positive prompt embedding, open_clip's
     classifier) ``<prefix>/auroc_ensemble/<class>``, ``<prefix>/auroc_mean_ensemble``,
     ``<prefix>/accuracy_single_label_ensemble``; the max over positive prompts
@@ -120,6 +138,7 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     prompts = default_prompts(label_names) if prompts is None else prompts
     results, skipped = {}, []
     scores = {"posneg": [], "ensemble": []}          # [N] per class with prompts
+    margins = []                                     # [N] per class: positive - negative
     aurocs = {"posneg": [], "ensemble": [], "max": []}
     columns, scored = [], []
     curves = {}
@@ -135,6 +154,7 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         logits -= logits.max(1, keepdims=True)
         posneg = np.exp(logits[:, 0]) / np.exp(logits).sum(1)
         columns.append(c)
+        margins.append(ensemble - negative)
         scores["posneg"].append(posneg)
         scores["ensemble"].append(ensemble)
         known = label_mask[:, c].astype(bool)
@@ -193,6 +213,16 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
             accuracy = single_label_accuracy(matrices["posneg"], y, known, among)
             if accuracy is not None:
                 results[f"{prefix}/accuracy_single_label_{part}"] = accuracy
+        # Among the finding classes alone, on the images whose one positive class is a finding.
+        findings = ~normal
+        single = (y.sum(1) == 1) & known.all(1) & (y[:, findings].sum(1) == 1)
+        if single.any() and findings.sum() > 1:
+            named = matrices["posneg"][single][:, findings].argmax(1)
+            results[f"{prefix}/accuracy_which_finding"] = float(
+                np.mean(named == y[single][:, findings].argmax(1)))
+    share = first_component_share(np.stack(margins, 1)[:, ~normal])
+    if share is not None:
+        results[f"{prefix}/margin_first_component"] = share
     return results
 
 
