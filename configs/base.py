@@ -116,9 +116,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     # on its patch grid, as the student embeds regions) or
                                     # 'auto': 'crop' for source 'hf', 'head' otherwise (README)
         crop_size=64,               # region crops are resized to this many pixels
-        temperature=0.01,           # RegionCLIP: KL at temperature 0.01 on both sides
-        student_temperature=0.01,
-        threshold=0.1,              # keep regions whose top teacher probability exceeds this
+        temperature=0.05,           # KL at 0.05 on both sides; RegionCLIP's 0.01 made the zero-
+        student_temperature=0.05,   # shot AUROC, R@5 and pointing lower on 3 of 3 seeds (README)
+        threshold=0.1,              # keep regions whose top teacher probability exceeds this (at
+                                    # or below 1/len(concepts) it keeps every region)
         fixed_concepts=False,       # True: no distillation gradient into the concept texts' (the
                                     # text tower's) embeddings, as RegionCLIP's fixed encoder
         concepts="findings",        # what regions are scored against: 'findings' (no sides: a
