@@ -9,7 +9,9 @@ on every backend. The lowered module is the whole, unpartitioned computation, so
 covers all devices of the program. XLA counts a ``while``/``scan`` body once, so with
 ``scan_layers=True`` (or a scanned loss backend) the figure is an underestimate. The peak is
 the vendor's dense figure for known accelerators, and on CPU it is measured: the best of a
-few large matmuls on this host.
+few large matmuls on this host in each compute dtype the run's towers use, the fastest of them
+(on a CPU with bf16 units a bf16 matmul runs about 4x the float32 one, so a float32 peak would
+put a bf16 step's MFU near or above 1).
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ _ACCELERATOR_PEAKS = {
     "h200": 989e12,
     "b200": 2250e12,
 }
+
+
+# Side of the CPU peak matmul: the size tools/bench.py reports its peaks at (BENCHMARKS.md).
+CPU_PEAK_SIZE = 2048
 
 
 def cost_flops(stage) -> float | None:
@@ -78,15 +84,20 @@ def vendor_peak(device=None) -> float | None:
     return next((peak for name, peak in _ACCELERATOR_PEAKS.items() if name in kind), None)
 
 
-def peak_flops(devices=None) -> float:
+def peak_flops(devices=None, compute_dtypes=("float32",)) -> float:
     """Peak FLOP/s of ``devices`` together (all local devices by default).
 
     Known accelerators: vendor bf16 dense peak × number of devices. CPU: simulated devices
-    share the host's cores, so the peak is one measured f32 matmul figure for the host.
+    share the host's cores, so the peak is one host figure: the best ``CPU_PEAK_SIZE``² matmul
+    in each of ``compute_dtypes`` (the towers' compute dtypes), the highest of them, so that
+    MFU is measured against the fastest precision the step computes in. Measure it before
+    input worker processes start: they share the cores and would lower the figure.
     """
     devices = list(devices or jax.local_devices())
     if devices[0].platform == "cpu":
-        return measure_matmul_peak(device=devices[0])
+        dtypes = sorted({jnp.dtype(dtype) for dtype in compute_dtypes}, key=str)
+        return max(measure_matmul_peak(dtype, size=CPU_PEAK_SIZE, device=devices[0])
+                   for dtype in dtypes)
     peak = vendor_peak(devices[0])
     if peak:
         return peak * len(devices)

@@ -30,7 +30,7 @@ from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs
-from rmc_jax.models.layers import AUTO_DTYPE, fast_compute_dtype
+from rmc_jax.models.layers import AUTO_DTYPE, canonical_dtype, fast_compute_dtype
 from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_REGIONS, TEACHER_SOURCES,
                                batch_losses, region_teacher)
 from rmc_jax.optim import TOWERS, frozen_towers, make_optimizer, tower_norms, tower_options
@@ -355,6 +355,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     pretrained.save_run_config(workdir, config)
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     pi = jax.process_index()
+    # The peak for MFU, in the towers' compute dtypes, before the input workers share the cores.
+    peak = flops.peak_flops(compute_dtypes=[canonical_dtype(config.model[tower].dtype)
+                                            for tower in ("vision", "text")])
 
     # ---- data -------------------------------------------------------------------------------
     data = training_data(config, workdir)
@@ -387,7 +390,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     progress = {"auto": None, "on": True, "off": False}[config.progress_bar]
     writer = summaries.SummaryWriter(workdir, config.total_steps, enabled=pi == 0,
                                      progress=progress, console_exclude=DIAGNOSTICS)
-    flops_per_step, peak = None, flops.peak_flops()
+    flops_per_step = None
     step = int(state["step"])
     pending, last_metrics = None, {}
     counts = InputCounts(restored_counts, config.data.max_bad_fraction)

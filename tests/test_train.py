@@ -566,6 +566,31 @@ def test_auto_dtype_resolves_to_the_backends_faster_one(monkeypatch):
     assert train.resolve_compute_dtypes(pinned) is pinned
 
 
+def test_mfu_peak_is_measured_in_the_towers_dtypes_before_input_workers_start(tmp_path,
+                                                                             monkeypatch):
+    """On CPU the peak is a measured matmul: in float32 it is a quarter of the bf16 figure on a
+    CPU with bf16 units (a bf16 step's MFU then reads about 1), and input worker processes
+    measuring beside it lower it further."""
+    events = []
+
+    class Measured(Exception):
+        pass
+
+    def peak_flops(devices=None, compute_dtypes=()):
+        events.append(("peak", sorted(str(d) for d in compute_dtypes)))
+        raise Measured
+
+    prefetch = train.pipe.prefetch
+    monkeypatch.setattr(train.flops, "peak_flops", peak_flops)
+    monkeypatch.setattr(train.pipe, "prefetch",
+                        lambda *a, **k: events.append(("workers", None)) or prefetch(*a, **k))
+    config = smoke()
+    config.model.vision.dtype = "bfloat16"
+    with pytest.raises(Measured):
+        train.train(config, str(tmp_path))
+    assert events == [("peak", ["bfloat16", "float32"])]
+
+
 def test_distillation_concepts_have_no_sides_by_default(tmp_path):
     names = ("nodule", "pleural_effusion", "no_finding")
     assert train.concept_prompts(names) == ["nodule", "pleural effusion"]
