@@ -115,7 +115,7 @@ def test_cpu_peak_is_the_fastest_of_the_compute_dtypes(monkeypatch):
     monkeypatch.setattr(flops, "measure_matmul_peak", matmul_peak)
     assert flops.peak_flops(compute_dtypes=("float32",)) == 3e11
     assert flops.peak_flops(compute_dtypes=(jnp.bfloat16, "float32", "bfloat16")) == 1.2e12
-    assert sorted(measured) == [("bfloat16", 2048), ("float32", 2048), ("float32", 2048)]
+    assert sorted(measured) == [("bfloat16", flops.CPU_PEAK_SIZE)] + [("float32", flops.CPU_PEAK_SIZE)] * 2
 
 
 def test_flop_count_of_a_sharded_step_covers_all_devices():
