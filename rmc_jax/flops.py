@@ -56,7 +56,7 @@ def cost_flops(stage) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def measure_matmul_peak(dtype=jnp.float32, size: int = 1024, repeats: int = 8,
+def measure_matmul_peak(dtype=jnp.float32, size: int = CPU_PEAK_SIZE, repeats: int = 8,
                         device=None) -> float:
     """Best FLOP/s of a ``[size, size] @ [size, size]`` matmul on ``device``; 16-bit operands
     accumulate in float32, as the model's matmuls do (``layers.Dense``)."""
@@ -96,9 +96,8 @@ def peak_flops(devices=None, compute_dtypes=("float32",)) -> float:
     """
     devices = list(devices or jax.local_devices())
     if devices[0].platform == "cpu":
-        dtypes = sorted({jnp.dtype(dtype) for dtype in compute_dtypes}, key=str)
-        return max(measure_matmul_peak(dtype, size=CPU_PEAK_SIZE, device=devices[0])
-                   for dtype in dtypes)
+        return max(measure_matmul_peak(dtype, device=devices[0])
+                   for dtype in {jnp.dtype(dtype) for dtype in compute_dtypes})
     peak = vendor_peak(devices[0])
     if peak:
         return peak * len(devices)
