@@ -7,6 +7,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -75,6 +76,23 @@ def test_analytic_flops_match_xla_cost_analysis():
     # At the smoke size, element-wise work is a larger share than at the benchmarked sizes.
     assert 0.7 < analytic / xla < 1.1
 
+
+@pytest.mark.parametrize("stem,convs", [("patch", 0), ("conv", 1), ("conv", 4)])
+def test_analytic_image_tower_flops_count_the_stem(stem, convs):
+    """The image tower's analytic count (stem + blocks) is within 3% of XLA's count of its
+    forward pass, for the patchify stem and for convolutional stems of 1 and 4 layers."""
+    bench = _load("bench")
+    from rmc_jax.models import VisionConfig, VisionTransformer
+
+    v = VisionConfig(image_size=64, stem=stem, stem_convs=convs)
+    tokens = (64 // v.patch_size) ** 2
+    vit = VisionTransformer(v)
+    images = jnp.zeros((1, 64, 64, 1))
+    variables = vit.init(jax.random.key(0), images)
+    xla = jax.jit(vit.apply).lower(variables, images).compile().cost_analysis()["flops"]
+    analytic = bench._stem_flops(v, 64) + bench._tower_flops(tokens + 1, v.width, v.depth,
+                                                             v.mlp_ratio)
+    assert 0.97 < analytic / xla < 1.03
 
 # The product each (kind, operands) of tools/bench_matmul.py must compute, as an einsum over its
 # operands: rmc_jax's layouts (kernel [K, N]) and PyTorch's (Linear weight [N, K]).

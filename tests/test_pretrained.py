@@ -593,6 +593,27 @@ def test_open_clip_export_reads_back(biomedclip_like, tmp_path):
         np.testing.assert_array_equal(again.params[name], value)
 
 
+def test_a_conv_stem_tower_is_refused_by_the_foreign_formats_and_kept_by_rmc(
+        biomedclip_like, tmp_path):
+    directory, *_ = biomedclip_like
+    imported = pretrained.load(f"open_clip:{directory}")
+    model_cfg = pretrained.model_config_from(imported, imported)
+    model_cfg = dataclasses.replace(model_cfg, vision=dataclasses.replace(
+        model_cfg.vision, stem="conv"))
+    from rmc_jax.models import init_params
+    from rmc_jax.pretrained.export import export
+
+    from rmc_jax.pretrained import hf_clip
+
+    params = init_params(build_model(model_cfg), jax.random.key(0))
+    assert any("stem is 'conv'" in why for why in hf_clip.check_exportable(model_cfg))
+    with pytest.raises(ValueError, match="patchify their input.*stem is 'conv'"):
+        export(model_cfg, params, str(tmp_path / "open_clip"), format="open_clip")
+    written = export(model_cfg, params, str(tmp_path / "auto"))   # the BERT text tower + rmc
+    assert set(written) == {"hf_bert", "rmc"}
+    stored = safetensors.numpy.load_file(written["rmc"][0])
+    assert any("/stem/conv_0/kernel" in name for name in stored)
+
 # --------------------------------------------------------------------------------------------
 # Runs: towers initialised from a pretrained CLIP, a pretrained CLIP as teacher
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups vits vits-roi --rounds 3 --steps 1
     python tools/bench.py --groups eval         # images/s and texts/s embedded
     python tools/bench.py --groups teacher      # roi with the head vs the crop teacher
+    python tools/bench.py --groups stem         # roi with the patchify vs convolutional stems
     python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base, ViT-S/16 and
                                                 # ViT-B/16 + BERT-base (configs/b16.py), with
                                                 # the backend's kernels and with the CPU's
@@ -99,6 +100,27 @@ def _tower_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float
     return depth * _layer_flops(tokens, width, int(width * mlp_ratio))
 
 
+def _stem_flops(v, size: int) -> float:
+    """The stem's FLOPs for one size x size image: the patchify matmul, or the convolutions of
+    ``vit.ConvStem`` (patchify of the rest, stride-2 3x3 layers, the 1x1 projection)."""
+    patches = (size // v.patch_size) ** 2
+    if v.stem == "patch":
+        return 2 * patches * v.patch_size ** 2 * v.channels * v.width
+    convs = v.stem_convs or v.patch_size.bit_length() - 1
+    channels = [max(v.width >> (convs - i), 8) for i in range(convs + 1)]  # before each layer
+    first, flops = v.patch_size >> convs, 0.0
+    side, inputs = size, v.channels
+    if first > 1:
+        side //= first
+        flops += 2 * side * side * first * first * inputs * channels[0]
+        inputs = channels[0]
+    for i in range(convs):
+        side //= 2
+        flops += 2 * side * side * 9 * inputs * channels[i + 1]
+        inputs = channels[i + 1]
+    return flops + 2 * patches * inputs * v.width
+
+
 def analytic_flops(config, batch_size: int) -> float:
     """Matmul FLOPs of one training step (forward x 3 for the trained parts, x 1 for the
     no-gradient teacher), from the config's shapes. Element-wise work and the losses'
@@ -106,7 +128,7 @@ def analytic_flops(config, batch_size: int) -> float:
     v, t, m, d = config.model.vision, config.model.text, config.model, config.data
     b = batch_size
     patches = (v.image_size // v.patch_size) ** 2
-    image = (2 * patches * v.patch_size ** 2 * v.channels * v.width
+    image = (_stem_flops(v, v.image_size)
              + _tower_flops(patches + 1, v.width, v.depth, v.mlp_ratio)
              + 2 * v.width * m.embed_dim)
 
@@ -130,7 +152,7 @@ def analytic_flops(config, batch_size: int) -> float:
         else:                                           # once per region crop
             crop_patches = (config.teacher.crop_size // v.patch_size) ** 2
             teacher = b * d.max_regions * (
-                2 * crop_patches * v.patch_size ** 2 * v.channels * v.width
+                _stem_flops(v, config.teacher.crop_size)
                 + _tower_flops(crop_patches + 1, v.width, v.depth, v.mlp_ratio)
                 + 2 * v.width * m.embed_dim)
         teacher += concepts * text(d.max_caption_len)
@@ -246,6 +268,8 @@ def jax_worker(spec: dict):
                           spec.get("text_len"))
     if spec.get("teacher_regions"):
         config.teacher.regions = spec["teacher_regions"]
+    if spec.get("stem"):
+        config.model.vision.stem, config.model.vision.stem_convs = spec["stem"]
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     model = trainer.build_model(config.model)
     tx, schedule = trainer.make_optimizer(config)
@@ -582,6 +606,12 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
     out["teacher"] = [(f"rmc_jax bf16, roi, {regions} teacher",
                        dict(_jax("roi", dtype="bfloat16"), teacher_regions=regions), {})
                       for regions in ("head", "crop")]
+    # The image tower's stem: ViT's patchify, or convolutions (model.vision.stem='conv') with
+    # 1, 2 or all log2(16) = 4 stride-2 3x3 layers after a patchify of the rest.
+    out["stem"] = [("rmc_jax bf16, roi, patchify stem",
+                    dict(_jax("roi", dtype="bfloat16"), stem=("patch", 0)), {})] + [
+        (f"rmc_jax bf16, roi, conv stem, {n} 3x3 layers",
+         dict(_jax("roi", dtype="bfloat16"), stem=("conv", n)), {}) for n in (1, 2, 4)]
     out["patches"] = [("rmc_jax f32", _jax(args.flags_variant), {}),
                       ("rmc_jax f32, [B,N,T,H] attention",
                        _jax(args.flags_variant, patches=PATCHES), {}),
@@ -599,7 +629,7 @@ def parse_args(argv=None):
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
                         help="base-global, base-roi, vits, vits-roi, flags, threads, patches, eval, "
-                             "teacher, accelerator")
+                             "teacher, stem, accelerator")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
     parser.add_argument("--only", nargs="*", default=None,

@@ -20,6 +20,8 @@ __all__ = ["VisionConfig", "TextConfig", "ModelConfig", "model_config", "POOLING
 
 # Text pooling ('auto': 'last' for a causal tower, 'cls' otherwise; see TextTransformer).
 POOLINGS = ("auto", "cls", "last", "mean", "pooler")
+# How the image tower turns pixels into patch tokens (see VisionTransformer, vit.ConvStem).
+STEMS = ("patch", "conv")
 # How the image tower's position table starts (see VisionTransformer).
 POSITION_INITS = ("normal", "sincos2d")
 
@@ -63,6 +65,13 @@ class VisionConfig:
     # (2-D sine-cosine codes, vit.sincos2d_positions; configs/base.py's choice). Imported
     # towers bring their own table, so this matters only when training from scratch.
     position_init: str = "normal"
+    # How pixels become the patch tokens: 'patch' (one P x P convolution with stride P, ViT's
+    # patchify; imported towers) or 'conv' (vit.ConvStem: stem_convs stride-2 3x3
+    # convolutions, each with a LayerNorm and the activation, after a (P / 2^stem_convs)-pixel
+    # patchify when that is more than 1, then a 1x1 convolution; Xiao et al. 2021, "Early
+    # convolutions help transformers see better"; 0 = log2(P), all 3x3). Same token grid.
+    stem: str = "patch"
+    stem_convs: int = 0
     # Model-side input normalisation, one value per channel; empty = images go in as given. The
     # pipeline's images, normalised with input_mean / input_std, are mapped back to [0, 1],
     # replicated to ``channels`` and normalised with these (what an imported model expects).
@@ -84,6 +93,12 @@ class VisionConfig:
             raise ValueError(f"vision: position_init={self.position_init!r} with width "
                              f"{self.width}; expected one of {POSITION_INITS} ('sincos2d' "
                              "needs a width divisible by 4)")
+        halvings = self.patch_size.bit_length() - 1
+        if self.stem not in STEMS or (self.stem == "conv" and (
+                self.patch_size != 1 << halvings or not 0 <= self.stem_convs <= halvings)):
+            raise ValueError(f"vision: stem={self.stem!r}, stem_convs={self.stem_convs} with "
+                             f"patch_size {self.patch_size}; expected one of {STEMS} ('conv' "
+                             "needs a power-of-two patch size P and 0 <= stem_convs <= log2(P))")
         if self.pooling not in ("cls", "mean") or (self.pooling == "cls" and not self.class_token):
             raise ValueError(f"vision: pooling={self.pooling!r} with class_token="
                              f"{self.class_token}; expected 'cls' (needs a class token) or 'mean'")

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmc_jax.models.config import VisionConfig
-from rmc_jax.models.layers import TransformerStack, canonical_dtype
+from rmc_jax.models.layers import ACTIVATIONS, TransformerStack, canonical_dtype
 
-__all__ = ["VisionTransformer", "sincos2d_positions"]
+__all__ = ["ConvStem", "VisionTransformer", "sincos2d_positions"]
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -38,6 +38,43 @@ def sincos2d_positions(grid_h: int, grid_w: int, width: int,
     x = cols.reshape(-1, 1) * omega                                                 # [N, W/4]
     y = rows.reshape(-1, 1) * omega
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], 1).astype(np.float32)
+
+
+class ConvStem(nn.Module):
+    """images [B, H, W, C] -> tokens [B, H/P, W/P, width]: a convolutional stem in place of the
+    P x P patchify (Xiao et al. 2021, "Early convolutions help transformers see better").
+
+    ``convs`` stride-2 3x3 convolutions, channels doubling up to ``width``, each followed by
+    LayerNorm and the activation, then a 1x1 convolution. With ``convs`` < log2(P) the stem
+    starts with a (P / 2^convs)-pixel patchify convolution (ConvNeXt's stem), which spares the
+    costly full-resolution layers. The token grid is the patchify stem's; each token also sees
+    a margin of its neighbours' pixels.
+    """
+
+    width: int
+    patch_size: int
+    convs: int
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act = ACTIVATIONS[self.activation]
+        x, first = images, self.patch_size >> self.convs
+        if first > 1:
+            x = nn.Conv(max(self.width >> self.convs, 8), (first, first), strides=(first, first),
+                        padding="VALID", name="patchify", **common)(x)
+            x = act(nn.LayerNorm(epsilon=self.layer_norm_eps, name="patchify_norm", **common)(x))
+        for i in range(self.convs):
+            x = nn.Conv(max(self.width >> (self.convs - 1 - i), 8), (3, 3), strides=(2, 2),
+                        padding=((1, 1), (1, 1)), use_bias=False, name=f"conv_{i}",
+                        **common)(x)
+            x = act(nn.LayerNorm(epsilon=self.layer_norm_eps, name=f"norm_{i}", **common)(x))
+        return nn.Conv(self.width, (1, 1), use_bias=self.use_bias, name="proj", **common)(x)
 
 
 class VisionTransformer(nn.Module):
@@ -62,8 +99,9 @@ class VisionTransformer(nn.Module):
     normalised as (x - pixel_mean[c]) / pixel_std[c], exactly what the imported model expects.
 
     Architecture options (defaults = this library's own ViT = timm's ViT-B/16 layout):
-    ``activation`` / ``norm_position`` / ``layer_norm_eps`` of the blocks, ``patch_bias`` (CLIP's
-    patch embedding has none), ``pre_norm`` (CLIP's ``ln_pre`` after the embeddings),
+    ``stem`` ('patch', or 'conv': ``ConvStem``), ``activation`` / ``norm_position`` /
+    ``layer_norm_eps`` of the blocks, ``patch_bias`` (CLIP's patch embedding has none; the
+    conv stem's projection bias), ``pre_norm`` (CLIP's ``ln_pre`` after the embeddings),
     ``class_token`` and ``pooling``.
     """
 
@@ -111,10 +149,12 @@ class VisionTransformer(nn.Module):
             )
         h, w = H // P, W // P
         common = dict(dtype=canonical_dtype(c.dtype), param_dtype=self.param_dtype)
-        x = nn.Conv(
-            c.width, (P, P), strides=(P, P), padding="VALID", use_bias=c.patch_bias,
-            name="patch_embed", **common,
-        )(images)  # [B, h, w, D]
+        if c.stem == "patch":
+            x = nn.Conv(c.width, (P, P), strides=(P, P), padding="VALID",
+                        use_bias=c.patch_bias, name="patch_embed", **common)(images)
+        else:
+            x = ConvStem(c.width, P, c.stem_convs or P.bit_length() - 1, c.activation,
+                         c.layer_norm_eps, c.patch_bias, name="stem", **common)(images)
         x = x.reshape(B, h * w, c.width)
         extra = 1 if c.class_token else 0
         if c.class_token:

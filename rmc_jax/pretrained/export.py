@@ -162,7 +162,10 @@ def _open_clip_fits(model: ModelConfig) -> list[str]:
     """Why ``model`` cannot be written as open_clip so that it reads back identically."""
     v, t, why = model.vision, model.text, []
     native_text = t.norm_position == "pre"
-    if _timm_like(v):
+    if v.stem != "patch":
+        why.append(f"timm and open_clip ViTs patchify their input (this image tower's stem is "
+                   f"{v.stem!r})")
+    elif _timm_like(v):
         if v.activation != "gelu" or v.layer_norm_eps != 1e-6:
             why.append("a timm ViT image tower needs exact GELU and LayerNorm eps 1e-6")
         if open_clip.timm_name(v) is None:

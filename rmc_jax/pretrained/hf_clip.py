@@ -138,8 +138,10 @@ def text_table(c: TextConfig, embed_dim: int, prefix: str = "text_model.") -> Ta
 def check_exportable(model) -> list[str]:
     """Why ``model`` (a ModelConfig) cannot be written as a CLIPModel; [] when it can."""
     v, t, why = model.vision, model.text, []
-    if not (v.class_token and v.pooling == "cls" and v.pre_norm and v.final_norm
-            and not v.patch_bias and v.norm_position == "pre"):
+    if v.stem != "patch":
+        why.append(f"a CLIP ViT patchifies its input (this image tower's stem is {v.stem!r})")
+    elif not (v.class_token and v.pooling == "cls" and v.pre_norm and v.final_norm
+              and not v.patch_bias and v.norm_position == "pre"):
         why.append("the image tower is not a CLIP ViT (needs class token pooling, pre_norm, "
                    "final_norm, no patch bias, pre-LN blocks)")
     if not (t.causal and t.final_norm and not t.embed_norm and not t.type_vocab_size
