@@ -365,3 +365,19 @@ def test_user_prompt_file(tmp_path):
     bad.write_text('["nodule"]')
     with pytest.raises(ValueError, match="mapping each class"):
         load_prompts(str(bad))
+
+
+def test_report_phrased_prompt_set_covers_every_synthetic_class_on_both_sides():
+    """experiments/prompts_report_phrased.json (README): a class it misses would be skipped by
+    the zero-shot task, not scored with the default prompts."""
+    import os
+
+    from rmc_jax.data.synthetic.source import LABEL_NAMES
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments",
+                        "prompts_report_phrased.json")
+    prompts = load_prompts(path)
+    assert set(prompts) == set(LABEL_NAMES)
+    for name, spec in prompts.items():
+        assert spec["positive"] and spec["negative"], name
+        assert not set(spec["positive"]) & set(spec["negative"]), name
