@@ -576,25 +576,28 @@ def test_conv_stem_keeps_the_token_grid_and_sees_only_nearby_pixels():
                           stem="conv")
     vit = VisionTransformer(config)
     images = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
-    variables = vit.init(jax.random.key(1), images)
-    p = variables["params"]
+    p = jax.jit(vit.init)(jax.random.key(1), images)["params"]
     # log2(8) = 3 stride-2 3x3 convolutions, channels doubling up to the width, then 1x1
     assert "patch_embed" not in p
     assert [p["stem"][f"conv_{i}"]["kernel"].shape for i in range(3)] == [
         (3, 3, 1, 8), (3, 3, 8, 16), (3, 3, 16, 32)]
     assert p["stem"]["proj"]["kernel"].shape == (1, 1, 32, 32)
-    pooled, grid = vit.apply(variables, images)
-    assert pooled.shape == (1, 32) and grid.shape == (1, 4, 4, 32)
 
-    # The stem alone: a pixel in cell (1, 1) reaches that cell's token and its neighbours'
-    # (the 3x3 kernels overlap the cell edges), never a token two cells away.
-    def stem(x):
-        return ConvStem(32, 8, 3).apply({"params": p["stem"]}, x)
-    changed = np.abs(np.asarray(stem(images.at[0, 12, 12, 0].add(5.0)) - stem(images)))
-    moved = changed.max(-1)[0] > 0
-    assert moved[1, 1] and not moved[3].any() and not moved[:, 3].any()
-    grads = jax.grad(lambda p: jnp.sum(vit.apply({"params": p}, images)[0] ** 2))(p)
+    @jax.jit
+    def outputs(p, x):
+        """(pooled, grid, the stem's tokens alone, gradients of the pooled output)."""
+        pooled, grid = vit.apply({"params": p}, x)
+        grads = jax.grad(lambda p: jnp.sum(vit.apply({"params": p}, x)[0] ** 2))(p)
+        return pooled, grid, ConvStem(32, 8, 3).apply({"params": p["stem"]}, x), grads
+
+    pooled, grid, tokens, grads = outputs(p, images)
+    assert pooled.shape == (1, 32) and grid.shape == (1, 4, 4, 32)
     assert all(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(grads["stem"]))
+    # A pixel in cell (1, 1) reaches that cell's token and its neighbours' (the 3x3 kernels
+    # overlap the cell edges), never a token two cells away.
+    moved = np.abs(np.asarray(outputs(p, images.at[0, 12, 12, 0].add(5.0))[2] - tokens))
+    moved = moved.max(-1)[0] > 0
+    assert moved[1, 1] and not moved[3].any() and not moved[:, 3].any()
     # fewer 3x3 layers: a patchify convolution of the rest first (8 / 2^1 = 4 pixels)
     shallow = VisionTransformer(dataclasses.replace(config, stem_convs=1))
     q = jax.eval_shape(shallow.init, jax.random.key(1), images)["params"]["stem"]

@@ -600,12 +600,13 @@ def test_a_conv_stem_tower_is_refused_by_the_foreign_formats_and_kept_by_rmc(
     model_cfg = pretrained.model_config_from(imported, imported)
     model_cfg = dataclasses.replace(model_cfg, vision=dataclasses.replace(
         model_cfg.vision, stem="conv"))
-    from rmc_jax.models import init_params
+    from rmc_jax.models import example_inputs
+    from rmc_jax.pretrained import hf_clip
     from rmc_jax.pretrained.export import export
 
-    from rmc_jax.pretrained import hf_clip
-
-    params = init_params(build_model(model_cfg), jax.random.key(0))
+    model = build_model(model_cfg)  # zeros in the right shapes: the layout is what is tested
+    shapes = jax.eval_shape(model.init, jax.random.key(0), **example_inputs(model))["params"]
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     assert any("stem is 'conv'" in why for why in hf_clip.check_exportable(model_cfg))
     with pytest.raises(ValueError, match="patchify their input.*stem is 'conv'"):
         export(model_cfg, params, str(tmp_path / "open_clip"), format="open_clip")
