@@ -106,8 +106,10 @@ def _stem_flops(v, size: int) -> float:
     patches = (size // v.patch_size) ** 2
     if v.stem == "patch":
         return 2 * patches * v.patch_size ** 2 * v.channels * v.width
-    convs = v.stem_convs or v.patch_size.bit_length() - 1
-    channels = [max(v.width >> (convs - i), 8) for i in range(convs + 1)]  # before each layer
+    from rmc_jax.models.vit import ConvStem
+
+    convs = v.conv_stem_layers
+    channels = ConvStem.channels(v.width, convs)        # out of the patchify, then each layer
     first, flops = v.patch_size >> convs, 0.0
     side, inputs = size, v.channels
     if first > 1:

@@ -108,6 +108,11 @@ class VisionConfig:
                              f"{self.pixel_std} must both have one value per channel "
                              f"(channels={self.channels}), or both be empty")
 
+    @property
+    def conv_stem_layers(self) -> int:
+        """The conv stem's stride-2 3x3 layers: ``stem_convs``, or log2(P) when it is 0."""
+        return self.stem_convs or self.patch_size.bit_length() - 1
+
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:

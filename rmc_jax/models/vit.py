@@ -60,17 +60,24 @@ class ConvStem(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
+    @staticmethod
+    def channels(width: int, convs: int) -> list[int]:
+        """Output channels of the patchify (first) and of each 3x3 layer: doubling up to
+        ``width``, at least 8."""
+        return [max(width >> (convs - i), 8) for i in range(convs + 1)]
+
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         act = ACTIVATIONS[self.activation]
+        channels = self.channels(self.width, self.convs)
         x, first = images, self.patch_size >> self.convs
         if first > 1:
-            x = nn.Conv(max(self.width >> self.convs, 8), (first, first), strides=(first, first),
+            x = nn.Conv(channels[0], (first, first), strides=(first, first),
                         padding="VALID", name="patchify", **common)(x)
             x = act(nn.LayerNorm(epsilon=self.layer_norm_eps, name="patchify_norm", **common)(x))
         for i in range(self.convs):
-            x = nn.Conv(max(self.width >> (self.convs - 1 - i), 8), (3, 3), strides=(2, 2),
+            x = nn.Conv(channels[i + 1], (3, 3), strides=(2, 2),
                         padding=((1, 1), (1, 1)), use_bias=False, name=f"conv_{i}",
                         **common)(x)
             x = act(nn.LayerNorm(epsilon=self.layer_norm_eps, name=f"norm_{i}", **common)(x))
@@ -153,7 +160,7 @@ class VisionTransformer(nn.Module):
             x = nn.Conv(c.width, (P, P), strides=(P, P), padding="VALID",
                         use_bias=c.patch_bias, name="patch_embed", **common)(images)
         else:
-            x = ConvStem(c.width, P, c.stem_convs or P.bit_length() - 1, c.activation,
+            x = ConvStem(c.width, P, c.conv_stem_layers, c.activation,
                          c.layer_norm_eps, c.patch_bias, name="stem", **common)(images)
         x = x.reshape(B, h * w, c.width)
         extra = 1 if c.class_token else 0
