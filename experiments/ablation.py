@@ -8,8 +8,9 @@
 
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
-interrupted sweep continues where it stopped; ``--reuse`` takes the runs an earlier sweep's
-JSON holds, so a sweep extended by variants trains only those). The script then writes
+interrupted sweep continues where it stopped, and is evaluated again with ``--mode=eval`` when
+its ``eval/prompts.json`` is not this rmc_jax's default prompts; ``--reuse`` takes the runs an
+earlier sweep's JSON holds, so a sweep extended by variants trains only those). The script then writes
 ``experiments/results/ablation.json`` (every run's metrics, plus mean, std and 95% interval per
 variant) and ``experiments/results/ablation.md`` (metric x variant, mean and 95% interval over
 seeds, and the targets checked).
@@ -112,11 +113,37 @@ def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) ->
     the run failed."""
     workdir = run_dir(runs, variant, seed)
     config = f"{variant},seed={seed}" + (f",{args}" if args else "")
+    name = f"{variant}-seed{seed}"
     results = runner.train_and_evaluate(runner.main_command(config, workdir, list(extra)),
-                                        workdir, f"{variant}-seed{seed}")
+                                        workdir, name)
     refuse_stale(results, f"{workdir}/eval/results.json",
                  f"delete {workdir} to rerun it, or pass another --runs")
+    if results and scored_prompts(workdir) != current_prompts():
+        print(f"{name}: its zero-shot prompts are not this rmc_jax's: evaluating it again",
+              flush=True)
+        results = runner.evaluate_again(
+            runner.main_command(config, workdir, list(extra) + ["--mode=eval"]), workdir, name)
     return results
+
+
+def current_prompts() -> dict:
+    """{class: {'positive': [...], 'negative': [...]}}: the prompts this rmc_jax's evaluation
+    scores the embedded data's classes with."""
+    sys.path.insert(0, REPO)
+    from rmc_jax.data.synthetic.source import LABEL_NAMES
+    from rmc_jax.evaluate.tasks import default_prompts
+
+    return default_prompts(LABEL_NAMES)
+
+
+def scored_prompts(workdir: str) -> dict | None:
+    """The prompts a finished run's evaluation scored its zero-shot task with (its
+    ``eval/prompts.json``; None for an evaluation from before that file was written)."""
+    path = os.path.join(workdir, "eval", "prompts.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("zeroshot")
 
 
 def run_dir(runs: str, variant: str, seed: int) -> str:
@@ -155,6 +182,11 @@ def reused_runs(path: str, variants, seeds, args: str, extra: list[str]) -> dict
                          f"--extra={' '.join(saved.get('extra', []))!r}, this sweep with "
                          f"--args={args!r} --extra={' '.join(extra)!r}: its runs are not this "
                          "sweep's")
+    if saved.get("prompts") != current_prompts():
+        raise SystemExit(f"--reuse={path} scored zero-shot classification with other prompts "
+                         "than this rmc_jax's (or recorded none): its zero-shot metrics are not "
+                         "this sweep's; leave out --reuse, and point --runs at its runs' workdirs "
+                         "to have them evaluated again")
     runs = saved["runs"]
     reused = {v: {str(s): runs[v][str(s)] for s in seeds if str(s) in runs.get(v, {})}
               for v in variants}
@@ -289,9 +321,10 @@ def _cell(entry: dict | None, digits: int = 3, sign: str = "") -> str:
 
 
 def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
-             extra: list[str] = (), against: tuple[str, dict] | None = None) -> str:
+             extra: list[str] = (), against: tuple[str, dict, bool] | None = None) -> str:
     """The table (metric x variant), the targets checked and, with ``against`` = (name, its
-    runs), the paired differences from another sweep."""
+    runs, whether its zero-shot prompts were these), the paired differences from another
+    sweep."""
     variants = [v for v in VARIANTS if v in summary]
     lines = [
         "# Ablation on the embedded synthetic benchmark",
@@ -331,12 +364,15 @@ def markdown(summary: dict, per_run: dict, args: str, seeds, note: str = "",
         met = "-" if row.met is None else "yes" if row.met else "no"
         lines.append(f"| {row.what} | {shown} | {row.required} | {met} |")
     if against is not None:
-        name, other = against
+        name, other, same_prompts = against
         differences = paired_differences(per_run, other)
         shown = [v for v in variants if v in differences]
+        prompts = "" if same_prompts else (
+            f" `{name}` scored zero-shot classification with other prompts (or recorded none): "
+            "its zero-shot rows differ by the prompts as well.")
         lines += ["", f"## Against {name}", "",
                   f"This sweep minus `{name}`, variant by variant, paired by seed, with the 95% "
-                  "interval of the per-seed differences.", "",
+                  f"interval of the per-seed differences.{prompts}", "",
                   "| metric | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
         for metric, label, _ in TABLE:
             cells = [_cell(differences[v].get(metric), sign="+") for v in shown]
@@ -402,13 +438,16 @@ def main():
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, f"{options.name}.json"), "w") as f:
         json.dump({"args": options.args, "total_steps": step_budget(options.args),
-                   "extra": extra, "seeds": seeds, "summary": summary,
+                   "extra": extra, "seeds": seeds, "prompts": current_prompts(),
+                   "summary": summary,
                    "targets": [dataclasses.asdict(t) for t in targets(per_run)],
                    "runs": per_run}, f, indent=1)
     against = None
     if options.against:
         with open(options.against) as f:
-            against = (os.path.basename(options.against), json.load(f)["runs"])
+            other = json.load(f)
+        against = (os.path.basename(options.against), other["runs"],
+                   other.get("prompts") == current_prompts())
     table = markdown(summary, per_run, options.args, seeds, options.note, extra, against)
     with open(os.path.join(options.out, f"{options.name}.md"), "w") as f:
         f.write(table)

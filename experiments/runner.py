@@ -32,20 +32,44 @@ def train_and_evaluate(command: list[str], workdir: str, name: str) -> dict:
     results_path = os.path.join(workdir, "eval", "results.json")
     if not finished(workdir):
         os.makedirs(workdir, exist_ok=True)
-        print(f"{name}: $ {' '.join(command)}", flush=True)
         start = time.perf_counter()
-        with open(os.path.join(workdir, "log.txt"), "w") as log:
-            status = subprocess.run(command, cwd=REPO, stdout=log,
-                                    stderr=subprocess.STDOUT).returncode
-        if status or not os.path.exists(results_path):
-            print(f"{name}: exit {status}; see {workdir}/log.txt", flush=True)
+        if not _launch(command, os.path.join(workdir, "log.txt"), name, results_path):
             return {}
         with open(os.path.join(workdir, "wall_seconds.txt"), "w") as f:
             f.write(f"{time.perf_counter() - start:.1f}\n")
-    with open(results_path) as f:
+    print(f"{name}: done", flush=True)
+    return _results(workdir)
+
+
+def evaluate_again(command: list[str], workdir: str, name: str) -> dict:
+    """Runs ``command`` (an ``--mode=eval`` of the finished run in ``workdir``; its output goes
+    to ``eval_log.txt``): the new results.json, with the training run's ``run/wall_seconds``, or
+    {} when the evaluation failed (said on stdout)."""
+    if not _launch(command, os.path.join(workdir, "eval_log.txt"), name,
+                   os.path.join(workdir, "eval", "results.json")):
+        return {}
+    print(f"{name}: evaluated", flush=True)
+    return _results(workdir)
+
+
+def _launch(command: list[str], log_path: str, name: str, expected: str) -> bool:
+    """Runs ``command`` with its output in ``log_path``: whether it exited 0 and left
+    ``expected`` (else it says so on stdout)."""
+    print(f"{name}: $ {' '.join(command)}", flush=True)
+    with open(log_path, "w") as log:
+        status = subprocess.run(command, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT).returncode
+    if status or not os.path.exists(expected):
+        print(f"{name}: exit {status}; see {log_path}", flush=True)
+        return False
+    return True
+
+
+def _results(workdir: str) -> dict:
+    """A finished run's results.json, with ``run/wall_seconds`` where measured."""
+    with open(os.path.join(workdir, "eval", "results.json")) as f:
         results = json.load(f)
     wall = os.path.join(workdir, "wall_seconds.txt")
     if os.path.exists(wall):
         results["run/wall_seconds"] = float(open(wall).read())
-    print(f"{name}: done", flush=True)
     return results

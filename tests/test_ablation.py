@@ -114,14 +114,54 @@ def test_markdown_table_headline_first_intervals_and_missing_metrics():
             "`--config.data.augment=True --config.data.workers=1`. ") in flagged
 
 
+def finished_run(workdir, results: dict, prompts: dict | None = None) -> None:
+    """A finished run's eval/results.json and, unless ``prompts`` is None, its
+    eval/prompts.json (zero-shot scored with ``prompts``)."""
+    os.makedirs(workdir / "eval", exist_ok=True)
+    (workdir / "eval" / "results.json").write_text(json.dumps(results))
+    if prompts is not None:
+        (workdir / "eval" / "prompts.json").write_text(json.dumps({"zeroshot": prompts}))
+
+
 def test_stale_results_are_refused(tmp_path):
-    results = tmp_path / "roi-seed0" / "eval" / "results.json"
-    results.parent.mkdir(parents=True)
-    results.write_text('{"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_posneg": 0.72}')
+    current = ablation.current_prompts()
+    finished_run(tmp_path / "roi-seed0",
+                 {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_posneg": 0.72}, current)
     with pytest.raises(SystemExit, match="older rmc_jax"):
         ablation.run("roi", 0, "", str(tmp_path))
-    results.write_text('{"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}')
+    finished_run(tmp_path / "roi-seed0",
+                 {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}, current)
     assert ablation.run("roi", 0, "", str(tmp_path))["zeroshot/auroc_mean"] == 0.7
+
+
+@pytest.mark.parametrize("prompts", ["none recorded", "other prompts"])
+def test_a_run_scored_with_other_prompts_is_evaluated_again(tmp_path, monkeypatch, prompts):
+    """A finished run whose zero-shot task scored other prompts than today's defaults (or an
+    evaluation from before eval/prompts.json) is evaluated again with --mode=eval, same config
+    and flags, and the new results are the ones tabled; it is not trained again."""
+    workdir = tmp_path / "global-seed2"
+    old = {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}
+    other = {"nodule": {"positive": ["nodule"], "negative": ["no nodule"]}}
+    finished_run(workdir, old, None if prompts == "none recorded" else other)
+    (workdir / "wall_seconds.txt").write_text("412.5\n")
+    commands = []
+
+    def fake_subprocess_run(command, cwd, stdout, stderr):
+        commands.append(command)
+        finished_run(workdir, {"zeroshot/auroc_mean": 0.8}, ablation.current_prompts())
+        stdout.write("evaluated\n")
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(ablation.runner.subprocess, "run", fake_subprocess_run)
+    results = ablation.run("global", 2, "steps=5", str(tmp_path), ["--config.data.workers=0"])
+    assert results == {"zeroshot/auroc_mean": 0.8, "run/wall_seconds": 412.5}
+    [command] = commands
+    assert command[-1] == "--mode=eval" and "--config.data.workers=0" in command
+    assert command[3].endswith("configs/base.py:global,seed=2,steps=5")
+    assert command[4] == f"--workdir={workdir}"
+    assert (workdir / "eval_log.txt").read_text() == "evaluated\n"
+    # now current: reused as it is
+    assert ablation.run("global", 2, "steps=5", str(tmp_path)) == results and len(commands) == 1
 
 
 def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
@@ -198,8 +238,12 @@ def test_paired_differences_from_another_sweep():
     assert diff["roi"]["regions/region_to_caption_semantic_R@1"]["mean"] == pytest.approx(0.06)
     assert "global" not in diff and diff["medclip"]["zeroshot/auroc_mean"]["n"] == 1
     text = ablation.markdown(ablation.aggregate(runs), runs, "", [0, 1, 2],
-                             against=("ablation_augmented.json", other))
+                             against=("ablation_augmented.json", other, True))
     section = text.split("## Against ablation_augmented.json", 1)[1]
+    assert "other prompts" not in section
+    other_prompts = ablation.markdown(ablation.aggregate(runs), runs, "", [0, 1, 2],
+                                      against=("ablation_augmented.json", other, False))
+    assert "scored zero-shot classification with other prompts" in other_prompts
     assert "| metric | medclip | roi |" in section
     first = section.split("|---|---|---|\n", 1)[1].split("\n", 1)[0]
     assert first == ("| zero-shot AUROC, headline (CheXzero pos/neg prompt ensembles) | "
@@ -209,7 +253,8 @@ def test_paired_differences_from_another_sweep():
 def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, monkeypatch):
     """--reuse: runs held by an earlier sweep's JSON are taken from it (not trained again); a
     sweep with other arguments, or results from before the headline protocol, are refused."""
-    earlier = {"args": "steps=5", "total_steps": 5, "extra": [], "runs": {
+    earlier = {"args": "steps=5", "total_steps": 5, "extra": [],
+               "prompts": ablation.current_prompts(), "runs": {
         "global": {"0": {"zeroshot/auroc_mean": 0.61}, "1": {"zeroshot/auroc_mean": 0.63},
                    "7": {"zeroshot/auroc_mean": 0.99}},          # seed 7: not in this sweep
         "roi": {"0": {"zeroshot/auroc_mean": 0.70}}}}
@@ -234,7 +279,7 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
                                     "1": {"zeroshot/auroc_mean": 0.81}}
     assert saved["summary"]["global"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.62)
 
-    assert saved["total_steps"] == 5
+    assert saved["total_steps"] == 5 and saved["prompts"] == ablation.current_prompts()
     monkeypatch.setattr(sys, "argv", argv[:3] + ["--args=steps=5,batch=16"] + argv[4:])
     with pytest.raises(SystemExit, match="ran with --args='steps=5'"):
         ablation.main()
@@ -253,14 +298,19 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match=r"\(roi, seed 0\) comes from an older rmc_jax"):
         ablation.main()
+    del earlier["runs"]["roi"]["0"]["zeroshot/auroc_mean_posneg"]
+    for prompts in (None, {"nodule": {"positive": ["nodule"], "negative": ["no nodule"]}}):
+        earlier["prompts"] = prompts     # none recorded (an older JSON), or other wording
+        path.write_text(json.dumps(earlier))
+        with pytest.raises(SystemExit, match="other prompts than this rmc_jax's"):
+            ablation.main()
 
 
 def test_finished_only_tables_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch,
                                                                    capsys):
     for name in ("roi-seed0", "global-seed0", "roi-seed1"):
-        os.makedirs(tmp_path / "runs" / name / "eval")
-        (tmp_path / "runs" / name / "eval" / "results.json").write_text(
-            json.dumps({"zeroshot/auroc_mean": 0.7}))
+        finished_run(tmp_path / "runs" / name, {"zeroshot/auroc_mean": 0.7},
+                     ablation.current_prompts())
     os.makedirs(tmp_path / "runs" / "global-seed1")          # started, never finished
     calls = []
     monkeypatch.setattr(ablation.runner, "subprocess", None)  # nothing may be launched

@@ -82,7 +82,7 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
 
     raw = {}
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=50, raw=raw)
+                              prompts=tasks.template_prompts(names), bootstrap=50, raw=raw)
     assert results["zeroshot/auroc/nodule"] == 1.0
     assert results["zeroshot/auroc/pleural_effusion"] == 1.0
     assert results["zeroshot/auroc_mean"] > 0.95 and results["zeroshot/auroc_mean_ensemble"] > 0.9
@@ -121,6 +121,32 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
     assert not any(p.startswith("no no finding") for p in prompt_dirs)
     assert tasks.default_prompts(names)["no_finding"]["positive"][0] == \
         "no acute cardiopulmonary process"
+    # What each class was scored with is kept for eval/prompts.json.
+    assert raw["prompts"]["zeroshot"] == tasks.template_prompts(names)
+
+
+def test_default_prompts_word_known_findings_as_reports_do_and_template_the_rest():
+    """A class REPORT_PHRASES words gets its phrasings whatever the dataset's spelling
+    ('Pleural Effusion', 'pleural_effusion'); any other class the templates; 'No Finding' its
+    normal-study prompts with every finding as a negative."""
+    names = ("Pleural Effusion", "Cardiomegaly", "Lung Opacity", "No Finding")
+    prompts = tasks.default_prompts(names)
+    assert "the costophrenic angles are sharp" in prompts["Pleural Effusion"]["negative"]
+    assert tasks.default_prompts(["pleural_effusion"])["pleural_effusion"] == \
+        prompts["Pleural Effusion"]
+    assert prompts["Cardiomegaly"] == {"positive": list(tasks.REPORT_PHRASES["cardiomegaly"][0]),
+                                       "negative": list(tasks.REPORT_PHRASES["cardiomegaly"][1])}
+    templates = tasks.template_prompts(names)
+    assert prompts["Lung Opacity"] == templates["Lung Opacity"] == {
+        "positive": ["lung opacity", "there is lung opacity",
+                     "findings consistent with lung opacity", "lung opacity is present"],
+        "negative": ["no lung opacity", "there is no lung opacity",
+                     "no evidence of lung opacity"]}
+    assert prompts["No Finding"] == templates["No Finding"] == {
+        "positive": list(tasks.NORMAL_PROMPTS),
+        "negative": ["pleural effusion", "cardiomegaly", "lung opacity"]}
+    for name in names:   # a prompt on both sides would cancel itself
+        assert not set(prompts[name]["positive"]) & set(prompts[name]["negative"]), name
 
 
 def test_single_label_accuracy_split_shows_a_classifier_that_calls_every_image_normal():
@@ -141,7 +167,7 @@ def test_single_label_accuracy_split_shows_a_classifier_that_calls_every_image_n
 
     raw = {}
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=0, raw=raw)
+                              prompts=tasks.template_prompts(names), bootstrap=0, raw=raw)
     assert results["zeroshot/accuracy_single_label"] == pytest.approx(0.5)
     # Every image lands in the 'no_finding' column: 5 nodules, 5 effusions, 10 normal images.
     np.testing.assert_array_equal(raw["confusion"]["zeroshot"]["counts"],
@@ -176,7 +202,7 @@ def test_zero_shot_shows_a_classifier_that_only_tells_abnormal_from_normal():
 
     raw = {}
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=0, raw=raw)
+                              prompts=tasks.template_prompts(names), bootstrap=0, raw=raw)
     assert results["zeroshot/accuracy_single_label_normal"] == 1.0
     assert results["zeroshot/accuracy_which_finding"] == 0.5    # every finding 'nodule'
     assert results["zeroshot/accuracy_single_label_findings"] == 0.5
@@ -216,7 +242,7 @@ def test_zero_shot_needs_negatives_where_positive_prompts_alone_fail():
         return _normal(np.array(out))
 
     results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
-                              bootstrap=0)
+                              prompts=tasks.template_prompts(names), bootstrap=0)
     assert results["zeroshot/auroc_mean_ensemble"] < 0.5 < 0.9 < results["zeroshot/auroc_mean"]
 
 
@@ -367,17 +393,21 @@ def test_user_prompt_file(tmp_path):
         load_prompts(str(bad))
 
 
-def test_report_phrased_prompt_set_covers_every_synthetic_class_on_both_sides():
-    """experiments/prompts_report_phrased.json (README): a class it misses would be skipped by
-    the zero-shot task, not scored with the default prompts."""
+@pytest.mark.parametrize("name, prompts_of", [
+    ("prompts_report_phrased.json", tasks.default_prompts),
+    ("prompts_templates.json", tasks.template_prompts)])
+def test_experiments_prompt_files_are_the_prompt_sets_they_name(name, prompts_of):
+    """The prompt files in experiments/ (README): the report-phrased set evaluated in
+    prompts_report_phrased.md is today's default for the embedded data's classes, the
+    template set the default before it (what earlier results scored, reproducible with
+    --config.evals.prompts=). The order of a side's prompts does not matter: they are averaged."""
     import os
 
     from rmc_jax.data.synthetic.source import LABEL_NAMES
 
-    path = os.path.join(os.path.dirname(__file__), "..", "experiments",
-                        "prompts_report_phrased.json")
-    prompts = load_prompts(path)
-    assert set(prompts) == set(LABEL_NAMES)
-    for name, spec in prompts.items():
-        assert spec["positive"] and spec["negative"], name
-        assert not set(spec["positive"]) & set(spec["negative"]), name
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", name)
+    saved, expected = load_prompts(path), prompts_of(LABEL_NAMES)
+    assert set(saved) == set(expected) == set(LABEL_NAMES)
+    for label in LABEL_NAMES:
+        for side in ("positive", "negative"):
+            assert sorted(saved[label][side]) == sorted(expected[label][side]), (label, side)

@@ -19,7 +19,7 @@ from configs.base import get_config  # noqa: E402
 import rmc_jax.evaluate as E  # noqa: E402
 from rmc_jax.data.sources.chexpert import COMPETITION_LABELS, build_chexpert_5x200  # noqa: E402
 from rmc_jax.data.tokenizer import train_wordpiece  # noqa: E402
-from rmc_jax.evaluate import protocols as P  # noqa: E402
+from rmc_jax.evaluate import protocols as P, tasks  # noqa: E402
 from rmc_jax.evaluate.embed import Encoders  # noqa: E402
 from rmc_jax.models import build_model, init_params  # noqa: E402
 
@@ -109,6 +109,12 @@ def test_results_json_report_and_stable_names(evaluated):
         assert 0.0 <= written[key] <= 1.0
     assert written["grounding/cnr"] >= 0 and written["grounding/phrases"] >= 1
     eval_dir = os.path.join(workdir, "eval")
+    # eval/prompts.json: what each zero-shot task scored each class with (today's defaults).
+    prompts = json.load(open(os.path.join(eval_dir, "prompts.json")))
+    assert {"zeroshot", "chexpert_test/zeroshot", "chexpert_5x200/zeroshot"} <= set(prompts)
+    effusion = prompts["chexpert_test/zeroshot"]["Pleural Effusion"]
+    assert effusion == tasks.default_prompts(["Pleural Effusion"])["Pleural Effusion"]
+    assert "the costophrenic angles are sharp" in effusion["negative"]
     text = open(os.path.join(eval_dir, "report.md")).read()
     assert "| `chexpert_test/zeroshot/auroc_mean` |" in text
     for name in ("roc_zeroshot.png", "roc_chexpert_5x200_zeroshot.png",

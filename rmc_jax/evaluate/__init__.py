@@ -5,7 +5,9 @@ local copies of real datasets.
 
 ``evaluate(model, params, config, tokenizer, workdir)`` embeds the evaluation split with the
 model's ``encode_*`` functions only and writes ``<workdir>/eval/results.json`` (a flat
-``{metric: number}``) and ``<workdir>/eval/report.md`` with its figures;
+``{metric: number}``), ``<workdir>/eval/prompts.json`` (the prompts zero-shot classification
+scored with, so a number can be traced to its wording) and ``<workdir>/eval/report.md`` with
+its figures;
 ``evaluate_checkpoint(config, workdir)`` does the same from the latest checkpoint alone.
 
 Bad data: an example that cannot be read or prepared is left out of every metric (never
@@ -260,11 +262,12 @@ def _samples(data, samples, context: _Context) -> dict:
 def evaluate(model, params, config, tokenizer, workdir: str, *, source=None,
              batch_size: int = 32) -> dict:
     """Embed the evaluation split (and the configured protocols' datasets), compute every
-    task, write ``eval/results.json`` and, unless ``evals.report`` is False, ``eval/report.md``
-    with its figures. Returns the flat results."""
+    task, write ``eval/results.json``, ``eval/prompts.json`` and, unless ``evals.report`` is
+    False, ``eval/report.md`` with its figures. Returns the flat results."""
     results, raw = compute(model, params, config, tokenizer, source=source,
                            batch_size=batch_size)
     write_results(results, workdir)
+    write_prompts(raw.get("prompts", {}), workdir)
     if _option(config, "report", True):
         from rmc_jax.evaluate import report
 
@@ -282,6 +285,17 @@ def write_results(results: dict, workdir: str) -> str:
               if v is not None and math.isfinite(float(v))}
     with open(path, "w") as f:
         json.dump(finite, f, indent=1)
+    return path
+
+
+def write_prompts(prompts: dict, workdir: str) -> str:
+    """``<workdir>/eval/prompts.json``: ``{prefix: {class: {'positive': [...], 'negative':
+    [...]}}}``, the prompts each zero-shot task (``zeroshot``, ``<protocol>/zeroshot``) scored
+    each class with."""
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    path = os.path.join(workdir, "eval", "prompts.json")
+    with open(path, "w") as f:
+        json.dump(prompts, f, indent=1)
     return path
 
 

@@ -33,11 +33,49 @@ NORMAL_PROMPTS = ("no acute cardiopulmonary process", "the lungs are clear",
                   "normal chest radiograph", "no focal consolidation, effusion or pneumothorax")
 FINDING_TEMPLATES = ("{}", "there is {}", "findings consistent with {}", "{} is present")
 NEGATIVE_TEMPLATES = ("no {}", "there is no {}", "no evidence of {}")
+# Findings worded as radiology reports word them, on both sides: a report says "heart size is
+# normal", not "no cardiomegaly", so the templates' negatives miss how the reports negate.
+# Keyed by the class name in lower case with spaces; other classes get the templates.
+REPORT_PHRASES = {
+    "atelectasis": (
+        ("atelectasis", "there is atelectasis", "subsegmental atelectasis",
+         "linear atelectasis", "lobar collapse"),
+        ("no atelectasis", "there is no atelectasis", "no evidence of atelectasis")),
+    "cardiomegaly": (
+        ("cardiomegaly", "the heart is enlarged", "enlarged cardiac silhouette",
+         "the heart size is enlarged"),
+        ("heart size is normal", "the heart is normal in size",
+         "the cardiac silhouette is within normal limits", "no cardiomegaly")),
+    "consolidation": (
+        ("consolidation", "focal consolidation", "airspace opacity", "airspace disease"),
+        ("no focal consolidation", "no airspace opacity",
+         "no consolidation to suggest pneumonia")),
+    "edema": (
+        ("pulmonary edema", "interstitial edema", "pulmonary vascular congestion", "edema"),
+        ("no pulmonary edema", "pulmonary vascularity is normal",
+         "no pulmonary vascular congestion")),
+    "mass": (
+        ("mass", "lung mass", "pulmonary mass", "there is a mass"),
+        ("no pulmonary mass", "no suspicious mass", "no mass is identified")),
+    "nodule": (
+        ("nodule", "pulmonary nodule", "nodular opacity", "there is a nodule"),
+        ("no pulmonary nodules", "no suspicious pulmonary nodules", "no focal nodule")),
+    "pleural effusion": (
+        ("pleural effusion", "effusion", "blunting of the costophrenic angle",
+         "there is a pleural effusion"),
+        ("no pleural effusion", "there is no pleural effusion",
+         "the costophrenic angles are sharp")),
+    "pneumothorax": (
+        ("pneumothorax", "there is a pneumothorax", "apical pneumothorax",
+         "visible pleural line"),
+        ("no pneumothorax", "there is no pneumothorax", "no evidence of pneumothorax")),
+}
 
 
-def default_prompts(label_names) -> dict[str, dict[str, list[str]]]:
-    """{class: {'positive': [...], 'negative': [...]}}. 'No Finding' gets its own prompts (the
-    template 'no {}' would invert it) and, as negatives, prompts of any finding."""
+def template_prompts(label_names) -> dict[str, dict[str, list[str]]]:
+    """{class: {'positive': [...], 'negative': [...]}} from templates around the class name
+    (the defaults before ``REPORT_PHRASES``). 'No Finding' gets its own prompts (the template
+    'no {}' would invert it) and, as negatives, prompts of any finding."""
     prompts = {}
     findings = [n for n in label_names if n not in NO_FINDING]
     for name in label_names:
@@ -49,6 +87,17 @@ def default_prompts(label_names) -> dict[str, dict[str, list[str]]]:
             positive = [t.format(words) for t in FINDING_TEMPLATES]
             negative = [t.format(words) for t in NEGATIVE_TEMPLATES]
         prompts[name] = {"positive": positive, "negative": negative}
+    return prompts
+
+
+def default_prompts(label_names) -> dict[str, dict[str, list[str]]]:
+    """``template_prompts``, with the classes that ``REPORT_PHRASES`` words taking its report
+    phrasings on both sides."""
+    prompts = template_prompts(label_names)
+    for name in label_names:
+        phrased = REPORT_PHRASES.get(name.replace("_", " ").lower())
+        if phrased is not None and name not in NO_FINDING:
+            prompts[name] = {"positive": list(phrased[0]), "negative": list(phrased[1])}
     return prompts
 
 
@@ -132,7 +181,7 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     [n, E]`` embeds prompts; ``prompts`` is {class: [...]} (positive prompts) or {class:
     {'positive': [...], 'negative': [...]}} (defaults: ``default_prompts``).
     ``raw['roc'][prefix][class]`` receives (p(positive), labels) of the known examples of each
-    scored class, and ``raw['confusion'][prefix]`` the headline accuracy's confusion matrix
+    scored class, ``raw['prompts'][prefix][class]`` the prompts each class was scored with, and ``raw['confusion'][prefix]`` the headline accuracy's confusion matrix
     ({'classes': [...], 'counts': [C, C] true x predicted}): which finding a wrong answer is.
     """
     prompts = default_prompts(label_names) if prompts is None else prompts
@@ -147,6 +196,8 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
             skipped.append(f"{name} (no prompts)")
             continue
         spec = _class_prompts(name, prompts[name], label_names)
+        if raw is not None:
+            raw.setdefault("prompts", {}).setdefault(prefix, {})[name] = spec
         positive = embed_texts(spec["positive"])
         ensemble = image_emb @ _normalise(positive.mean(0))
         negative = image_emb @ _normalise(embed_texts(spec["negative"]).mean(0))
