@@ -10,10 +10,10 @@ Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,AR
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
 interrupted sweep continues where it stopped, and is evaluated again with ``--mode=eval`` when
 its ``eval/prompts.json`` is not this rmc_jax's default prompts; ``--reuse`` takes the runs an
-earlier sweep's JSON holds, so a sweep extended by variants trains only those). The script then writes
-``experiments/results/ablation.json`` (every run's metrics, plus mean, std and 95% interval per
-variant) and ``experiments/results/ablation.md`` (metric x variant, mean and 95% interval over
-seeds, and the targets checked).
+earlier sweep's JSON holds, so a sweep extended by variants trains only those). The script
+then writes ``experiments/results/ablation.json`` (every run's metrics, plus mean, std and
+95% interval per variant) and ``experiments/results/ablation.md`` (metric x variant, mean and
+95% interval over seeds, and the targets checked).
 
 Intervals are Student-t intervals over seeds, mean ± t(0.975, n-1) · s / sqrt(n) (with 3 seeds
 t = 4.30: wide, honestly so). Comparisons between variants use the seeds both ran, paired by

@@ -181,8 +181,9 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
     [n, E]`` embeds prompts; ``prompts`` is {class: [...]} (positive prompts) or {class:
     {'positive': [...], 'negative': [...]}} (defaults: ``default_prompts``).
     ``raw['roc'][prefix][class]`` receives (p(positive), labels) of the known examples of each
-    scored class, ``raw['prompts'][prefix][class]`` the prompts each class was scored with, and ``raw['confusion'][prefix]`` the headline accuracy's confusion matrix
-    ({'classes': [...], 'counts': [C, C] true x predicted}): which finding a wrong answer is.
+    scored class, ``raw['prompts'][prefix][class]`` the prompts each class was scored with,
+    and ``raw['confusion'][prefix]`` the headline accuracy's confusion matrix ({'classes':
+    [...], 'counts': [C, C] true x predicted}): which finding a wrong answer is.
     """
     prompts = default_prompts(label_names) if prompts is None else prompts
     results, skipped = {}, []
