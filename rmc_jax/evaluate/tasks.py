@@ -91,12 +91,12 @@ def template_prompts(label_names) -> dict[str, dict[str, list[str]]]:
 
 
 def default_prompts(label_names) -> dict[str, dict[str, list[str]]]:
-    """``template_prompts``, with the classes that ``REPORT_PHRASES`` words taking its report
-    phrasings on both sides."""
+    """``template_prompts``, with the classes that ``REPORT_PHRASES`` words (never 'No
+    Finding') taking its report phrasings on both sides."""
     prompts = template_prompts(label_names)
     for name in label_names:
         phrased = REPORT_PHRASES.get(name.replace("_", " ").lower())
-        if phrased is not None and name not in NO_FINDING:
+        if phrased is not None:
             prompts[name] = {"positive": list(phrased[0]), "negative": list(phrased[1])}
     return prompts
 
