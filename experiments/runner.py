@@ -6,6 +6,7 @@ its wall time to ``wall_seconds.txt``."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,14 +54,18 @@ def evaluate_again(command: list[str], workdir: str, name: str) -> dict:
 
 
 def _launch(command: list[str], log_path: str, name: str, expected: str) -> bool:
-    """Runs ``command`` with its output in ``log_path``: whether it exited 0 and left
-    ``expected`` (else it says so on stdout)."""
+    """Runs ``command`` with its output in ``log_path``: whether it exited 0 and wrote
+    ``expected`` (a file left by an earlier command does not count; else it says so on
+    stdout)."""
     print(f"{name}: $ {' '.join(command)}", flush=True)
+    started = math.floor(time.time())  # file systems may keep whole seconds only
     with open(log_path, "w") as log:
         status = subprocess.run(command, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT).returncode
-    if status or not os.path.exists(expected):
-        print(f"{name}: exit {status}; see {log_path}", flush=True)
+    written = os.path.exists(expected) and os.path.getmtime(expected) >= started
+    if status or not written:
+        print(f"{name}: exit {status}{'' if written else f', {expected} not written'}; "
+              f"see {log_path}", flush=True)
         return False
     return True
 

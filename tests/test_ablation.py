@@ -164,6 +164,23 @@ def test_a_run_scored_with_other_prompts_is_evaluated_again(tmp_path, monkeypatc
     assert ablation.run("global", 2, "steps=5", str(tmp_path)) == results and len(commands) == 1
 
 
+def test_an_evaluation_that_leaves_the_old_results_is_a_failure(tmp_path, capsys):
+    """Evaluated again, a run already has results.json: the evaluation counts only if it
+    wrote the file anew, not because the old one is still there."""
+    import runner
+
+    workdir = tmp_path / "run"
+    (workdir / "eval").mkdir(parents=True)
+    old_results = workdir / "eval" / "results.json"
+    old_results.write_text('{"m": 1.0}')
+    os.utime(old_results, (1e9, 1e9))
+    quiet = [sys.executable, "-c", "print('nothing written')"]
+    assert runner.evaluate_again(quiet, str(workdir), "stale") == {}
+    assert "results.json not written" in capsys.readouterr().out
+    rewrite = [sys.executable, "-c", f"open({str(old_results)!r}, 'w').write('{{\"m\": 2.0}}')"]
+    assert runner.evaluate_again(rewrite, str(workdir), "fresh") == {"m": 2.0}
+
+
 def test_readme_block_is_replaced_and_the_rest_kept(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nintro\n\n## Next\n")

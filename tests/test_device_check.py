@@ -14,7 +14,9 @@ sys.path.insert(0, ROOT)
 from tools import largest_batch, run_summary  # noqa: E402
 
 
-@pytest.mark.slow  # ~3 min; the parts are covered by the deadline test, test_bench_reference, the largest-batch and run_summary tests
+# ~3 min; the parts are covered by the deadline test, test_bench_reference, the largest-batch
+# and run_summary tests
+@pytest.mark.slow
 def test_device_check_script_runs_on_cpu(tmp_path):
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n\nearlier text\n")

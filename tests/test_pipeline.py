@@ -347,8 +347,9 @@ def test_evaluation_batches_skip_bad_examples_and_pad_the_last_batch(tokenizer):
         "tiny[2]: ImageDecodeError: cannot decode image /data/2.png: truncated"]
     over = pipe.EvaluationBatches(TinySource(10, bad={2, 7}), config(max_bad_fraction=0.1),
                                   tokenizer, batch_size=4)
-    with pytest.raises(pipe.BadDataError, match=r"2 of 10 examples .*\(20\.0% > data.max_bad_"
-                                                r"fraction = 10\.0%.*\n  tiny\[2\]: .*\n  tiny\[7\]"):
+    with pytest.raises(pipe.BadDataError,
+                       match=r"2 of 10 examples .*\(20\.0% > data.max_bad_fraction = 10\.0%"
+                             r".*\n  tiny\[2\]: .*\n  tiny\[7\]"):
         list(over)
 
 

@@ -370,7 +370,9 @@ def test_preparing_at_the_training_resolution_leaves_the_pipeline_only_decoding(
                                  "64", "--max_size", "100"])
 
 
-@pytest.mark.slow  # ~1 min; the CLI trains on a prepared copy in test_bad_data_cli (tfds: row), and copies equal their source here
+# ~1 min; the CLI trains on a prepared copy in test_bad_data_cli (tfds: row), and copies equal
+# their source here
+@pytest.mark.slow
 def test_training_on_prepared_synthetic_records_through_the_cli(tmp_path):
     """The embedded synthetic data pre-rendered at the smoke model's resolution, then the
     command line trains and evaluates on the records (tfds:NAME, data.root = data_dir)."""

@@ -1,4 +1,5 @@
-"""Tokenizer: trained WordPiece is deterministic, saved and reloaded; HF directories load offline."""
+"""Tokenizer: trained WordPiece is deterministic, saved and reloaded; HF directories load
+offline."""
 
 import os
 

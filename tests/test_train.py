@@ -398,7 +398,8 @@ def test_sigterm_saves_a_checkpoint_to_resume_from(tmp_path):
                                start_new_session=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    while time.time() < deadline and not (metrics.exists()
+                                          and metrics.read_text().count("\n") >= 3):
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]

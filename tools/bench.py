@@ -630,8 +630,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--groups", nargs="+", default=["base-global", "base-roi"],
-                        help="base-global, base-roi, vits, vits-roi, flags, threads, patches, eval, "
-                             "teacher, stem, accelerator")
+                        help="base-global, base-roi, vits, vits-roi, flags, threads, patches, "
+                             "eval, teacher, stem, accelerator")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="steps per contestant per round")
     parser.add_argument("--only", nargs="*", default=None,

@@ -49,7 +49,8 @@ _FINDING_ALIASES = {
 
 
 def normalise_name(name: str) -> str:
-    """'Pleural Effusion', 'pleural-effusion', 'Nodule/Mass' -> 'pleural_effusion', 'nodule_mass'."""
+    """'Pleural Effusion', 'pleural-effusion', 'Nodule/Mass' -> 'pleural_effusion',
+    'nodule_mass'."""
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 

@@ -279,23 +279,24 @@ def evaluate(model, params, config, tokenizer, workdir: str, *, source=None,
 def write_results(results: dict, workdir: str) -> str:
     """``<workdir>/eval/results.json``: finite metrics only (undefined ones, e.g. the AUROC of
     a class with no positive example, are left out rather than written as NaN)."""
-    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", "results.json")
     finite = {k: float(v) for k, v in sorted(results.items())
               if v is not None and math.isfinite(float(v))}
-    with open(path, "w") as f:
-        json.dump(finite, f, indent=1)
-    return path
+    return _write_eval_json(finite, workdir, "results.json")
 
 
 def write_prompts(prompts: dict, workdir: str) -> str:
     """``<workdir>/eval/prompts.json``: ``{prefix: {class: {'positive': [...], 'negative':
     [...]}}}``, the prompts each zero-shot task (``zeroshot``, ``<protocol>/zeroshot``) scored
     each class with."""
+    return _write_eval_json(prompts, workdir, "prompts.json")
+
+
+def _write_eval_json(value, workdir: str, name: str) -> str:
+    """Write ``value`` as ``<workdir>/eval/<name>``; returns the path."""
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    path = os.path.join(workdir, "eval", "prompts.json")
+    path = os.path.join(workdir, "eval", name)
     with open(path, "w") as f:
-        json.dump(prompts, f, indent=1)
+        json.dump(value, f, indent=1)
     return path
 
 
