@@ -307,7 +307,7 @@ def _inverse_temperature(temperature) -> Array:
 
 
 def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: Array | None = None,
-                            axis_name=None, backend: str = "gather",
+                            pair_ids: Array | None = None, axis_name=None, backend: str = "gather",
                             chunk_size: int | None = None) -> Array:
     """Symmetric image-report InfoNCE: 0.5 * (CE(image -> text) + CE(text -> image)).
 
@@ -318,6 +318,10 @@ def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: A
       pair_mask: optional [N] bool, False for pairs that are left out entirely, neither
         anchors nor negatives (e.g. an image without report text, whose "report" would be
         the same empty text as every other such image's).
+      pair_ids: optional [N] int; pairs that share an id are positives of each other in both
+        directions (multi-positive InfoNCE), e.g. normal studies, whose reports say the same in
+        other words. Default: every pair its own id. Under ``axis_name``, the local shard of ids
+        over the global batch.
       axis_name: inside ``jax.shard_map``, the mesh axis the batch is split over; ``img`` and
         ``txt`` are then the local shards and the loss of the global batch is returned.
       backend: 'gather' or 'ring' (only used with ``axis_name``).
@@ -328,9 +332,11 @@ def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: A
     _check_pair("img", img, "txt", txt, 2)
     inv_tau = _inverse_temperature(temperature)
     n = img.shape[0]
-    ids = jnp.arange(n, dtype=jnp.int32) + _global_offset(n, axis_name)
-    if pair_mask is not None and pair_mask.shape != (n,):
-        raise ValueError(f"pair_mask must have shape [N] = {(n,)}, got {pair_mask.shape}")
+    for name, given in (("pair_mask", pair_mask), ("pair_ids", pair_ids)):
+        if given is not None and given.shape != (n,):
+            raise ValueError(f"{name} must have shape [N] = {(n,)}, got {given.shape}")
+    ids = (jnp.arange(n, dtype=jnp.int32) + _global_offset(n, axis_name) if pair_ids is None
+           else pair_ids.astype(jnp.int32))
     valid = jnp.ones((n,), bool) if pair_mask is None else pair_mask.astype(bool)
     if axis_name is None and chunk_size is not None:
         # One tiled pass gives both directions from the same logit blocks.

@@ -16,10 +16,12 @@ from jax.sharding import PartitionSpec as P
 
 from rmc_jax import losses, pretrained
 from rmc_jax import sharding as shd
+from rmc_jax.data.schema import normalise_name
 from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, roi_align
 
-__all__ = ["GLOBAL_LOSSES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses",
-           "caption_budget", "encode_packed", "region_slots", "region_teacher",
+__all__ = ["GLOBAL_LOSSES", "GLOBAL_POSITIVES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses",
+           "caption_budget", "encode_packed", "global_pair_ids", "no_finding_column",
+           "region_slots", "region_teacher",
            "teacher_head_scores", "teacher_regions", "teacher_scores"]
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
@@ -31,6 +33,9 @@ TEACHER_REGIONS = ("auto", "crop", "head")
 # 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
 # from label overlap (losses.medclip_contrastive_loss).
 GLOBAL_LOSSES = ("clip", "medclip")
+# What the 'clip' global loss counts as an image's report: 'pair' (its own report only, CLIP) or
+# 'normal' (also the other normal studies' reports in the batch, global_pair_ids).
+GLOBAL_POSITIVES = ("pair", "normal")
 
 
 def _contrastive(mesh, config, fn, *args):
@@ -47,9 +52,37 @@ def _contrastive(mesh, config, fn, *args):
                          axis_names={shd.BATCH_AXIS})(*args)
 
 
-def _global_loss(images, reports, has_report, temperature, **backend):
+def _global_loss(images, reports, has_report, ids, temperature, **backend):
     return losses.global_contrastive_loss(images, reports, temperature, pair_mask=has_report,
-                                          **backend)
+                                          pair_ids=ids, **backend)
+
+
+def no_finding_column(label_names) -> int | None:
+    """The index of the 'No Finding' class among ``label_names`` (any spelling), or None."""
+    names = [normalise_name(name) for name in label_names]
+    return names.index("no_finding") if "no_finding" in names else None
+
+
+def global_pair_ids(labels, label_mask, no_finding: int | None):
+    """[B] ids of the global loss's image-report pairs: one id (-1) shared by the batch's normal
+    studies, whose reports say the same in other words (CLIP would push them apart as
+    negatives), the others their own (0..B-1).
+
+    A study is normal when its 'No Finding' label (column ``no_finding``) is known and positive,
+    or, for label sets without that class (``no_finding`` None), when every label is known and
+    negative; with no label classes at all no study is.
+
+    Args:
+      labels: [B, C] float, 1 = present; label_mask: [B, C] bool, False = unknown.
+    """
+    b, c = labels.shape
+    if no_finding is not None:
+        normal = label_mask[:, no_finding] & (labels[:, no_finding] > 0.5)
+    elif c:
+        normal = jnp.all(label_mask & (labels < 0.5), axis=1)
+    else:
+        normal = jnp.zeros((b,), bool)
+    return jnp.where(normal, -1, jnp.arange(b, dtype=jnp.int32))
 
 
 def _masked_mean(values, mask):
@@ -62,10 +95,13 @@ def _roi_loss(regions, captions, mask, ids, temperature, **backend):
                                        **backend)
 
 
-def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config, mesh):
+def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config, mesh,
+                 no_finding: int | None = None):
     """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives,
     T concepts. ``teacher_logits`` [B, R, T]: the teacher's scores of the regions against the
-    ``concepts`` (``region_teacher``), or None (no distillation term)."""
+    ``concepts`` (``region_teacher``), or None (no distillation term). ``no_finding``: the
+    'No Finding' column of the labels (``no_finding_column``), for
+    ``loss.global_positives='normal'``."""
     apply = functools.partial(model.apply, {"params": params})
 
     def measured(*args, method):  # embeddings, and their norms before normalisation
@@ -91,8 +127,11 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
                                                           tau)
     else:
         # An image without report text has no report to match: it sits out the global loss.
+        ids = jnp.arange(b, dtype=jnp.int32)
+        if config.loss.global_positives == "normal":
+            ids = global_pair_ids(batch["labels"], batch["label_mask"], no_finding)
         terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
-                                       batch["has_report"], tau)
+                                       batch["has_report"], ids, tau)
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:

@@ -31,8 +31,9 @@ from rmc_jax.data import sources as data_sources
 from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs
 from rmc_jax.models.layers import AUTO_DTYPE, canonical_dtype, fast_compute_dtype
-from rmc_jax.objective import (GLOBAL_LOSSES, LOSS_TERMS, TEACHER_REGIONS, TEACHER_SOURCES,
-                               batch_losses, region_teacher)
+from rmc_jax.objective import (GLOBAL_LOSSES, GLOBAL_POSITIVES, LOSS_TERMS, TEACHER_REGIONS,
+                               TEACHER_SOURCES, batch_losses, no_finding_column,
+                               region_teacher)
 from rmc_jax.optim import TOWERS, frozen_towers, make_optimizer, tower_norms, tower_options
 
 # Diagnostics the step logs to metrics.jsonl and TensorBoard, not to the console:
@@ -84,6 +85,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                  f"a pretrained CLIP directory, e.g. 'hf:/path/to/clip'): {error}")
     if config.loss.global_loss not in GLOBAL_LOSSES:
         fail(f"loss.global_loss = {config.loss.global_loss!r}; choose one of {GLOBAL_LOSSES}")
+    if config.loss.global_positives not in GLOBAL_POSITIVES:
+        fail(f"loss.global_positives = {config.loss.global_positives!r}; choose one of "
+             f"{GLOBAL_POSITIVES}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
     if max(config.data.max_text_len, config.data.max_caption_len) > config.model.text.max_len:
@@ -212,9 +216,11 @@ def init_state(model: RegionCLIP, tx, config, mesh, warm_start: dict | None = No
 # =============================================================================================
 
 
-def make_train_step(model, tx, learning_rates, config, mesh, state_sharding):
-    """The jitted step; ``tx`` and ``learning_rates`` as ``make_optimizer`` returns them."""
-    losses_of = functools.partial(batch_losses, model=model, config=config, mesh=mesh)
+def make_train_step(model, tx, learning_rates, config, mesh, state_sharding, *, label_names):
+    """The jitted step; ``tx`` and ``learning_rates`` as ``make_optimizer`` returns them;
+    ``label_names``: the classes of the batches' labels (which one is 'No Finding')."""
+    losses_of = functools.partial(batch_losses, model=model, config=config, mesh=mesh,
+                                  no_finding=no_finding_column(label_names))
     score_regions = region_teacher(config, model)
     ema = config.teacher.source == "ema"
 
@@ -306,7 +312,8 @@ def fixed_batch_step(config, mesh, source, tokenizer):
     model = build_model(config.model)
     tx, learning_rates = make_optimizer(config)
     state, state_sharding = init_state(model, tx, config, mesh)
-    step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding)
+    step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding,
+                           label_names=source.label_names)
     return step, state, shd.global_batch(local, mesh), concepts
 
 
@@ -384,7 +391,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     frozen_teacher = load_frozen_teacher(config, state, mesh,
                                          concept_prompts(train_source.label_names,
                                                          config.teacher.concepts))
-    train_step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding)
+    train_step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding,
+                                 label_names=train_source.label_names)
+    if config.loss.global_loss == "clip" and config.loss.global_positives == "normal":
+        names, column = train_source.label_names, no_finding_column(train_source.label_names)
+        rule = (f"label {names[column]!r} known and positive" if column is not None else
+                "every label known and negative (no 'No Finding' class in the training labels)")
+        print(f"global loss: the normal studies of a batch are positives together ({rule})",
+              flush=True)
 
     # ---- loop -------------------------------------------------------------------------------
     progress = {"auto": None, "on": True, "off": False}[config.progress_bar]

@@ -21,11 +21,12 @@ def np_logsumexp(x):
     return m + np.log(np.sum(np.exp(x - m)))
 
 
-def np_global(img, txt, tau):
+def np_global(img, txt, tau, ids=None):
     logits = img @ txt.T / tau
     n = len(img)
-    i2t = [np_logsumexp(logits[i]) - logits[i, i] for i in range(n)]
-    t2i = [np_logsumexp(logits[:, j]) - logits[j, j] for j in range(n)]
+    ids = np.arange(n) if ids is None else ids
+    i2t = [np_logsumexp(logits[i]) - np_logsumexp(logits[i, ids == ids[i]]) for i in range(n)]
+    t2i = [np_logsumexp(logits[:, j]) - np_logsumexp(logits[ids == ids[j], j]) for j in range(n)]
     return 0.5 * (np.mean(i2t) + np.mean(t2i))
 
 
@@ -104,6 +105,28 @@ def test_global_matches_numpy(rng, tau, chunk_size):
                                rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(g_tau, numerical_grad(lambda t: np_global(img, txt, t),
                                                      np.array(tau)), rtol=1e-3)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_global_pair_ids_make_pairs_positives_together(rng, chunk_size):
+    """Pairs sharing an id (here 0, 2 and 5; 3 and 6) are positives of each other in both
+    directions; unique ids give plain InfoNCE."""
+    img, txt = normed(rng, 7, 5), normed(rng, 7, 5)
+    ids = np.array([-1, 4, -1, 9, 7, -1, 9])
+    tau = 0.1
+    loss = functools.partial(L.global_contrastive_loss, chunk_size=chunk_size)
+    value, grads = jax.value_and_grad(
+        lambda a, b: loss(a, b, tau, pair_ids=jnp.asarray(ids)), argnums=(0, 1))(*f32(img, txt))
+    np.testing.assert_allclose(value, np_global(img, txt, tau, ids), rtol=1e-5)
+    assert abs(float(value) - np_global(img, txt, tau)) > 1e-3
+    np.testing.assert_allclose(
+        grads[0], numerical_grad(lambda x: np_global(x, txt, tau, ids), img), rtol=1e-3,
+        atol=1e-5)
+    np.testing.assert_allclose(
+        grads[1], numerical_grad(lambda x: np_global(img, x, tau, ids), txt), rtol=1e-3,
+        atol=1e-5)
+    unique = loss(*f32(img, txt), tau, pair_ids=jnp.arange(7) * 3 + 11)
+    np.testing.assert_allclose(unique, loss(*f32(img, txt), tau), rtol=1e-6)
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
@@ -349,6 +372,8 @@ def test_shape_errors_are_explicit(rng):
     img, txt = f32(normed(rng, 4, 3), normed(rng, 5, 3))
     with pytest.raises(ValueError, match="same shape"):
         L.global_contrastive_loss(img, txt, 0.1)
+    with pytest.raises(ValueError, match=r"pair_ids must have shape \[N\] = \(4,\)"):
+        L.global_contrastive_loss(img, img, 0.1, pair_ids=jnp.zeros((5,), jnp.int32))
     roi = jnp.zeros((2, 3, 4))
     with pytest.raises(ValueError, match="roi_mask"):
         L.roi_contrastive_loss(roi, roi, jnp.ones((2, 4), bool), 0.1)
@@ -467,16 +492,22 @@ def test_global_pair_mask_leaves_pairs_out_entirely(rng, chunk_size):
     assert float(loss(img, txt, 0.1, pair_mask=jnp.zeros(8, bool))) == 0.0
 
 
-def test_global_pair_mask_sharded_equals_dense(rng):
+@pytest.mark.parametrize("backend", ["gather", "ring"])
+def test_global_pair_mask_and_ids_sharded_equal_dense(rng, backend):
     img, txt = f32(normed(rng, 32, 16), normed(rng, 32, 16))
     keep = jnp.asarray(rng.random(32) < 0.7)
+    # One id shared by pairs on several devices' shards, the others unique.
+    ids = jnp.where(jnp.asarray(rng.random(32) < 0.3), -1, jnp.arange(32))
 
-    def sharded(a, b, m):
-        fn = functools.partial(L.global_contrastive_loss, axis_name="data")
-        return jax.shard_map(lambda a, b, m: fn(a, b, 0.07, pair_mask=m), mesh=_mesh(),
-                             in_specs=(P("data"),) * 3, out_specs=P())(a, b, m)
+    def sharded(a, b, m, i):
+        fn = functools.partial(L.global_contrastive_loss, axis_name="data", backend=backend)
+        return jax.shard_map(lambda a, b, m, i: fn(a, b, 0.07, pair_mask=m, pair_ids=i),
+                             mesh=_mesh(), in_specs=(P("data"),) * 4, out_specs=P())(a, b, m, i)
 
-    reference = jax.value_and_grad(
-        lambda a, b: L.global_contrastive_loss(a, b, 0.07, pair_mask=keep), argnums=(0, 1))
-    _assert_same(reference(img, txt),
-                 jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(img, txt, keep))
+    for pair_ids in (None, ids):
+        reference = jax.value_and_grad(
+            lambda a, b: L.global_contrastive_loss(a, b, 0.07, pair_mask=keep,
+                                                   pair_ids=pair_ids), argnums=(0, 1))
+        given = jnp.arange(32) if pair_ids is None else pair_ids
+        _assert_same(reference(img, txt),
+                     jax.jit(jax.value_and_grad(sharded, argnums=(0, 1)))(img, txt, keep, given))

@@ -84,7 +84,11 @@ def test_every_variant_trains_and_writes_metrics(tmp_path, capsys, variant):
     diagnostics |= {"embedding_norm/image", "embedding_norm/text"} | (
         {"embedding_norm/regions"} if variant == "roi" else set())
     assert all(diagnostics <= set(x) and all(x[k] > 0 for k in diagnostics) for x in lines)
-    assert "_norm/" not in capsys.readouterr().out  # metrics.jsonl and TensorBoard only
+    out = capsys.readouterr().out
+    assert "_norm/" not in out  # metrics.jsonl and TensorBoard only
+    rule = ("global loss: the normal studies of a batch are positives together (label "
+            "'no_finding' known and positive)")
+    assert (rule in out) == (variant not in ("global", "medclip")), out
     assert all(0 < x["mfu"] < 1 and x["examples_per_second"] > 0 for x in lines), lines
     assert len(os.listdir(tmp_path / "tensorboard")) == 1  # TensorBoard event file
     assert os.path.isdir(tmp_path / "checkpoints" / "4")
@@ -235,6 +239,61 @@ def _fixed_batch_setup(config, mesh):
     return train.fixed_batch_step(config, mesh, source, tokenizer)
 
 
+SYNTHETIC_NO_FINDING = objective.no_finding_column(
+    train.data_sources.open_source("synthetic", "", "train", 1, 0, 32).label_names)
+
+
+def test_normal_studies_are_one_id_of_the_global_loss():
+    """With a 'No Finding' class a study is normal when that label is known and positive;
+    without one, when every label is known and negative; the other studies keep their own
+    ids (their index in the batch)."""
+    assert objective.no_finding_column(["Atelectasis", "No Finding"]) == 1
+    assert objective.no_finding_column(["nodule", "no-finding"]) == 1
+    assert objective.no_finding_column(["nodule", "mass"]) is None
+    labels = jnp.array([[0, 1], [1, 0], [0, 1], [0, 0], [0, 1]], jnp.float32)
+    mask = jnp.array([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]], bool)
+    ids = objective.global_pair_ids(labels, mask, no_finding=1)
+    np.testing.assert_array_equal(ids, [-1, 1, -1, 3, 4])  # 4: 'No Finding' unknown
+    ids = objective.global_pair_ids(labels[:, :1], mask[:, :1], no_finding=None)
+    np.testing.assert_array_equal(ids, [-1, 1, -1, -1, -1])
+    ids = objective.global_pair_ids(labels, mask.at[0, 0].set(False), no_finding=None)
+    np.testing.assert_array_equal(ids, [0, 1, 2, -1, 4])  # 0: a label unknown
+    np.testing.assert_array_equal(
+        objective.global_pair_ids(jnp.zeros((3, 0)), jnp.zeros((3, 0), bool), None), [0, 1, 2])
+
+
+def test_the_global_term_counts_normal_studies_as_positives_together():
+    """loss.global_positives='normal': the step's global term is the InfoNCE whose positives
+    are each image's own report and every normal study's report for a normal image
+    (global_pair_ids), computed from the model's own embeddings; 'pair' is plain CLIP."""
+    from rmc_jax import losses
+    from rmc_jax.models import RegionCLIP
+
+    config = smoke(**{"loss.roi_weight": 0.0, "loss.neg_weight": 0.0,
+                      "loss.distill_weight": 0.0})
+    mesh = shd.make_mesh(1, 1)
+    _, state, batch, concepts = _fixed_batch_setup(config, mesh)
+    model = train.build_model(config.model)
+    apply = functools.partial(model.apply, {"params": state["params"]})
+    images, _ = apply(batch["image"], method=RegionCLIP.image_features)
+    reports = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
+    tau = apply(method=RegionCLIP.temperature)
+    ids = objective.global_pair_ids(batch["labels"], batch["label_mask"], SYNTHETIC_NO_FINDING)
+    assert int((ids == -1).sum()) >= 2  # the batch has normal studies to share an id
+    terms = {}
+    for positives in ("normal", "pair"):
+        config.loss.global_positives = positives
+        _, logs = objective.batch_losses(state["params"], None, batch, concepts, 0, model=model,
+                                         config=config, mesh=mesh,
+                                         no_finding=SYNTHETIC_NO_FINDING)
+        terms[positives] = float(logs["global"])
+    expected = {"normal": losses.global_contrastive_loss(images, reports, tau, pair_ids=ids),
+                "pair": losses.global_contrastive_loss(images, reports, tau)}
+    for positives, value in terms.items():
+        np.testing.assert_allclose(value, expected[positives], rtol=1e-5, err_msg=positives)
+    assert terms["normal"] < terms["pair"] - 1e-3
+
+
 def fixed_batch_losses(config, steps: int, mesh_devices: int) -> list[dict]:
     """Metrics of ``steps`` train steps on one fixed batch of ``config.batch_size`` examples, as
     floats; with several processes each feeds its rows of the same global batch."""
@@ -273,7 +332,7 @@ def test_eight_devices_equal_one_device(backend, gradients):
         if gradients:
             model = train.build_model(config.model)
             loss_fn = functools.partial(objective.batch_losses, model=model, config=config,
-                                        mesh=mesh)
+                                        mesh=mesh, no_finding=SYNTHETIC_NO_FINDING)
             teacher = objective.region_teacher(config, model)  # the EMA teacher: the params
             teacher_logits = jax.jit(teacher)(state["params"], batch["image"], batch["boxes"],
                                               concepts)
@@ -326,6 +385,7 @@ def test_fsdp_mesh_shards_parameters():
     ({"optimizer.freeze": "image,text", "loss.roi_weight": 0.0, "loss.neg_weight": 0.0,
       "loss.distill_weight": 0.0}, "only the temperature would train"),
     ({"loss.global_loss": "siglip"}, "loss.global_loss"),
+    ({"loss.global_positives": "labels"}, "loss.global_positives = 'labels'; choose one of"),
     ({"teacher.regions": "box"}, "teacher.regions = 'box'"),
     ({"teacher.regions": "head", "teacher.source": "hf"}, "needs an rmc_jax teacher"),
 ])

@@ -56,6 +56,8 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+sys.path.insert(0, ROOT)
+from rmc_jax.data.synthetic.source import LABEL_NAMES  # noqa: E402  (no JAX: workers start light)
 
 # Allocator settings compared by the 'flags' group. glibc: keep freed memory in the heap
 # (no trimming, large buffers from the heap rather than fresh mmap'd pages that fault on
@@ -170,7 +172,6 @@ def bench_config(variant: str, model: str, dtype: str, batch_size: int,
                  text_len: int | None = None):
     """configs/base.py:<variant> (configs/b16.py:<variant> for 'b16') with the model size,
     compute dtype and (if given) report tokens of a contestant."""
-    sys.path.insert(0, ROOT)
     if MODELS[model].get("config") == "b16":
         from configs.b16 import get_config
     else:
@@ -214,8 +215,8 @@ def random_batch(config, seed: int = 0) -> dict:
         "neg_mask": ones(b, r, k, d.max_caption_len),
         "neg_valid": np.broadcast_to(box_mask[..., None], (b, r, k)).copy(),
         "caption_hash": rng.integers(0, 2**30, (b, r)).astype(np.int32),
-        "labels": rng.integers(0, 2, (b, 9)).astype(np.float32),
-        "label_mask": np.ones((b, 9), bool),
+        "labels": rng.integers(0, 2, (b, len(LABEL_NAMES))).astype(np.float32),
+        "label_mask": np.ones((b, len(LABEL_NAMES)), bool),
         "has_report": np.ones((b,), bool),
     }
 
@@ -280,7 +281,8 @@ def jax_worker(spec: dict):
     platform = spec.get("kernels") or layers.kernel_platform()
     with layers.kernels_for(platform):
         state, state_sharding = trainer.init_state(model, tx, config, mesh)
-        step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding)
+        step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding,
+                                       label_names=LABEL_NAMES)
         batch = shd.global_batch(random_batch(config), mesh)
         rng = np.random.default_rng(1)
         concepts = (jnp.asarray(rng.integers(5, config.model.text.vocab_size,
@@ -380,7 +382,6 @@ def torch_worker(spec: dict):
     """Build the PyTorch reference step; return (run(n) -> seconds per step, info)."""
     import torch
 
-    sys.path.insert(0, ROOT)
     from tools import torch_reference as ref
 
     torch.set_num_threads(spec.get("threads") or os.cpu_count())
@@ -852,7 +853,6 @@ def main(argv=None):
 
 def write_benchmarks(key: str, text: str, path: str = os.path.join(ROOT, "BENCHMARKS.md")):
     """Replace the block ``key`` in BENCHMARKS.md (appended when its markers are absent)."""
-    sys.path.insert(0, ROOT)
     from tools.markdown_block import replace_block
 
     replace_block(path, key, text)

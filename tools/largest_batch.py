@@ -29,6 +29,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, ROOT)
+from tools.bench import LABEL_NAMES  # noqa: E402
 from tools.bench import memory_size as size  # noqa: E402
 
 
@@ -74,7 +75,8 @@ def lower_step(config, batch: int, kernels: str | None = None):
     with layers.kernels_for(kernels or layers.kernel_platform()):
         state = jax.eval_shape(lambda: trainer.init_state(model, tx, config, mesh)[0])
         sharding = shd.param_shardings(state, mesh)
-        step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding)
+        step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding,
+                                       label_names=LABEL_NAMES)
         inputs = {k: jax.ShapeDtypeStruct((batch,) + v.shape[1:], v.dtype,
                                           sharding=shd.batch_sharding(mesh))
                   for k, v in example.items()}
@@ -176,7 +178,8 @@ def verify(config, batch: int, kernels: str | None = None) -> dict:
     try:
         with layers.kernels_for(kernels or layers.kernel_platform()):
             state, sharding = trainer.init_state(model, tx, config, mesh)
-            step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding)
+            step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding,
+                                           label_names=LABEL_NAMES)
             concepts = (jnp.ones((24, config.data.max_caption_len), jnp.int32),) * 2
             start = time.perf_counter()
             state, metrics = step(state, shd.global_batch(random_batch(config), mesh),
