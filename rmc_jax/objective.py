@@ -19,10 +19,10 @@ from rmc_jax import sharding as shd
 from rmc_jax.data.schema import normalise_name
 from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, roi_align
 
-__all__ = ["GLOBAL_LOSSES", "GLOBAL_POSITIVES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES", "batch_losses",
-           "caption_budget", "encode_packed", "global_pair_ids", "no_finding_column",
-           "region_slots", "region_teacher",
-           "teacher_head_scores", "teacher_regions", "teacher_scores"]
+__all__ = ["GLOBAL_LOSSES", "GLOBAL_POSITIVES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES",
+           "batch_losses", "caption_budget", "encode_packed", "global_pair_ids",
+           "no_finding_column", "region_slots", "region_teacher", "teacher_head_scores",
+           "teacher_regions", "teacher_scores"]
 
 LOSS_TERMS = ("global", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
@@ -96,12 +96,12 @@ def _roi_loss(regions, captions, mask, ids, temperature, **backend):
 
 
 def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config, mesh,
-                 no_finding: int | None = None):
+                 no_finding: int | None):
     """All loss terms for one batch -> (total, logs). Shapes: B batch, R regions, K negatives,
     T concepts. ``teacher_logits`` [B, R, T]: the teacher's scores of the regions against the
     ``concepts`` (``region_teacher``), or None (no distillation term). ``no_finding``: the
-    'No Finding' column of the labels (``no_finding_column``), for
-    ``loss.global_positives='normal'``."""
+    'No Finding' column of the labels (``no_finding_column``; None where the label set has
+    none), for ``loss.global_positives='normal'``."""
     apply = functools.partial(model.apply, {"params": params})
 
     def measured(*args, method):  # embeddings, and their norms before normalisation

@@ -711,7 +711,7 @@ def test_fixed_concepts_keep_distillation_out_of_the_text_tower(fixed):
                                 smoke(seed=1), shd.make_mesh(1, 1))
     teacher_logits = jax.jit(teacher)(other["params"], batch["image"], batch["boxes"], concepts)
     loss_fn = functools.partial(objective.batch_losses, model=model, config=config,
-                                mesh=shd.make_mesh(1, 1))
+                                mesh=shd.make_mesh(1, 1), no_finding=SYNTHETIC_NO_FINDING)
     grads = jax.jit(jax.grad(lambda p: loss_fn(p, teacher_logits, batch, concepts, 0)[0]))(
         state["params"])
     norm = lambda tree: float(optax.tree.norm(tree))  # noqa: E731
