@@ -69,7 +69,7 @@ def test_analytic_flops_match_xla_cost_analysis():
     tx, schedule = trainer.make_optimizer(config)
     state, sharding = trainer.init_state(model, tx, config, mesh)
     step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding,
-                                   label_names=bench.LABEL_NAMES)
+                                   label_names=bench.batch_label_names())
     batch = shd.global_batch(bench.random_batch(config), mesh)
     xla = flops.cost_flops(step.lower(state, batch, None, None))
     analytic = bench.analytic_flops(config, config.batch_size)

@@ -57,7 +57,6 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, ROOT)
-from rmc_jax.data.synthetic.source import LABEL_NAMES  # noqa: E402  (no JAX: workers start light)
 
 # Allocator settings compared by the 'flags' group. glibc: keep freed memory in the heap
 # (no trimming, large buffers from the heap rather than fresh mmap'd pages that fault on
@@ -191,6 +190,14 @@ def bench_config(variant: str, model: str, dtype: str, batch_size: int,
     return config
 
 
+def batch_label_names() -> tuple[str, ...]:
+    """The classes of ``random_batch``'s labels: the embedded data's (imported here, not at
+    start-up, as every rmc_jax import of this file)."""
+    from rmc_jax.data.synthetic.source import LABEL_NAMES
+
+    return LABEL_NAMES
+
+
 def random_batch(config, seed: int = 0) -> dict:
     """NumPy batch with the pipeline's keys and shapes; 1-3 real regions per image."""
     import numpy as np
@@ -202,6 +209,7 @@ def random_batch(config, seed: int = 0) -> dict:
     xy = rng.uniform(0, 0.6, (b, r, 2))
     wh = rng.uniform(0.1, 0.4, (b, r, 2))
     vocab = config.model.text.vocab_size
+    classes = len(batch_label_names())
     ones = lambda *shape: np.ones(shape, np.int32)  # noqa: E731
     return {
         "image": rng.standard_normal((b, s, s, 1)).astype(np.float32),
@@ -215,8 +223,8 @@ def random_batch(config, seed: int = 0) -> dict:
         "neg_mask": ones(b, r, k, d.max_caption_len),
         "neg_valid": np.broadcast_to(box_mask[..., None], (b, r, k)).copy(),
         "caption_hash": rng.integers(0, 2**30, (b, r)).astype(np.int32),
-        "labels": rng.integers(0, 2, (b, len(LABEL_NAMES))).astype(np.float32),
-        "label_mask": np.ones((b, len(LABEL_NAMES)), bool),
+        "labels": rng.integers(0, 2, (b, classes)).astype(np.float32),
+        "label_mask": np.ones((b, classes), bool),
         "has_report": np.ones((b,), bool),
     }
 
@@ -282,7 +290,7 @@ def jax_worker(spec: dict):
     with layers.kernels_for(platform):
         state, state_sharding = trainer.init_state(model, tx, config, mesh)
         step = trainer.make_train_step(model, tx, schedule, config, mesh, state_sharding,
-                                       label_names=LABEL_NAMES)
+                                       label_names=batch_label_names())
         batch = shd.global_batch(random_batch(config), mesh)
         rng = np.random.default_rng(1)
         concepts = (jnp.asarray(rng.integers(5, config.model.text.vocab_size,

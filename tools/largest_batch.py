@@ -29,7 +29,6 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 sys.path.insert(0, ROOT)
-from tools.bench import LABEL_NAMES  # noqa: E402
 from tools.bench import memory_size as size  # noqa: E402
 
 
@@ -64,7 +63,7 @@ def lower_step(config, batch: int, kernels: str | None = None):
     from rmc_jax import sharding as shd
     from rmc_jax import train as trainer
     from rmc_jax.models import layers
-    from tools.bench import random_batch
+    from tools.bench import batch_label_names, random_batch
 
     config = config.copy_and_resolve_references()
     config.batch_size = 1
@@ -76,7 +75,7 @@ def lower_step(config, batch: int, kernels: str | None = None):
         state = jax.eval_shape(lambda: trainer.init_state(model, tx, config, mesh)[0])
         sharding = shd.param_shardings(state, mesh)
         step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding,
-                                       label_names=LABEL_NAMES)
+                                       label_names=batch_label_names())
         inputs = {k: jax.ShapeDtypeStruct((batch,) + v.shape[1:], v.dtype,
                                           sharding=shd.batch_sharding(mesh))
                   for k, v in example.items()}
@@ -168,7 +167,7 @@ def verify(config, batch: int, kernels: str | None = None) -> dict:
     from rmc_jax import sharding as shd
     from rmc_jax import train as trainer
     from rmc_jax.models import layers
-    from tools.bench import device_peak_bytes, random_batch
+    from tools.bench import batch_label_names, device_peak_bytes, random_batch
 
     config = config.copy_and_resolve_references()
     config.batch_size = batch
@@ -179,7 +178,7 @@ def verify(config, batch: int, kernels: str | None = None) -> dict:
         with layers.kernels_for(kernels or layers.kernel_platform()):
             state, sharding = trainer.init_state(model, tx, config, mesh)
             step = trainer.make_train_step(model, tx, schedule, config, mesh, sharding,
-                                           label_names=LABEL_NAMES)
+                                           label_names=batch_label_names())
             concepts = (jnp.ones((24, config.data.max_caption_len), jnp.int32),) * 2
             start = time.perf_counter()
             state, metrics = step(state, shd.global_batch(random_batch(config), mesh),
