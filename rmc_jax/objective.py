@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from rmc_jax import losses, pretrained
 from rmc_jax import sharding as shd
-from rmc_jax.data.schema import normalise_name
+from rmc_jax.data.schema import is_no_finding
 from rmc_jax.models import EMBEDDING_NORMS, RegionCLIP, roi_align
 
 __all__ = ["GLOBAL_LOSSES", "GLOBAL_POSITIVES", "LOSS_TERMS", "TEACHER_REGIONS", "TEACHER_SOURCES",
@@ -59,8 +59,7 @@ def _global_loss(images, reports, has_report, ids, temperature, **backend):
 
 def no_finding_column(label_names) -> int | None:
     """The index of the 'No Finding' class among ``label_names`` (any spelling), or None."""
-    names = [normalise_name(name) for name in label_names]
-    return names.index("no_finding") if "no_finding" in names else None
+    return next((i for i, name in enumerate(label_names) if is_no_finding(name)), None)
 
 
 def global_pair_ids(labels, label_mask, no_finding: int | None):

@@ -28,6 +28,7 @@ from rmc_jax import flops, losses, pretrained, summaries, text_pretrain
 from rmc_jax import sharding as shd
 from rmc_jax.data import pipeline as pipe
 from rmc_jax.data import sources as data_sources
+from rmc_jax.data.schema import is_no_finding
 from rmc_jax.data.tokenizer import Tokenizer, tokenizer_for_run
 from rmc_jax.models import RegionCLIP, build_model, example_inputs
 from rmc_jax.models.layers import AUTO_DTYPE, canonical_dtype, fast_compute_dtype
@@ -175,7 +176,7 @@ def concept_prompts(label_names, concepts: str = "findings") -> list[str]:
         raise ValueError(f"teacher.concepts = {concepts!r}; choose one of {CONCEPT_SETS}")
     prompts = []
     for name in label_names:
-        if name in ("no_finding", "No Finding"):
+        if is_no_finding(name):
             continue
         finding = name.replace("_", " ").lower()
         prompts += [finding] + ([f"right {finding}", f"left {finding}"]

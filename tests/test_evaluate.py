@@ -125,6 +125,32 @@ def test_zero_shot_separates_classes_when_images_align_with_prompts():
     assert raw["prompts"]["zeroshot"] == tasks.template_prompts(names)
 
 
+@pytest.mark.parametrize("spelling", ["No Finding", "No finding", "no-finding", "NO_FINDING"])
+def test_no_finding_is_the_normal_class_in_any_spelling(spelling):
+    """Evaluation decides which class is 'No Finding' as training does (schema.is_no_finding):
+    a dataset spelling it 'No finding' gets the normal prompts, not the templates (whose
+    "no {}" would invert it), and its images count as normal in the accuracy split."""
+    names = ("nodule", "pleural_effusion", spelling)
+    prompts = tasks.default_prompts(names)[spelling]
+    assert prompts == {"positive": list(tasks.NORMAL_PROMPTS),
+                       "negative": ["nodule", "pleural effusion"]}
+    rng = np.random.default_rng(0)
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]] * 5, np.float32)
+    images = _normal(rng.normal(size=(20, 8)))
+    table = {}
+
+    def embed_texts(texts):
+        return np.stack([table.setdefault(t, _normal(rng.normal(size=8))) for t in texts])
+
+    results = tasks.zero_shot(images, labels, np.ones_like(labels, bool), names, embed_texts,
+                              bootstrap=0)
+    reference = tasks.zero_shot(images, labels, np.ones_like(labels, bool),
+                                names[:2] + ("no_finding",), embed_texts, bootstrap=0)
+    for key in ("auroc_mean", "accuracy_single_label", "accuracy_single_label_normal",
+                "accuracy_single_label_findings", "accuracy_which_finding"):
+        assert results[f"zeroshot/{key}"] == reference[f"zeroshot/{key}"], key
+
+
 def test_default_prompts_word_known_findings_as_reports_do_and_template_the_rest():
     """A class REPORT_PHRASES words gets its phrasings whatever the dataset's spelling
     ('Pleural Effusion', 'pleural_effusion'); any other class the templates; 'No Finding' its

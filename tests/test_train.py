@@ -249,6 +249,7 @@ def test_normal_studies_are_one_id_of_the_global_loss():
     ids (their index in the batch)."""
     assert objective.no_finding_column(["Atelectasis", "No Finding"]) == 1
     assert objective.no_finding_column(["nodule", "no-finding"]) == 1
+    assert objective.no_finding_column(["No finding", "nodule"]) == 0   # VinDr's spelling
     assert objective.no_finding_column(["nodule", "mass"]) is None
     labels = jnp.array([[0, 1], [1, 0], [0, 1], [0, 0], [0, 1]], jnp.float32)
     mask = jnp.array([[1, 1], [1, 1], [1, 1], [1, 1], [1, 0]], bool)
@@ -655,6 +656,8 @@ def test_mfu_peak_is_measured_in_the_towers_dtypes_before_input_workers_start(tm
 def test_distillation_concepts_have_no_sides_by_default(tmp_path):
     names = ("nodule", "pleural_effusion", "no_finding")
     assert train.concept_prompts(names) == ["nodule", "pleural effusion"]
+    # 'No Finding' is no concept in any spelling (it would become "no finding" otherwise).
+    assert train.concept_prompts(("nodule", "No finding")) == ["nodule"]
     assert train.concept_prompts(names, "findings_and_sides") == [
         "nodule", "right nodule", "left nodule", "pleural effusion", "right pleural effusion",
         "left pleural effusion"]

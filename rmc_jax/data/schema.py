@@ -54,6 +54,12 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
+def is_no_finding(name: str) -> bool:
+    """Whether a label class is 'No Finding' (any spelling: 'no_finding', 'No finding',
+    'no-finding'): the class of normal studies, which training and evaluation treat apart."""
+    return normalise_name(name) == "no_finding"
+
+
 def finding_id(name: str) -> int:
     """Index of a dataset's finding name in FINDINGS; -1 when it has no canonical meaning."""
     key = normalise_name(name)

@@ -26,9 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from rmc_jax.data.captions import PERTURBATION_TYPES
+from rmc_jax.data.schema import is_no_finding
 from rmc_jax.evaluate import metrics as M
 
-NO_FINDING = ("no_finding", "No Finding")
 NORMAL_PROMPTS = ("no acute cardiopulmonary process", "the lungs are clear",
                   "normal chest radiograph", "no focal consolidation, effusion or pneumothorax")
 FINDING_TEMPLATES = ("{}", "there is {}", "findings consistent with {}", "{} is present")
@@ -74,12 +74,13 @@ REPORT_PHRASES = {
 
 def template_prompts(label_names) -> dict[str, dict[str, list[str]]]:
     """{class: {'positive': [...], 'negative': [...]}} from templates around the class name
-    (the defaults before ``REPORT_PHRASES``). 'No Finding' gets its own prompts (the template
-    'no {}' would invert it) and, as negatives, prompts of any finding."""
+    (the defaults before ``REPORT_PHRASES``). 'No Finding', in any spelling
+    (``schema.is_no_finding``), gets its own prompts (the template 'no {}' would invert it) and,
+    as negatives, prompts of any finding."""
     prompts = {}
-    findings = [n for n in label_names if n not in NO_FINDING]
+    findings = [n for n in label_names if not is_no_finding(n)]
     for name in label_names:
-        if name in NO_FINDING:
+        if is_no_finding(name):
             positive = list(NORMAL_PROMPTS)
             negative = [f.replace("_", " ").lower() for f in findings] or ["abnormal"]
         else:
@@ -249,7 +250,7 @@ def zero_shot(image_emb, labels, label_mask, label_names, embed_texts, prompts=N
         low, high = M.bootstrap_ci(mean_auroc, matrices["posneg"][:, keep], y[:, keep],
                                    known[:, keep], n=bootstrap)
         results[f"{prefix}/auroc_mean_ci_low"], results[f"{prefix}/auroc_mean_ci_high"] = low, high
-    normal = np.array([label_names[c] in NO_FINDING for c in columns])
+    normal = np.array([is_no_finding(label_names[c]) for c in columns])
     for kind, suffix in (("posneg", ""), ("ensemble", "_ensemble")):
         accuracy = single_label_accuracy(matrices[kind], y, known)
         if accuracy is not None:
