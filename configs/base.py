@@ -97,11 +97,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict(dict(
         global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
-        global_loss="clip",         # 'clip' (InfoNCE) or 'medclip' (MedCLIP's soft targets from
-                                    # label overlap, losses.medclip_contrastive_loss)
-        # 'normal': the 'clip' loss counts every normal study's report in the batch as a
-        # positive of every normal image (objective.global_pair_ids: the reports say the same
-        # in other words; CLIP pushes them apart); 'pair': its own report only (CLIP).
+        global_loss="clip",         # 'clip' (InfoNCE), 'medclip' (MedCLIP's soft targets from
+                                    # label overlap, losses.medclip_contrastive_loss) or
+                                    # 'siglip' (pairwise sigmoid with a learnt logit bias,
+                                    # losses.sigmoid_contrastive_loss; model.init_logit_bias)
+        # 'normal': the 'clip' and 'siglip' losses count every normal study's report in the batch
+        # as a positive of every normal image (objective.global_pair_ids: the reports say the
+        # same in other words; CLIP pushes them apart); 'pair': its own report only (CLIP).
         global_positives="normal",
         backend="gather",           # 'gather' or 'ring' for the sharded contrastive losses
         chunk_size=0,               # >0: tiled contrastive losses (memory linear in batch)

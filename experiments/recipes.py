@@ -8,7 +8,8 @@
     python experiments/recipes.py --name=distillation --only=roi_augmented,\
         roi_nodistill_augmented,distill_temperature0.05,distill_threshold0.5,distill_warmup200
     python experiments/recipes.py --name=recipes_screen --only=head_teacher_temperature0.05,\
-        init_temperature0.04,init_temperature0.1,global_weight2,roi_weight2,grad_clip_norm100
+        init_temperature0.04,init_temperature0.1,global_weight2,roi_weight2,grad_clip_norm100,\
+        siglip
 
 A recipe is a config argument string plus ``--config.KEY=VALUE`` overrides on top of the
 ``roi`` variant; each runs as ``python -m rmc_jax.main`` in its own workdir under ``--runs``
@@ -84,7 +85,8 @@ RECIPES = {name: (args, {**PAST_DEFAULTS, **overrides})
 # region and negative-caption terms) starting sharper or softer than CLIP's 0.07: in 1,200 steps
 # it moves little from where it starts (0.070 -> 0.062); a heavier region-caption term; the
 # gradient clipped only at 100 rather than 1 (the logged norms are 6 to 26, so at 1 every step
-# is clipped, and Adam then sees unit-norm gradients).
+# is clipped, and Adam then sees unit-norm gradients); SigLIP's sigmoid loss for the
+# image-report term.
 CROP_TEACHER = {"teacher.regions": "crop", **TEMPERATURE_0_01}   # before teacher.regions='auto'
 HEAD_TEACHER = {"teacher.regions": "head", **TEMPERATURE_0_01}   # what 'auto' picks for 'ema'
 DEFAULT_RECIPES = {
@@ -103,6 +105,7 @@ DEFAULT_RECIPES = {
     "init_temperature0.1": ("roi", {"model.init_temperature": 0.1}),
     "roi_weight2": ("roi", {"loss.roi_weight": 2.0}),
     "grad_clip_norm100": ("roi", {"optimizer.grad_clip_norm": 100.0}),
+    "siglip": ("roi", {"loss.global_loss": "siglip"}),
 }
 RECIPES.update(DEFAULT_RECIPES)
 

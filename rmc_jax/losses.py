@@ -1,5 +1,5 @@
-"""The four training losses of region-aware CLIP (and the MedCLIP baseline's loss), as pure JAX
-functions other code can import.
+"""The four training losses of region-aware CLIP (and two other image-report losses: the MedCLIP
+baseline's and SigLIP's pairwise sigmoid), as pure JAX functions other code can import.
 
 Every loss takes **L2-normalised** embeddings (similarity s(a, b) = a . b), a temperature
 tau > 0, and returns a float32 scalar: the mean over valid items. Logits are computed in
@@ -19,12 +19,14 @@ Contrastive losses scale three ways, all giving the same value and gradients:
 
 Multi-positive InfoNCE: where several candidates share an id with the anchor, they are all
 positives together: loss_i = logsumexp_{j valid} s_ij/tau - logsumexp_{j positive} s_ij/tau.
-With unique ids this is the usual InfoNCE.
+With unique ids this is the usual InfoNCE. The sigmoid loss takes the same ids (a pair of equal
+ids is a positive) and scales the same three ways; as a plain sum over pairs it needs no online
+log-sum-exp, and its tiled form is blocks of rows under ``jax.checkpoint``.
 
-One module of just over 500 lines on purpose: the public losses (``global_contrastive_loss`` on)
-are short and all stand on the one contrastive kernel above them (dense, tiled with its custom
-VJP, gathered and ring-sharded row losses); apart, the kernel's private helpers would only move
-behind an import.
+One module of just over 600 lines on purpose: the public losses (``global_contrastive_loss`` on)
+are short and all stand on the two kernels above them (dense, tiled, gathered and ring-sharded
+row losses, the InfoNCE one with its custom VJP); apart, the kernels' private helpers would only
+move behind an import.
 """
 
 from __future__ import annotations
@@ -256,22 +258,88 @@ def _zeros_varying_like(shape, dtype, *like: Array) -> Array:
     return _as_varying(jnp.zeros(shape, dtype), tuple(sorted(axes)))
 
 
-def _sharded_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau,
-                        axis_name, backend, chunk_size):
-    """Local anchors against the global candidate set, by the chosen backend."""
-    # Every input becomes device-varying (the temperature too: its gradient is a sum of
+def _sharded_rows(rows, ring, anchors, candidates, anchor_ids, candidate_ids, candidate_valid,
+                  scalars, axis_name, backend, chunk_size):
+    """Local anchors against the global candidate set, by the chosen backend: ``rows(anchors,
+    candidates, anchor_ids, candidate_ids, candidate_valid, *scalars, chunk_size)`` on the
+    gathered candidates, or ``ring(..., *scalars, axis_name)`` around the device ring."""
+    # Every input becomes device-varying (the scalars too: their gradients are sums of
     # per-device contributions, which the transpose of this cast performs).
-    anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau = (
+    anchors, candidates, anchor_ids, candidate_ids, candidate_valid, *scalars = (
         _as_varying(x, axis_name)
-        for x in (anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau))
+        for x in (anchors, candidates, anchor_ids, candidate_ids, candidate_valid, *scalars))
     if backend == "gather":
         gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
-        return _row_losses(anchors, gather(candidates), anchor_ids, gather(candidate_ids),
-                           gather(candidate_valid), inv_tau, chunk_size)
+        return rows(anchors, gather(candidates), anchor_ids, gather(candidate_ids),
+                    gather(candidate_valid), *scalars, chunk_size)
     if backend == "ring":
-        return _ring_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid,
-                                inv_tau, axis_name)
+        return ring(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, *scalars,
+                    axis_name)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _sharded_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau,
+                        axis_name, backend, chunk_size):
+    """Multi-positive InfoNCE of the local anchors against the global candidate set."""
+    return _sharded_rows(_row_losses, _ring_row_losses, anchors, candidates, anchor_ids,
+                         candidate_ids, candidate_valid, (inv_tau,), axis_name, backend,
+                         chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise sigmoid losses (SigLIP): a sum over pairs, so every backend is a sum of blocks.
+# ---------------------------------------------------------------------------------------------
+
+
+def _sigmoid_pair_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau,
+                         bias):
+    """[N]: sum over valid candidates j of -log sigmoid(z_ij (s_ij / tau + bias)), z_ij = +1
+    where the ids match (positives), -1 otherwise."""
+    logits = _similarities(anchors, candidates) * inv_tau + bias
+    sign = jnp.where(anchor_ids[:, None] == candidate_ids[None, :], 1.0, -1.0)
+    pair_losses = -jax.nn.log_sigmoid(sign.astype(logits.dtype) * logits)
+    return jnp.where(candidate_valid[None, :], pair_losses, 0.0).sum(axis=1)
+
+
+def _sigmoid_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau,
+                        bias, chunk_size):
+    """``_sigmoid_pair_losses``, dense or (``chunk_size``) in rematerialised blocks of anchor
+    rows, so that the backward pass never holds more than one [chunk, M] block of logits."""
+    if chunk_size is None:
+        return _sigmoid_pair_losses(anchors, candidates, anchor_ids, candidate_ids,
+                                    candidate_valid, inv_tau, bias)
+
+    def rows(xs):
+        a, ids = xs
+        return _sigmoid_pair_losses(a, candidates, ids, candidate_ids, candidate_valid, inv_tau,
+                                    bias)
+
+    blocks = (_row_blocks(anchors, chunk_size), _row_blocks(anchor_ids, chunk_size, -1))
+    return jax.lax.map(jax.checkpoint(rows), blocks).reshape(-1)[:anchors.shape[0]]
+
+
+def _ring_sigmoid_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid,
+                             inv_tau, bias, axis_name):
+    """``_sigmoid_pair_losses`` against the candidates of all devices on ``axis_name``, the
+    candidate shard travelling around the ring (``ppermute``), each step rematerialised."""
+    n_devices = jax.lax.axis_size(axis_name)
+    shift = [(i, (i + 1) % n_devices) for i in range(n_devices)]
+
+    @jax.checkpoint
+    def fold(total, shard):
+        cands, ids, valid = shard
+        return total + _sigmoid_pair_losses(anchors, cands, anchor_ids, ids, valid, inv_tau, bias)
+
+    def step(carry, _):
+        total, shard = carry
+        shard = jax.lax.ppermute(shard, axis_name, shift)
+        return (fold(total, shard), shard), None
+
+    shard = (candidates, candidate_ids, candidate_valid)
+    total = _sigmoid_pair_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid,
+                                 inv_tau, bias)
+    (total, _), _ = jax.lax.scan(step, (total, shard), None, length=n_devices - 1)
+    return total
 
 
 def _masked_mean(values: Array, mask: Array, axis_name=None) -> Array:
@@ -294,6 +362,18 @@ def _check_pair(name_a, a, name_b, b, rank):
     if a.ndim != rank or a.shape != b.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same shape of rank {rank}; "
                          f"got {name_a}{a.shape} and {name_b}{b.shape}")
+
+
+def _pair_ids_and_mask(n: int, pair_mask, pair_ids, axis_name) -> tuple[Array, Array]:
+    """The image-report losses' [N] pair ids (default: each pair its own, unique over the global
+    batch) and [N] bool validity (default: all), after checking the given ones' shapes."""
+    for name, given in (("pair_mask", pair_mask), ("pair_ids", pair_ids)):
+        if given is not None and given.shape != (n,):
+            raise ValueError(f"{name} must have shape [N] = {(n,)}, got {given.shape}")
+    ids = (jnp.arange(n, dtype=jnp.int32) + _global_offset(n, axis_name) if pair_ids is None
+           else pair_ids.astype(jnp.int32))
+    valid = jnp.ones((n,), bool) if pair_mask is None else pair_mask.astype(bool)
+    return ids, valid
 
 
 def _inverse_temperature(temperature) -> Array:
@@ -331,13 +411,7 @@ def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: A
     """
     _check_pair("img", img, "txt", txt, 2)
     inv_tau = _inverse_temperature(temperature)
-    n = img.shape[0]
-    for name, given in (("pair_mask", pair_mask), ("pair_ids", pair_ids)):
-        if given is not None and given.shape != (n,):
-            raise ValueError(f"{name} must have shape [N] = {(n,)}, got {given.shape}")
-    ids = (jnp.arange(n, dtype=jnp.int32) + _global_offset(n, axis_name) if pair_ids is None
-           else pair_ids.astype(jnp.int32))
-    valid = jnp.ones((n,), bool) if pair_mask is None else pair_mask.astype(bool)
+    ids, valid = _pair_ids_and_mask(img.shape[0], pair_mask, pair_ids, axis_name)
     if axis_name is None and chunk_size is not None:
         # One tiled pass gives both directions from the same logit blocks.
         i2t, t2i = _tiled_losses(img, txt, inv_tau, ids, ids, valid, valid, chunk_size, True)
@@ -350,6 +424,45 @@ def global_contrastive_loss(img: Array, txt: Array, temperature, *, pair_mask: A
         i2t = row(img, txt, ids, ids, valid)
         t2i = row(txt, img, ids, ids, valid)
     return 0.5 * (_masked_mean(i2t, valid, axis_name) + _masked_mean(t2i, valid, axis_name))
+
+
+def sigmoid_contrastive_loss(img: Array, txt: Array, temperature, bias, *,
+                             pair_mask: Array | None = None, pair_ids: Array | None = None,
+                             axis_name=None, backend: str = "gather",
+                             chunk_size: int | None = None) -> Array:
+    """SigLIP's pairwise sigmoid image-report loss (Zhai et al. 2023): each image-report pair of
+    the batch is its own binary decision, match or not, with no softmax over the batch:
+
+        loss = -(1 / N) sum_i sum_j log sigmoid(z_ij * (s_ij / tau + bias))
+
+    with z_ij = +1 where report j is a positive of image i (its own report, or one that shares
+    its id) and -1 otherwise, sums over valid pairs and N the number of valid images. Every pair
+    counts once, so the image -> text and text -> image directions are the same sum. SigLIP
+    learns tau and the bias, starting at tau = 0.1 and bias = -10 (the bias offsets the many
+    negatives of a large batch; ``ModelConfig.init_logit_bias``).
+
+    Args:
+      img: [N, E] L2-normalised image embeddings; row i is paired with ``txt[i]``.
+      txt: [N, E] L2-normalised report embeddings.
+      temperature: scalar tau > 0; bias: scalar added to every logit (both may be traced;
+        gradients flow to them).
+      pair_mask, pair_ids, axis_name, backend, chunk_size: as in ``global_contrastive_loss``.
+    Returns:
+      float32 scalar, the sum over each valid image's pairs, averaged over the valid images of
+      the global batch (0 when there are none).
+    """
+    _check_pair("img", img, "txt", txt, 2)
+    inv_tau = _inverse_temperature(temperature)
+    bias = jnp.asarray(bias).astype(inv_tau.dtype)
+    if bias.shape != ():
+        raise ValueError(f"bias must be a scalar, got shape {bias.shape}")
+    ids, valid = _pair_ids_and_mask(img.shape[0], pair_mask, pair_ids, axis_name)
+    if axis_name is None:
+        rows = _sigmoid_row_losses(img, txt, ids, ids, valid, inv_tau, bias, chunk_size)
+    else:
+        rows = _sharded_rows(_sigmoid_row_losses, _ring_sigmoid_row_losses, img, txt, ids, ids,
+                             valid, (inv_tau, bias), axis_name, backend, chunk_size)
+    return _masked_mean(rows, valid, axis_name)
 
 
 def roi_contrastive_loss(roi: Array, cap: Array, roi_mask: Array, temperature, *,

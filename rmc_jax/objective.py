@@ -31,23 +31,25 @@ TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
 # 'auto' (teacher_regions: 'crop' for a pretrained CLIP, 'head' for an rmc_jax teacher).
 TEACHER_REGIONS = ("auto", "crop", "head")
 # 'clip': symmetric InfoNCE (losses.global_contrastive_loss); 'medclip': MedCLIP's soft targets
-# from label overlap (losses.medclip_contrastive_loss).
-GLOBAL_LOSSES = ("clip", "medclip")
-# What the 'clip' global loss counts as an image's report: 'pair' (its own report only, CLIP) or
-# 'normal' (also the other normal studies' reports in the batch, global_pair_ids).
+# from label overlap (losses.medclip_contrastive_loss); 'siglip': SigLIP's pairwise sigmoid
+# loss with the model's learnt logit bias (losses.sigmoid_contrastive_loss).
+GLOBAL_LOSSES = ("clip", "medclip", "siglip")
+# What the 'clip' and 'siglip' global losses count as an image's report: 'pair' (its own report
+# only, CLIP) or 'normal' (also the other normal studies' reports in the batch, global_pair_ids).
 GLOBAL_POSITIVES = ("pair", "normal")
 
 
-def _contrastive(mesh, config, fn, *args):
-    """Run a contrastive loss ``fn(*arrays, temperature, **backend)`` over the global batch:
-    the sharded backend inside shard_map on a multi-device mesh, dense or tiled on one device.
-    Every array argument is split over the batch axis; the temperature (last) is replicated."""
+def _contrastive(mesh, config, fn, *args, scalars: int = 1):
+    """Run a contrastive loss ``fn(*arrays, *scalars, **backend)`` over the global batch: the
+    sharded backend inside shard_map on a multi-device mesh, dense or tiled on one device.
+    Every array argument is split over the batch axis; the last ``scalars`` arguments (the
+    temperature, and the bias of the sigmoid loss) are replicated."""
     chunk = config.loss.chunk_size or None
     if mesh.shape[shd.BATCH_AXIS] == 1:
         return fn(*args, chunk_size=chunk)
     local = functools.partial(fn, axis_name=shd.BATCH_AXIS, backend=config.loss.backend,
                               chunk_size=chunk)
-    specs = (P(shd.BATCH_AXIS),) * (len(args) - 1) + (P(),)
+    specs = (P(shd.BATCH_AXIS),) * (len(args) - scalars) + (P(),) * scalars
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(),
                          axis_names={shd.BATCH_AXIS})(*args)
 
@@ -55,6 +57,11 @@ def _contrastive(mesh, config, fn, *args):
 def _global_loss(images, reports, has_report, ids, temperature, **backend):
     return losses.global_contrastive_loss(images, reports, temperature, pair_mask=has_report,
                                           pair_ids=ids, **backend)
+
+
+def _sigmoid_loss(images, reports, has_report, ids, temperature, bias, **backend):
+    return losses.sigmoid_contrastive_loss(images, reports, temperature, bias,
+                                           pair_mask=has_report, pair_ids=ids, **backend)
 
 
 def no_finding_column(label_names) -> int | None:
@@ -129,8 +136,14 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
         ids = jnp.arange(b, dtype=jnp.int32)
         if config.loss.global_positives == "normal":
             ids = global_pair_ids(batch["labels"], batch["label_mask"], no_finding)
-        terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
-                                       batch["has_report"], ids, tau)
+        if config.loss.global_loss == "siglip":
+            bias = apply(method=RegionCLIP.logit_bias)
+            terms["global"] = _contrastive(mesh, config, _sigmoid_loss, image_emb, report_emb,
+                                           batch["has_report"], ids, tau, bias, scalars=2)
+            logs["logit_bias"] = bias
+        else:
+            terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
+                                           batch["has_report"], ids, tau)
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:

@@ -126,6 +126,19 @@ def resolve_compute_dtypes(config: ml_collections.ConfigDict) -> ml_collections.
     return config
 
 
+def resolve_logit_bias(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with ``model.learn_logit_bias`` on where the sigmoid loss needs the bias
+    (``loss.global_loss='siglip'``), so that the flag alone picks the loss."""
+    if config.loss.global_loss != "siglip" or config.model.learn_logit_bias:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.learn_logit_bias = True
+    print(f"loss.global_loss='siglip': the model learns a logit bias (model.learn_logit_bias, "
+          f"from model.init_logit_bias = {config.model.init_logit_bias:g})", flush=True)
+    return config
+
+
 def resolve_input_workers(workers: int, saved: int | None = None) -> int:
     """The number of input worker processes for ``data.workers``: as set when >= 0; for -1 (the
     default) the number the resumed checkpoint's input position was saved with (``saved``:
@@ -299,6 +312,7 @@ def fixed_batch_step(config, mesh, source, tokenizer):
     with several processes each contributes its rows of the same global batch.
     Returns (step, state, batch, concepts) as ``step(state, batch, concepts, None)`` takes them.
     """
+    config = resolve_logit_bias(config)
     captions = tokenizer.with_max_len(config.data.max_caption_len)
     dataset = pipe.make_dataset(source, pipe.PipelineConfig.from_data_config(config.data),
                                 tokenizer, batch_size=config.batch_size, seed=config.seed,
@@ -357,7 +371,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return), so that an interrupted-and-resumed run can be compared with a straight one.
     """
     config = pretrained.resolve_config(config)  # model/image size/tokenizer of config.init
-    config = resolve_compute_dtypes(config)
+    config = resolve_logit_bias(resolve_compute_dtypes(config))
     check_config(config)
     os.makedirs(workdir, exist_ok=True)
     pretrained.save_run_config(workdir, config)
@@ -394,7 +408,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                                          config.teacher.concepts))
     train_step = make_train_step(model, tx, learning_rates, config, mesh, state_sharding,
                                  label_names=train_source.label_names)
-    if config.loss.global_loss == "clip" and config.loss.global_positives == "normal":
+    if config.loss.global_loss != "medclip" and config.loss.global_positives == "normal":
         names, column = train_source.label_names, no_finding_column(train_source.label_names)
         rule = (f"label {names[column]!r} known and positive" if column is not None else
                 "every label known and negative (no 'No Finding' class in the training labels)")

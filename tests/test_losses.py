@@ -30,6 +30,19 @@ def np_global(img, txt, tau, ids=None):
     return 0.5 * (np.mean(i2t) + np.mean(t2i))
 
 
+def np_sigmoid(img, txt, tau, bias, ids=None, valid=None):
+    """SigLIP: -(1/N) sum over valid pairs (i, j) of log sigmoid(z_ij (s_ij / tau + bias))."""
+    n = len(img)
+    ids = np.arange(n) if ids is None else ids
+    valid = np.ones(n, bool) if valid is None else valid
+    total = 0.0
+    for i in np.flatnonzero(valid):
+        for j in np.flatnonzero(valid):
+            z = 1.0 if ids[i] == ids[j] else -1.0
+            total += np.log1p(np.exp(-z * (img[i] @ txt[j] / tau + bias)))
+    return total / max(valid.sum(), 1)
+
+
 def np_roi(roi, cap, mask, tau, ids=None):
     b, r, e = roi.shape
     roi, cap, mask = roi.reshape(-1, e), cap.reshape(-1, e), mask.reshape(-1)
@@ -127,6 +140,59 @@ def test_global_pair_ids_make_pairs_positives_together(rng, chunk_size):
         atol=1e-5)
     unique = loss(*f32(img, txt), tau, pair_ids=jnp.arange(7) * 3 + 11)
     np.testing.assert_allclose(unique, loss(*f32(img, txt), tau), rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau,bias", [(0.1, -10.0), (0.5, 0.3)])
+@pytest.mark.parametrize("with_ids_and_mask", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_sigmoid_matches_numpy(rng, tau, bias, with_ids_and_mask, chunk_size):
+    """Value and gradients (embeddings, temperature, bias) of SigLIP's loss, with pairs that
+    share an id (positives together) and pairs left out, dense and tiled."""
+    img, txt = normed(rng, 7, 5), normed(rng, 7, 5)
+    ids = np.array([-1, 4, -1, 9, 7, -1, 9]) if with_ids_and_mask else None
+    valid = np.array([1, 1, 0, 1, 1, 1, 0], bool) if with_ids_and_mask else None
+    extra = ({"pair_ids": jnp.asarray(ids), "pair_mask": jnp.asarray(valid)}
+             if with_ids_and_mask else {})
+
+    def loss(a, b, t, c):
+        return L.sigmoid_contrastive_loss(a, b, t, c, chunk_size=chunk_size, **extra)
+
+    def reference(a=img, b=txt, t=tau, c=bias):
+        return np_sigmoid(a, b, t, c, ids, valid)
+
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+        *f32(img, txt), jnp.float32(tau), jnp.float32(bias))
+    assert value.dtype == jnp.float32 and value.shape == ()
+    np.testing.assert_allclose(value, reference(), rtol=1e-5)
+    expected = (numerical_grad(lambda x: reference(a=x), img),
+                numerical_grad(lambda x: reference(b=x), txt),
+                numerical_grad(lambda t: reference(t=t), np.array(tau)),
+                numerical_grad(lambda c: reference(c=c), np.array(bias)))
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    if with_ids_and_mask:  # left-out pairs: no gradient, and the loss of the kept pairs alone
+        assert not np.asarray(grads[0][~valid]).any() and not np.asarray(grads[1][~valid]).any()
+        kept = L.sigmoid_contrastive_loss(*f32(img[valid], txt[valid]), tau, bias,
+                                          pair_ids=jnp.asarray(ids[valid]))
+        np.testing.assert_allclose(kept, value, rtol=1e-6)
+
+
+def test_sigmoid_is_one_sum_over_pairs_and_checks_its_bias(rng):
+    """Swapping the towers gives the same loss (every pair counts once, no direction), unique
+    ids are the default, and a bias that is not a scalar is refused."""
+    img, txt = f32(normed(rng, 6, 4), normed(rng, 6, 4))
+    value = L.sigmoid_contrastive_loss(img, txt, 0.1, -2.0)
+    np.testing.assert_allclose(L.sigmoid_contrastive_loss(txt, img, 0.1, -2.0), value,
+                               rtol=1e-6)
+    np.testing.assert_allclose(
+        L.sigmoid_contrastive_loss(img, txt, 0.1, -2.0, pair_ids=jnp.arange(6) * 5 + 2), value,
+        rtol=1e-6)
+    assert float(L.sigmoid_contrastive_loss(img, txt, 0.1, -2.0,
+                                            pair_mask=jnp.zeros(6, bool))) == 0.0
+    with pytest.raises(ValueError, match="bias must be a scalar"):
+        L.sigmoid_contrastive_loss(img, txt, 0.1, jnp.zeros(6))
+    with pytest.raises(ValueError, match=r"pair_ids must have shape \[N\]"):
+        L.sigmoid_contrastive_loss(img, txt, 0.1, 0.0, pair_ids=jnp.zeros(5, jnp.int32))
 
 
 @pytest.mark.parametrize("with_ids", [False, True])
@@ -305,6 +371,10 @@ def test_check_grads_float64(rng):
             (lambda a, b, t: L.global_contrastive_loss(a, b, t), (img, txt, tau), both),
             (lambda a, b, t: L.global_contrastive_loss(a, b, t, chunk_size=2), (img, txt, tau),
              rev),
+            (lambda a, b, t, c: L.sigmoid_contrastive_loss(a, b, t, c), (img, txt, tau, -1.0),
+             both),
+            (lambda a, b, t, c: L.sigmoid_contrastive_loss(a, b, t, c, chunk_size=2),
+             (img, txt, tau, jnp.float64(-1.0)), both),
             (lambda a, b: L.roi_contrastive_loss(a, b, mask, 0.3, chunk_size=4), (roi, cap), rev),
             (lambda a, b, n: L.negative_caption_loss(a, b, n, mask, jnp.ones((2, 3, 2), bool), 0.3),
              (roi, cap, neg), both),
@@ -387,20 +457,26 @@ def test_shape_errors_are_explicit(rng):
             jnp.ones((8, 2)), jnp.ones((8, 2)))
 
 
-def test_tiled_memory_is_linear_not_quadratic():
-    """Compiled temporaries of the tiled loss stay far below the dense [B, B] logits."""
-    b, e = 4096, 64
+@pytest.mark.parametrize("loss", [
+    functools.partial(L.global_contrastive_loss, temperature=0.1),
+    functools.partial(L.sigmoid_contrastive_loss, temperature=0.1, bias=-10.0)],
+    ids=["infonce", "sigmoid"])
+def test_tiled_memory_is_linear_not_quadratic(loss):
+    """Compiled temporaries of the tiled loss are a few [chunk, B] blocks (each InfoNCE and
+    sigmoid block needs about 4 to 5), linear in the batch, where the dense loss holds the
+    [B, B] logits (16 blocks here)."""
+    b, e, chunk = 4096, 64, 256
 
     def temp_bytes(chunk_size, batch=b):
-        fn = jax.value_and_grad(functools.partial(L.global_contrastive_loss, temperature=0.1,
-                                                  chunk_size=chunk_size), argnums=(0, 1))
+        fn = jax.value_and_grad(functools.partial(loss, chunk_size=chunk_size), argnums=(0, 1))
         x = jax.ShapeDtypeStruct((batch, e), jnp.float32)
         return jax.jit(fn).lower(x, x).compile().memory_analysis().temp_size_in_bytes
 
-    dense, tiled = temp_bytes(None), temp_bytes(256)
+    dense, tiled = temp_bytes(None), temp_bytes(chunk)
+    block = chunk * b * 4  # one [chunk, B] block of float32 logits
     assert dense >= b * b * 4, "the dense loss should hold the full logit matrix"
-    assert tiled < dense / 8, (dense, tiled)
-    assert temp_bytes(256, 2 * b) < 2.5 * tiled, "doubling the batch must ~double the memory"
+    assert tiled <= 6 * block, tiled / block
+    assert temp_bytes(chunk, 2 * b) < 2.5 * tiled, "doubling the batch must ~double the memory"
 
 
 # ------------------------------------------------------------------------------------------
@@ -474,6 +550,36 @@ def test_roi_sharded_equals_dense(rng, backend, chunk_size, with_ids):
                                                         chunk_size=7))(roi, cap, tau)
     _assert_same(reference, tiled)
     _assert_same(reference, jax.jit(grad(sharded))(roi, cap, tau))
+
+
+@pytest.mark.parametrize("backend,chunk_size", SHARDED)
+def test_sigmoid_sharded_equals_dense(rng, backend, chunk_size):
+    """The sigmoid loss on 8 devices (pairs left out and ids shared across shards) equals the
+    dense loss, gradients of the embeddings, temperature and bias included; so does tiled."""
+    img, txt = f32(normed(rng, 32, 16), normed(rng, 32, 16))
+    keep = jnp.asarray(rng.random(32) < 0.7)
+    ids = jnp.where(jnp.asarray(rng.random(32) < 0.3), -1, jnp.arange(32))
+    tau, bias = jnp.float32(0.1), jnp.float32(-3.0)
+
+    def dense(a, b, t, c, chunk=None):
+        return L.sigmoid_contrastive_loss(a, b, t, c, pair_mask=keep, pair_ids=ids,
+                                          chunk_size=chunk)
+
+    def sharded(a, b, t, c):
+        def local(a, b, m, i, t, c):
+            return L.sigmoid_contrastive_loss(a, b, t, c, pair_mask=m, pair_ids=i,
+                                              axis_name="data", backend=backend,
+                                              chunk_size=chunk_size)
+        return jax.shard_map(local, mesh=_mesh(), in_specs=(P("data"),) * 4 + (P(), P()),
+                             out_specs=P())(a, b, keep, ids, t, c)
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2, 3))
+    reference = grad(dense)(img, txt, tau, bias)
+    np.testing.assert_allclose(reference[0], np_sigmoid(
+        np.asarray(img, np.float64), np.asarray(txt, np.float64), 0.1, -3.0, np.asarray(ids),
+        np.asarray(keep)), rtol=1e-5)
+    _assert_same(reference, grad(functools.partial(dense, chunk=6))(img, txt, tau, bias))
+    _assert_same(reference, jax.jit(grad(sharded))(img, txt, tau, bias))
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])

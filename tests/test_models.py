@@ -440,6 +440,21 @@ def test_temperature(model, params, outputs):
     assert g == pytest.approx(-0.07, rel=1e-5)
 
 
+def test_logit_bias_is_a_param_only_where_learnt(params):
+    """learn_logit_bias adds one float32 scalar 'logit_bias' (init_logit_bias) and changes
+    nothing else; without it the model has no such param and asking for it says how to get it."""
+    model = build_model(tiny_config(learn_logit_bias=True, init_logit_bias=-7.5))
+    with_bias = jitted_init(model)(jax.random.key(0))
+    assert set(with_bias) - set(params) == {"logit_bias"}
+    assert with_bias["logit_bias"].shape == () and with_bias["logit_bias"].dtype == jnp.float32
+    assert model.apply({"params": with_bias}, method=RegionCLIP.logit_bias) == -7.5
+    assert jax.grad(lambda p: model.apply({"params": p}, method=RegionCLIP.logit_bias))(
+        with_bias)["logit_bias"] == 1.0
+    assert_trees_equal({k: v for k, v in with_bias.items() if k != "logit_bias"}, params)
+    with pytest.raises(ValueError, match="learn_logit_bias=True"):
+        build_model(tiny_config()).apply({"params": params}, method=RegionCLIP.logit_bias)
+
+
 # --------------------------------------------------------------------------------------------
 # Patch map vs 1x1 regions
 # --------------------------------------------------------------------------------------------

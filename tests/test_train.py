@@ -295,6 +295,55 @@ def test_the_global_term_counts_normal_studies_as_positives_together():
     assert terms["normal"] < terms["pair"] - 1e-3
 
 
+def test_siglip_global_term_is_the_sigmoid_loss_with_the_models_bias(capsys):
+    """loss.global_loss='siglip' alone turns on the model's logit bias (said on stdout); the
+    step's global term is losses.sigmoid_contrastive_loss of the model's embeddings with that
+    bias and the normal studies as positives together; 8 devices give one device's losses,
+    gradient norm and bias over three steps, the bias learning (the backends' equality is
+    tests/test_losses.py's)."""
+    from rmc_jax import losses
+    from rmc_jax.models import RegionCLIP
+
+    config = smoke(**{"loss.global_loss": "siglip"})
+    assert not config.model.learn_logit_bias
+    resolved = train.resolve_logit_bias(config)
+    assert resolved.model.learn_logit_bias and not config.model.learn_logit_bias
+    assert "the model learns a logit bias" in capsys.readouterr().out
+    histories, biases = {}, {}
+    for devices in (1, 8):
+        mesh = shd.make_mesh(devices, 1)
+        step, state, batch, concepts = _fixed_batch_setup(config, mesh)
+        if devices == 1:
+            model = train.build_model(resolved.model)
+            apply = functools.partial(model.apply, {"params": state["params"]})
+            images, _ = apply(batch["image"], method=RegionCLIP.image_features)
+            reports = apply(batch["text_ids"], batch["text_mask"], method=RegionCLIP.encode_text)
+            tau = apply(method=RegionCLIP.temperature)
+            bias = apply(method=RegionCLIP.logit_bias)
+            assert float(bias) == resolved.model.init_logit_bias
+            ids = objective.global_pair_ids(batch["labels"], batch["label_mask"],
+                                            SYNTHETIC_NO_FINDING)
+            _, logs = objective.batch_losses(state["params"], None, batch, concepts, 0,
+                                             model=model, config=resolved, mesh=mesh,
+                                             no_finding=SYNTHETIC_NO_FINDING)
+            np.testing.assert_allclose(
+                logs["global"], losses.sigmoid_contrastive_loss(
+                    images, reports, tau, bias, pair_mask=batch["has_report"], pair_ids=ids),
+                rtol=1e-5)
+        history = []
+        for _ in range(3):
+            state, metrics = step(state, batch, concepts, None)
+            history.append(jax.device_get(metrics))
+        histories[devices] = history
+        biases[devices] = float(state["params"]["logit_bias"])
+    assert biases[1] != resolved.model.init_logit_bias
+    np.testing.assert_allclose(biases[8], biases[1], rtol=1e-6)
+    for metrics, reference in zip(histories[8], histories[1]):
+        for name in ("global", "roi", "neg", "total", "grad_norm", "logit_bias"):
+            np.testing.assert_allclose(metrics[name], reference[name], rtol=2e-5, atol=1e-6,
+                                       err_msg=name)
+
+
 def fixed_batch_losses(config, steps: int, mesh_devices: int) -> list[dict]:
     """Metrics of ``steps`` train steps on one fixed batch of ``config.batch_size`` examples, as
     floats; with several processes each feeds its rows of the same global batch."""

@@ -123,7 +123,8 @@ class RegionCLIP(nn.Module):
     """Two towers + region head + projections + learnable temperature, as ``config`` says.
 
     Params: image_encoder, text_encoder, region_head, image_proj, region_proj, text_proj,
-    log_inv_temperature (= log(1/tau), clamped in the forward to 1/tau <= max_inv_temperature).
+    log_inv_temperature (= log(1/tau), clamped in the forward to 1/tau <= max_inv_temperature)
+    and, with ``learn_logit_bias``, logit_bias (the sigmoid loss's bias).
     Projections run in float32 (tiny, and they feed the normalisation); by default they have
     no bias (see ``ModelConfig`` for the imported variants). Every field of the config is also
     readable on the model (``model.vision``, ``model.embed_dim``, ...).
@@ -156,6 +157,9 @@ class RegionCLIP(nn.Module):
         self.log_inv_temperature = self.param(
             "log_inv_temperature", lambda _: jnp.asarray(init, jnp.float32)
         )
+        if c.learn_logit_bias:
+            self.bias = self.param(
+                "logit_bias", lambda _: jnp.asarray(c.init_logit_bias, jnp.float32))
 
     def _normalised(self, name: str, x: jax.Array) -> jax.Array:
         """``l2_normalize(x)``; with the EMBEDDING_NORMS collection mutable, ``||x||`` is sown
@@ -178,6 +182,13 @@ class RegionCLIP(nn.Module):
             jnp.exp(jnp.minimum(p, log_max)),  # inner min keeps exp (and its gradient) finite
         )
         return 1.0 / inv
+
+    def logit_bias(self) -> jax.Array:
+        """The learnt bias of the image-report logits (``learn_logit_bias``), float32 scalar."""
+        if not self.config.learn_logit_bias:
+            raise ValueError("this model has no logit bias: build it with "
+                             "ModelConfig(learn_logit_bias=True)")
+        return self.bias.astype(jnp.float32)
 
     def image_features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """One ViT pass for the training step.

@@ -165,6 +165,10 @@ class ModelConfig:
     image_proj_bias: bool = False
     text_proj_bias: bool = False
     text_proj_hidden: int = 0
+    # A learnt scalar added to the image-report logits (param 'logit_bias'): what the sigmoid
+    # loss (loss.global_loss='siglip') needs; -10 is SigLIP's start. Off: no such param.
+    learn_logit_bias: bool = False
+    init_logit_bias: float = -10.0
 
     def __post_init__(self):
         if not 0 < self.init_temperature:
