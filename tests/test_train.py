@@ -434,7 +434,7 @@ def test_fsdp_mesh_shards_parameters():
     ({"optimizer.freeze": "text", "optimizer.tower_lr": "text=1e-4"}, "drop one of the two"),
     ({"optimizer.freeze": "image,text", "loss.roi_weight": 0.0, "loss.neg_weight": 0.0,
       "loss.distill_weight": 0.0}, "only the temperature would train"),
-    ({"loss.global_loss": "siglip"}, "loss.global_loss"),
+    ({"loss.global_loss": "sigmoid"}, "loss.global_loss"),
     ({"loss.global_positives": "labels"}, "loss.global_positives = 'labels'; choose one of"),
     ({"teacher.regions": "box"}, "teacher.regions = 'box'"),
     ({"teacher.regions": "head", "teacher.source": "hf"}, "needs an rmc_jax teacher"),
