@@ -1,12 +1,15 @@
-"""Memory and time of the symmetric InfoNCE loss per backend, as the batch grows.
+"""Memory and time of an image-report loss per backend, as the batch grows.
 
 For each batch size B and each way of computing ``rmc_jax.losses.global_contrastive_loss``
-(dense, tiled, and the sharded gather/ring backends on simulated CPU devices) this compiles
-forward+backward, reads XLA's ``memory_analysis()`` (temporary bytes per device), and times
-the step (median of ``--repeats`` runs after one warm-up) when it fits ``--memory-limit-gib``.
+(symmetric InfoNCE) or, with ``--loss sigmoid``, ``sigmoid_contrastive_loss`` (SigLIP's, its bias
+fixed at -10) (dense, tiled, and the sharded gather/ring backends on simulated CPU devices) this
+compiles forward+backward, reads XLA's ``memory_analysis()`` (temporary bytes per device), and
+times the step (median of ``--repeats`` runs after one warm-up) when it fits
+``--memory-limit-gib``.
 
     python tools/bench_losses.py                       # B in {1k, 4k, 16k, 65k}, E = 512
     python tools/bench_losses.py --batch 1024 4096 --repeats 5
+    python tools/bench_losses.py --loss sigmoid --max-timed-batch 4096 --large-batch-backends none
 
 Prints a Markdown table. The sharded backends run on ``--devices`` simulated CPU devices that
 share this machine's cores: their memory is per device, their time is not a scaling figure.
@@ -24,6 +27,7 @@ import time
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loss", choices=("infonce", "sigmoid"), default="infonce")
     parser.add_argument("--batch", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--chunk", type=int, default=512, help="rows per block, tiled backend")
@@ -58,14 +62,19 @@ def main(argv=None):
     mesh = jax.make_mesh((args.devices,), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
 
+    if args.loss == "sigmoid":
+        def image_report_loss(img, txt, temperature, **kwargs):
+            return L.sigmoid_contrastive_loss(img, txt, temperature, -10.0, **kwargs)
+    else:
+        image_report_loss = L.global_contrastive_loss
+
     def build(backend):
         if backend == "dense":
-            loss = L.global_contrastive_loss
+            loss = image_report_loss
         elif backend == "tiled":
-            loss = functools.partial(L.global_contrastive_loss, chunk_size=args.chunk)
+            loss = functools.partial(image_report_loss, chunk_size=args.chunk)
         else:
-            local = functools.partial(L.global_contrastive_loss, axis_name="data",
-                                      backend=backend)
+            local = functools.partial(image_report_loss, axis_name="data", backend=backend)
             loss = jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P()),
                                  out_specs=P())
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
@@ -79,7 +88,8 @@ def main(argv=None):
             img, txt = jax.device_put(img, sharding), jax.device_put(txt, sharding)
         return img, txt, jnp.float32(0.07)
 
-    print(f"# bench_losses: jax {jax.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"# bench_losses --loss {args.loss}: jax {jax.__version__}, "
+          f"{platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPU cores, E = {args.dim}, tiled chunk = {args.chunk}, "
           f"sharded over {args.devices} simulated devices\n")
     print("| B | backend | temp memory / device | fwd+bwd time (median) | loss |")
