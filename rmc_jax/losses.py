@@ -296,9 +296,8 @@ def _sigmoid_pair_losses(anchors, candidates, anchor_ids, candidate_ids, candida
     """[N]: sum over valid candidates j of -log sigmoid(z_ij (s_ij / tau + bias)), z_ij = +1
     where the ids match (positives), -1 otherwise."""
     logits = _similarities(anchors, candidates) * inv_tau + bias
-    sign = jnp.where(anchor_ids[:, None] == candidate_ids[None, :], 1.0, -1.0)
-    pair_losses = -jax.nn.log_sigmoid(sign.astype(logits.dtype) * logits)
-    return jnp.where(candidate_valid[None, :], pair_losses, 0.0).sum(axis=1)
+    signed = jnp.where(anchor_ids[:, None] == candidate_ids[None, :], logits, -logits)
+    return jnp.where(candidate_valid[None, :], -jax.nn.log_sigmoid(signed), 0.0).sum(axis=1)
 
 
 def _sigmoid_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau,
