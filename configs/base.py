@@ -97,6 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict(dict(
         global_weight=1.0, roi_weight=1.0, neg_weight=1.0, distill_weight=0.5,
+        # Report sentences one at a time against the batch's images (losses.sentence_image_loss;
+        # data.sentences_per_report of them per example); 0 for the CLIP and MedCLIP baselines.
+        sentence_weight=1.0,
         global_loss="clip",         # 'clip' (InfoNCE), 'medclip' (MedCLIP's soft targets from
                                     # label overlap, losses.medclip_contrastive_loss) or
                                     # 'siglip' (pairwise sigmoid with a learnt logit bias,
@@ -139,6 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train="synthetic", root="", eval="synthetic", eval_root="", eval_split="test",
         train_size=0, eval_size=512,     # 0 = the source's own size
         image_size=128, max_regions=4, num_negatives=3, max_text_len=64, max_caption_len=12,
+        sentences_per_report=2, max_sentence_len=20, max_report_sentences=16,
         augment=False,  # see below
         tokenizer="", vocab_size=4096, max_bad_fraction=0.01,
         workers=-1))    # input processes; -1: from the host's cores (pipeline.auto_workers)
@@ -195,11 +199,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             rsna_split="", ms_cxr="", ms_cxr_images="", ms_cxr_split="test", mimic_cxr="",
             mimic_cxr_reports="", mimic_cxr_split="test", max_examples=0)))
 
-    if variant == "global":
+    if variant in ("global", "medclip"):
         c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
+        c.loss.sentence_weight, c.data.sentences_per_report = 0.0, 0
+    if variant == "global":
         c.loss.global_positives = "pair"
     elif variant == "medclip":
-        c.loss.roi_weight = c.loss.neg_weight = c.loss.distill_weight = 0.0
         c.loss.global_loss = "medclip"
     elif variant == "roi_nodistill":
         c.loss.distill_weight = 0.0

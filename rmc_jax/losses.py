@@ -19,7 +19,9 @@ Contrastive losses scale three ways, all giving the same value and gradients:
 
 Multi-positive InfoNCE: where several candidates share an id with the anchor, they are all
 positives together: loss_i = logsumexp_{j valid} s_ij/tau - logsumexp_{j positive} s_ij/tau.
-With unique ids this is the usual InfoNCE. The sigmoid loss takes the same ids (a pair of equal
+With unique ids this is the usual InfoNCE. A candidate may also hold a set of ids (the
+sentence-image loss: an image states many sentences); it is then a positive of every anchor
+whose id is in its set. The sigmoid loss takes the same ids (a pair of equal
 ids is a positive) and scales the same three ways; as a plain sum over pairs it needs no online
 log-sum-exp, and its tiled form is blocks of rows under ``jax.checkpoint``.
 
@@ -65,10 +67,20 @@ def _masked_logsumexp(logits: Array, mask: Array, axis: int) -> Array:
     return jax.nn.logsumexp(jnp.where(mask, logits, _MASKED), axis=axis)
 
 
+def _positives(anchor_ids: Array, candidate_ids: Array, candidate_valid: Array) -> Array:
+    """[N, M] bool: valid candidate j is a positive of anchor i when their ids are equal, or,
+    for candidates with a set of ids ([M, K]), when anchor i's id is one of candidate j's."""
+    if candidate_ids.ndim == 1:
+        equal = anchor_ids[:, None] == candidate_ids[None, :]
+    else:
+        equal = (anchor_ids[:, None, None] == candidate_ids[None, :, :]).any(axis=-1)
+    return equal & candidate_valid[None, :]
+
+
 def _dense_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_valid, inv_tau):
     """Per-anchor loss [N] from the full [N, M] logit matrix (plain autodiff)."""
     logits = _similarities(anchors, candidates) * inv_tau
-    positive = (anchor_ids[:, None] == candidate_ids[None, :]) & candidate_valid[None, :]
+    positive = _positives(anchor_ids, candidate_ids, candidate_valid)
     lse_all = _masked_logsumexp(logits, candidate_valid[None, :], axis=1)
     lse_pos = _masked_logsumexp(logits, positive, axis=1)
     return lse_all - lse_pos
@@ -107,7 +119,7 @@ def _tiled_fwd(anchors, candidates, inv_tau, anchor_ids, candidate_ids, anchor_v
     def block(col_stats, xs):
         a, ids, valid = xs
         logits = _similarities(a, candidates) * inv_tau                        # [c, M]
-        positive = (ids[:, None] == candidate_ids[None, :]) & candidate_valid[None, :]
+        positive = _positives(ids, candidate_ids, candidate_valid)
         row_lse = (_masked_logsumexp(logits, candidate_valid[None, :], axis=1),
                    _masked_logsumexp(logits, positive, axis=1))
         if with_columns:
@@ -166,7 +178,7 @@ def _tiled_bwd(chunk_size, with_columns, residuals, cotangents):
         a, ids, valid, lse_all, lse_pos, g = xs
         similarities = _similarities(a, candidates)
         logits = similarities * inv_tau
-        positive = (ids[:, None] == candidate_ids[None, :]) & candidate_valid[None, :]
+        positive = _positives(ids, candidate_ids, candidate_valid)
         # d loss_i / d logit_ij = softmax over valid j - softmax over positive j.
         d_logits = g[:, None] * (
             jnp.where(candidate_valid[None, :], jnp.exp(logits - lse_all[:, None]), 0.0)
@@ -223,7 +235,7 @@ def _ring_row_losses(anchors, candidates, anchor_ids, candidate_ids, candidate_v
     def fold(stats, shard):
         cands, ids, valid = shard
         logits = _similarities(anchors, cands) * inv_tau
-        positive = (anchor_ids[:, None] == ids[None, :]) & valid[None, :]
+        positive = _positives(anchor_ids, ids, valid)
         stats_all = _online_logsumexp(stats[0], logits.T, valid[:, None])
         stats_pos = _online_logsumexp(stats[1], logits.T, positive.T)
         return stats_all, stats_pos
@@ -504,6 +516,53 @@ def roi_contrastive_loss(roi: Array, cap: Array, roi_mask: Array, temperature, *
         losses = _sharded_row_losses(anchors, candidates, ids, ids, valid, inv_tau, axis_name,
                                      backend, chunk_size)
     return _masked_mean(losses, valid, axis_name)
+
+
+def sentence_image_loss(img: Array, sent: Array, sentence_ids: Array, image_sentence_ids: Array,
+                        temperature, *, axis_name=None, backend: str = "gather",
+                        chunk_size: int | None = None) -> Array:
+    """Sentence -> image InfoNCE: each short text of an image (a sentence of its report, a
+    region's caption) against every image of the (global) batch. Its positives are all the
+    images that state it: its own, and every image whose id set holds its id (for sentences,
+    a hash of the normalised text, so "No pleural effusion." matches every report saying so).
+    Short finding sentences, positive or negated, are what zero-shot prompts look like; the
+    whole-report loss never sees them one at a time.
+
+    Args:
+      img: [B, E] L2-normalised image embeddings.
+      sent: [B, S, E] L2-normalised embeddings of up to S texts per image (padded).
+      sentence_ids: [B, S] int, the texts' ids; negative for padding (not an anchor).
+      image_sentence_ids: [B, M] int, every id each image states (e.g. the hashes of all its
+        report's sentences, of which ``sent`` holds a sample); pad with negative ids. An
+        image's own texts count as stated whether or not their ids are listed, so every text
+        has its image as a positive.
+      temperature: scalar tau > 0.
+      axis_name, backend, chunk_size: as in ``global_contrastive_loss``.
+    Returns:
+      float32 scalar, mean over the valid texts of the global batch (0 when there are none).
+    """
+    if img.ndim != 2 or sent.ndim != 3 or sent.shape[::2] != img.shape:
+        raise ValueError(f"img must be [B, E] and sent [B, S, E] with the same B and E; got "
+                         f"img{img.shape} and sent{sent.shape}")
+    b, s, e = sent.shape
+    for name, ids, shape in (("sentence_ids", sentence_ids, (b, s)),
+                             ("image_sentence_ids", image_sentence_ids, (b, None))):
+        if ids.ndim != 2 or ids.shape[0] != b or (shape[1] is not None and ids.shape != shape):
+            want = "[B, S] = " + str((b, s)) if shape[1] else "[B, M] with B = " + str(b)
+            raise ValueError(f"{name} must have shape {want}, got {ids.shape}")
+    sentence_ids = sentence_ids.astype(jnp.int32)
+    # Each image's own texts join its id set, so every valid text has a positive.
+    image_ids = jnp.concatenate([image_sentence_ids.astype(jnp.int32), sentence_ids], axis=1)
+    anchors, ids = sent.reshape(b * s, e), sentence_ids.reshape(-1)
+    valid = ids >= 0
+    image_valid = jnp.ones((b,), bool)
+    inv_tau = _inverse_temperature(temperature)
+    if axis_name is None:
+        rows = _row_losses(anchors, img, ids, image_ids, image_valid, inv_tau, chunk_size)
+    else:
+        rows = _sharded_row_losses(anchors, img, ids, image_ids, image_valid, inv_tau,
+                                   axis_name, backend, chunk_size)
+    return _masked_mean(rows, valid, axis_name)
 
 
 def medclip_labels(labels: Array, label_mask: Array) -> Array:

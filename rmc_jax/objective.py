@@ -24,7 +24,7 @@ __all__ = ["GLOBAL_LOSSES", "GLOBAL_POSITIVES", "LOSS_TERMS", "TEACHER_REGIONS",
            "no_finding_column", "region_slots", "region_teacher", "teacher_head_scores",
            "teacher_regions", "teacher_scores"]
 
-LOSS_TERMS = ("global", "roi", "neg", "distill")
+LOSS_TERMS = ("global", "sentence", "roi", "neg", "distill")
 TEACHER_SOURCES = ("ema", "checkpoint", "hf", "none")
 # How the teacher embeds a region: 'crop' (RegionCLIP: its image tower on the cropped box),
 # 'head' (an rmc_jax teacher's own region head on its patch grid, as the student does) or
@@ -62,6 +62,11 @@ def _global_loss(images, reports, has_report, ids, temperature, **backend):
 def _sigmoid_loss(images, reports, has_report, ids, temperature, bias, **backend):
     return losses.sigmoid_contrastive_loss(images, reports, temperature, bias,
                                            pair_mask=has_report, pair_ids=ids, **backend)
+
+
+def _sentence_loss(images, sentences, sentence_ids, image_sentence_ids, temperature, **backend):
+    return losses.sentence_image_loss(images, sentences, sentence_ids, image_sentence_ids,
+                                      temperature, **backend)
 
 
 def no_finding_column(label_names) -> int | None:
@@ -144,6 +149,17 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
         else:
             terms["global"] = _contrastive(mesh, config, _global_loss, image_emb, report_emb,
                                            batch["has_report"], ids, tau)
+
+    if config.loss.sentence_weight > 0:
+        # Report sentences one at a time against the batch's images (their reports' sentence
+        # hashes say which images state each).
+        b_s, s, length = batch["sentence_ids"].shape
+        sentence_emb = apply(batch["sentence_ids"].reshape(b_s * s, length),
+                             batch["sentence_mask"].reshape(b_s * s, length),
+                             method=RegionCLIP.encode_text).reshape(b_s, s, -1)
+        terms["sentence"] = _contrastive(mesh, config, _sentence_loss, image_emb, sentence_emb,
+                                         batch["sentence_hash"], batch["report_sentence_hash"],
+                                         tau)
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:

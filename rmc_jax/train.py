@@ -91,9 +91,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
              f"{GLOBAL_POSITIVES}")
     if config.loss.backend not in losses.BACKENDS:
         fail(f"loss.backend = {config.loss.backend!r}; choose one of {losses.BACKENDS}")
-    if max(config.data.max_text_len, config.data.max_caption_len) > config.model.text.max_len:
-        fail(f"data.max_text_len/max_caption_len exceed model.text.max_len = "
-             f"{config.model.text.max_len}")
+    lengths = (config.data.max_text_len, config.data.max_caption_len,
+               config.data.max_sentence_len)
+    if max(lengths) > config.model.text.max_len:
+        fail(f"data.max_text_len/max_caption_len/max_sentence_len = {lengths} exceed "
+             f"model.text.max_len = {config.model.text.max_len}")
+    if config.loss.sentence_weight > 0 and config.data.sentences_per_report < 1:
+        fail("loss.sentence_weight > 0 needs report sentences: set data.sentences_per_report "
+             ">= 1 (or loss.sentence_weight = 0)")
     if config.data.max_regions < 1 or config.data.num_negatives < 0:
         fail("data.max_regions must be >= 1 and data.num_negatives >= 0")
     if config.batch_size % jax.process_count():

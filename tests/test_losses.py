@@ -73,6 +73,18 @@ def np_distill(student, teacher, mask, ts, tt):
     return kl[mask].mean() if mask.any() else 0.0
 
 
+def np_sentence(img, sent, ids, image_ids, tau):
+    """Each text (id >= 0) against all images; positives: every image that lists its id or has
+    a text with its id (its own image among them)."""
+    losses = []
+    for b, s in zip(*np.nonzero(ids >= 0)):
+        logits = img @ sent[b, s] / tau
+        positive = np.array([ids[b, s] in set(image_ids[j]) | set(ids[j])
+                             for j in range(len(img))])
+        losses.append(np_logsumexp(logits) - np_logsumexp(logits[positive]))
+    return np.mean(losses) if losses else 0.0
+
+
 def numerical_grad(f, x, eps=1e-6):
     """Central differences of a NumPy function of one float64 array."""
     g = np.zeros_like(x)
@@ -236,6 +248,65 @@ def test_roi_all_masked_is_zero_without_nan(rng):
         assert loss(roi, cap) == 0.0
         grads = jax.grad(loss, argnums=(0, 1))(roi, cap)
         assert all(np.all(np.asarray(g) == 0) for g in grads)
+
+
+def _sentence_case(rng, b=4, s=3, m=5, e=6):
+    """Images, their sampled sentences (ids; -1 padding, image 2 has none) and id sets: id 7
+    is stated by images 0, 1 and 3 (image 3 lists it without sampling it), id 9 by image 1
+    alone, which did not list it (a text's own image is always its positive)."""
+    img, sent = normed(rng, b, e), normed(rng, b, s, e)
+    ids = np.array([[7, 3, -1], [7, 9, 4], [-1, -1, -1], [5, 7, 6]])
+    image_ids = np.array([[7, 3, -1, -1, -1], [7, 4, 8, -1, -1], [1, -1, -1, -1, -1],
+                          [5, 7, 6, 2, 7]])
+    return img, sent, ids, image_ids
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_sentence_image_matches_numpy(rng, chunk_size):
+    img, sent, ids, image_ids = _sentence_case(rng)
+    tau = 0.2
+    loss = functools.partial(L.sentence_image_loss, sentence_ids=jnp.asarray(ids),
+                             image_sentence_ids=jnp.asarray(image_ids), chunk_size=chunk_size)
+    value = loss(*f32(img, sent), temperature=tau)
+    np.testing.assert_allclose(value, np_sentence(img, sent, ids, image_ids, tau), rtol=1e-5)
+    g_img, g_sent = jax.grad(lambda a, b: loss(a, b, temperature=tau), argnums=(0, 1))(
+        *f32(img, sent))
+    np.testing.assert_allclose(
+        g_img, numerical_grad(lambda x: np_sentence(x, sent, ids, image_ids, tau), img),
+        rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        g_sent, numerical_grad(lambda x: np_sentence(img, x, ids, image_ids, tau), sent),
+        rtol=1e-3, atol=1e-5)
+    # Padding texts are no anchors: no gradient reaches them.
+    assert np.all(np.asarray(g_sent)[ids < 0] == 0)
+
+
+def test_sentence_image_positives_are_the_images_that_state_it(rng):
+    """An image that states the sentence is a positive (it raises the positive mass), one that
+    does not is a negative: listing a shared sentence lowers the loss when that image is
+    closest to the text, and the function reduces to CLIP's text -> image InfoNCE when every
+    text is its own image's alone."""
+    img, sent = f32(normed(rng, 3, 4), normed(rng, 3, 1, 4))
+    sent = sent.at[0, 0].set(img[1])                   # text 0 lies on image 1
+    ids = jnp.array([[10], [11], [12]])
+    alone = jnp.full((3, 1), -1)
+    shared = jnp.array([[-1], [10], [-1]])              # image 1 states text 0 too
+    loss = functools.partial(L.sentence_image_loss, temperature=0.1)
+    assert loss(img, sent, ids, shared) < loss(img, sent, ids, alone)
+    clip_t2i = np.mean([np_logsumexp(np.asarray(img) @ np.asarray(sent[i, 0]) / 0.1)
+                        - np.asarray(img[i]) @ np.asarray(sent[i, 0]) / 0.1 for i in range(3)])
+    np.testing.assert_allclose(loss(img, sent, ids, alone), clip_t2i, rtol=1e-5)
+
+
+def test_sentence_image_checks_shapes(rng):
+    img, sent = f32(normed(rng, 3, 4), normed(rng, 3, 2, 4))
+    ids = jnp.zeros((3, 2), jnp.int32)
+    with pytest.raises(ValueError, match=r"sent \[B, S, E\]"):
+        L.sentence_image_loss(img, sent[:2], ids, ids, 0.1)
+    with pytest.raises(ValueError, match="sentence_ids must have shape"):
+        L.sentence_image_loss(img, sent, ids[:, :1], ids, 0.1)
+    with pytest.raises(ValueError, match="image_sentence_ids must have shape"):
+        L.sentence_image_loss(img, sent, ids, ids[:2], 0.1)
 
 
 def test_negative_caption_matches_numpy(rng):
@@ -550,6 +621,38 @@ def test_roi_sharded_equals_dense(rng, backend, chunk_size, with_ids):
                                                         chunk_size=7))(roi, cap, tau)
     _assert_same(reference, tiled)
     _assert_same(reference, jax.jit(grad(sharded))(roi, cap, tau))
+
+
+@pytest.mark.parametrize("backend,chunk_size", SHARDED)
+def test_sentence_image_sharded_equals_dense(rng, backend, chunk_size):
+    """On 8 devices (a shard with no valid text; ids stated on other shards) the loss and its
+    gradients equal the dense ones; so does tiled."""
+    b, s, m, e = 16, 3, 4, 8
+    img, sent = f32(normed(rng, b, e), normed(rng, b, s, e))
+    ids = rng.integers(0, 12, (b, s))
+    ids[rng.random((b, s)) < 0.3] = -1
+    ids[4:6] = -1
+    image_ids = rng.integers(-1, 12, (b, m))
+    ids, image_ids = jnp.asarray(ids), jnp.asarray(image_ids)
+    tau = jnp.float32(0.1)
+
+    def sharded(a, c, t):
+        local = functools.partial(L.sentence_image_loss, axis_name="data", backend=backend,
+                                  chunk_size=chunk_size)
+        return jax.shard_map(lambda a, c, i, j, t: local(a, c, i, j, t), mesh=_mesh(),
+                             in_specs=(P("data"),) * 4 + (P(),), out_specs=P())(
+            a, c, ids, image_ids, t)
+
+    grad = functools.partial(jax.value_and_grad, argnums=(0, 1, 2))
+    reference = grad(lambda a, c, t: L.sentence_image_loss(a, c, ids, image_ids, t))(
+        img, sent, tau)
+    np.testing.assert_allclose(reference[0], np_sentence(
+        np.asarray(img, np.float64), np.asarray(sent, np.float64), np.asarray(ids),
+        np.asarray(image_ids), 0.1), rtol=1e-5)
+    tiled = grad(lambda a, c, t: L.sentence_image_loss(a, c, ids, image_ids, t, chunk_size=7))(
+        img, sent, tau)
+    _assert_same(reference, tiled)
+    _assert_same(reference, jax.jit(grad(sharded))(img, sent, tau))
 
 
 @pytest.mark.parametrize("backend,chunk_size", SHARDED)

@@ -20,7 +20,7 @@ from rmc_jax.data.captions import PERTURBATION_TYPES
 from rmc_jax.data import schema
 from rmc_jax.data.schema import Example
 from rmc_jax.data.sources.images import ImageDecodeError
-from rmc_jax.data.sources.reports import model_text
+from rmc_jax.data.sources.reports import model_text, report_sentences
 from rmc_jax.data.tokenizer import train_wordpiece
 
 # Skipping a bad example warns, naming it: asserted with pytest.warns where it is the point,
@@ -569,6 +569,49 @@ def test_flip_probability_one_mirrors_image_boxes_text_and_sides(tokenizer):
                                             schema.side_id("bilateral"), -1]
     for key in ("finding_ids", "zone_ids", "size_ids", "labels", "label_mask", "box_mask"):
         np.testing.assert_array_equal(flipped[key], plain[key])
+
+
+def test_report_sentences_drop_numbers_headers_and_stops_but_keep_decimals():
+    text = ("FINDINGS: The lungs are clear.\nIMPRESSION: 1. A 2.8 cm nodule in the left mid "
+            "lung. 2. No pneumothorax. Cardiothoracic ratio of approximately 0.65.")
+    assert report_sentences(text) == [
+        "The lungs are clear", "A 2.8 cm nodule in the left mid lung", "No pneumothorax",
+        "Cardiothoracic ratio of approximately 0.65"]
+    assert report_sentences("  \n ") == []
+
+
+def test_sentence_fields_draw_from_the_report_and_list_every_sentence(tokenizer):
+    example = _flip_example()
+    sentences = report_sentences(model_text(example.report))
+    assert len(sentences) == 3
+    hashes = [pipe.caption_hash(x) for x in sentences]
+    evaluation = pipe.prepare_example(example, config(sentences_per_report=2), tokenizer,
+                                      tokenizer.with_max_len(12), None)
+    assert evaluation["sentence_hash"].tolist() == hashes[:2]   # the first ones, no draw
+    assert evaluation["report_sentence_hash"].tolist() == hashes + [-1] * 13
+    ids, mask = tokenizer.with_max_len(20)(sentences[:2])
+    np.testing.assert_array_equal(evaluation["sentence_ids"], ids)
+    np.testing.assert_array_equal(evaluation["sentence_mask"], mask)
+    drawn = set()
+    for seed in range(12):
+        out = pipe.prepare_example(example, config(augment=False, sentences_per_report=2),
+                                   tokenizer, tokenizer.with_max_len(12),
+                                   np.random.default_rng(seed))
+        pair = out["sentence_hash"].tolist()
+        assert len(set(pair)) == 2 and set(pair) <= set(hashes)     # without replacement
+        drawn |= set(pair)
+    assert drawn == set(hashes)
+    # More sentences asked for than the report has: all of them, then padding.
+    out = _prepare(example, tokenizer, sentences_per_report=5, max_report_sentences=2)
+    assert sorted(out["sentence_hash"][:3].tolist()) == sorted(hashes)
+    assert out["sentence_hash"][3:].tolist() == [-1, -1] and not out["sentence_mask"][3:].any()
+    assert out["report_sentence_hash"].tolist() == hashes[:2]
+    # None asked for: empty fields of fixed shape. A flipped report gives mirrored sentences.
+    assert _prepare(example, tokenizer)["sentence_ids"].shape == (0, 20)
+    flipped = _prepare(example, tokenizer, sentences_per_report=1, flip_probability=1.0)
+    mirrored = report_sentences(model_text(transforms.mirror_laterality(example.report)))
+    assert flipped["report_sentence_hash"][:3].tolist() == [pipe.caption_hash(x)
+                                                           for x in mirrored] != hashes
 
 
 def test_hard_negatives_come_from_the_flipped_captions(tokenizer):

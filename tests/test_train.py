@@ -295,6 +295,39 @@ def test_the_global_term_counts_normal_studies_as_positives_together():
     assert terms["normal"] < terms["pair"] - 1e-3
 
 
+def test_the_sentence_term_is_the_sentence_image_loss_of_the_models_embeddings():
+    """The step's sentence term is losses.sentence_image_loss of the model's image embeddings
+    and of the batch's drawn report sentences through the text tower, with the reports'
+    sentence hashes saying which images state each; the batch has sentences that several
+    reports state ("No pneumothorax"), so the shared positives are exercised."""
+    from rmc_jax import losses
+    from rmc_jax.models import RegionCLIP
+
+    config = smoke()
+    assert config.loss.sentence_weight > 0 and config.data.sentences_per_report == 2
+    mesh = shd.make_mesh(1, 1)
+    _, state, batch, concepts = _fixed_batch_setup(config, mesh)
+    model = train.build_model(config.model)
+    apply = functools.partial(model.apply, {"params": state["params"]})
+    images, _ = apply(batch["image"], method=RegionCLIP.image_features)
+    b, s, length = batch["sentence_ids"].shape
+    assert (b, s, length) == (config.batch_size, 2, config.data.max_sentence_len)
+    sentences = apply(batch["sentence_ids"].reshape(b * s, length),
+                      batch["sentence_mask"].reshape(b * s, length),
+                      method=RegionCLIP.encode_text).reshape(b, s, -1)
+    tau = apply(method=RegionCLIP.temperature)
+    stated = np.asarray(batch["report_sentence_hash"])
+    shared = [h for h in np.asarray(batch["sentence_hash"]).ravel()
+              if h >= 0 and (stated == h).any(axis=1).sum() > 1]
+    assert shared, "no drawn sentence is stated by two reports of the batch"
+    _, logs = objective.batch_losses(state["params"], None, batch, concepts, 0, model=model,
+                                     config=config, mesh=mesh, no_finding=SYNTHETIC_NO_FINDING)
+    np.testing.assert_allclose(
+        logs["sentence"], losses.sentence_image_loss(images, sentences, batch["sentence_hash"],
+                                                     batch["report_sentence_hash"], tau),
+        rtol=1e-5)
+
+
 def test_siglip_global_term_is_the_sigmoid_loss_with_the_models_bias(capsys):
     """loss.global_loss='siglip' alone turns on the model's logit bias (said on stdout); the
     step's global term is losses.sigmoid_contrastive_loss of the model's embeddings with that
@@ -426,6 +459,8 @@ def test_fsdp_mesh_shards_parameters():
      "not the workdir of an rmc_jax run"),
     ({"loss.backend": "allreduce"}, "loss.backend"),
     ({"data.max_caption_len": 64}, "exceed model.text.max_len"),
+    ({"data.max_sentence_len": 64}, "exceed model.text.max_len"),
+    ({"data.sentences_per_report": 0}, "needs report sentences"),
     ({"optimizer.tower_lr": "vision=1e-4"}, "unknown tower 'vision'; the towers are"),
     ({"optimizer.tower_lr": "text:1e-4"}, "is not TOWER=RATE"),
     ({"optimizer.tower_lr": "text=fast"}, "text='fast' is not a number"),

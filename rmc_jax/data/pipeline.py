@@ -33,6 +33,9 @@ L = max_text_len, C = labels, S = image size):
     content [B, 4] float32 (normalised xyxy of the image inside the letterbox padding)
     regions_cut [B] int32 (regions beyond max_regions, left out; logged by the trainer)
     regions_without_caption [B] int32 (boxes whose caption is empty, left out)
+    sentence_ids, sentence_mask [B, S', L'] int32, sentence_hash [B, S'] int32 (S' report
+        sentences for the sentence-image loss, -1: none), report_sentence_hash [B, M] int32
+        (the hashes of the report's sentences, -1: none; ``sentence_fields``)
     skipped [B] int32, skipped_examples [B] str: bad examples skipped just before this one and
         their descriptions, one per line (``make_dataset`` batches only)
 
@@ -60,7 +63,7 @@ import numpy as np
 from rmc_jax.data import transforms
 from rmc_jax.data.captions import PERTURBATION_TYPES, hard_negatives
 from rmc_jax.data.schema import Example
-from rmc_jax.data.sources.reports import REPORT_SECTIONS, model_text
+from rmc_jax.data.sources.reports import REPORT_SECTIONS, model_text, report_sentences
 from rmc_jax.data.tokenizer import Tokenizer
 
 
@@ -86,6 +89,12 @@ class PipelineConfig:
     # The largest fraction of the examples read that may be bad (unreadable, unpreparable)
     # and skipped before iterating raises BadDataError.
     max_bad_fraction: float = 0.01
+    # Report sentences for the sentence-image loss: this many drawn per training example
+    # (evaluation: the first ones), tokenized at max_sentence_len, and the hashes of up to
+    # max_report_sentences of the report's sentences (which images state a sentence).
+    sentences_per_report: int = 0
+    max_sentence_len: int = 20
+    max_report_sentences: int = 16
 
     @classmethod
     def from_data_config(cls, data, **overrides) -> "PipelineConfig":
@@ -96,7 +105,10 @@ class PipelineConfig:
             max_caption_len=data.max_caption_len, augment=data.augment,
             flip_probability=data.get("flip_probability", 0.0),
             report_sections=data.get("report_sections", cls.report_sections),
-            max_bad_fraction=data.get("max_bad_fraction", cls.max_bad_fraction))
+            max_bad_fraction=data.get("max_bad_fraction", cls.max_bad_fraction),
+            sentences_per_report=data.get("sentences_per_report", cls.sentences_per_report),
+            max_sentence_len=data.get("max_sentence_len", cls.max_sentence_len),
+            max_report_sentences=data.get("max_report_sentences", cls.max_report_sentences))
         fields.update(overrides)
         return cls(**fields)
 
@@ -269,6 +281,8 @@ class Prepare(grain.transforms.RandomMap):
         self.config = config
         self.tokenizer = tokenizer
         self.caption_tokenizer = caption_tokenizer
+        self.sentence_tokenizer = (caption_tokenizer.with_max_len(config.max_sentence_len)
+                                   if config.sentences_per_report else None)
         self.train = train
         self.where = where  # index -> (dataset name, position), as ``RobustSource.where``
 
@@ -278,7 +292,8 @@ class Prepare(grain.transforms.RandomMap):
         index, example = item
         out = attempt(lambda: prepare_example(example, self.config, self.tokenizer,
                                               self.caption_tokenizer,
-                                              rng if self.train else None),
+                                              rng if self.train else None,
+                                              self.sentence_tokenizer),
                       *self.where(index), "example",
                       f"{example.source}:{example.example_id}: cannot prepare: ")
         if not isinstance(out, Skipped):
@@ -287,7 +302,8 @@ class Prepare(grain.transforms.RandomMap):
 
 
 def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokenizer,
-                    caption_tokenizer: Tokenizer, rng: np.random.Generator | None) -> dict:
+                    caption_tokenizer: Tokenizer, rng: np.random.Generator | None,
+                    sentence_tokenizer: Tokenizer | None = None) -> dict:
     """One Example -> padded arrays. ``rng=None`` means evaluation: no augmentation, and the
     hard negatives are drawn from a generator seeded by the example id (stable across runs).
 
@@ -377,6 +393,37 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
         out["neg_valid"][i, :n] = True
         out["neg_kind"][i, :n] = [PERTURBATION_TYPES.index(x.kind) for x in per_region]
         position += n
+    if config.sentences_per_report and (sentence_tokenizer is None or
+                                        sentence_tokenizer.max_len != config.max_sentence_len):
+        sentence_tokenizer = caption_tokenizer.with_max_len(config.max_sentence_len)
+    out.update(sentence_fields(report, config, sentence_tokenizer, rng))
+    return out
+
+
+def sentence_fields(report: str, config: PipelineConfig, tokenizer: Tokenizer | None,
+                    rng: np.random.Generator | None) -> dict:
+    """The report's sentences for the sentence-image loss: ``sentence_ids``, ``sentence_mask``
+    [S, max_sentence_len] (``tokenizer`` at that length; None when S = 0) of
+    S = sentences_per_report sentences (drawn without replacement in
+    training, the first ones in evaluation; fewer in a short report), their ``sentence_hash``
+    [S] (-1: none), and ``report_sentence_hash`` [max_report_sentences], the distinct hashes
+    of the report's sentences in order (-1: none). Hashes are ``caption_hash``es."""
+    s, length = config.sentences_per_report, config.max_sentence_len
+    sentences = report_sentences(report)
+    hashes = list(dict.fromkeys(caption_hash(x) for x in sentences))[:config.max_report_sentences]
+    if rng is not None and sentences and s:
+        picked = [sentences[i] for i in rng.permutation(len(sentences))[:s]]
+    else:
+        picked = sentences[:s]
+    out = {"sentence_ids": np.zeros((s, length), np.int32),
+           "sentence_mask": np.zeros((s, length), np.int32),
+           "sentence_hash": np.full((s,), -1, np.int32),
+           "report_sentence_hash": np.full((config.max_report_sentences,), -1, np.int32)}
+    if picked:
+        ids, mask = tokenizer(picked)
+        out["sentence_ids"][:len(picked)], out["sentence_mask"][:len(picked)] = ids, mask
+        out["sentence_hash"][:len(picked)] = [caption_hash(x) for x in picked]
+    out["report_sentence_hash"][:len(hashes)] = hashes
     return out
 
 

@@ -174,6 +174,25 @@ def model_text(text: str, sections: str = "findings_impression") -> str:
     return " ".join(part for part in chosen if part) or _last_description(parts)
 
 
+# A sentence ends at a full stop before white space, except a list number's ("1. ", "2. ");
+# decimals ("2.8 cm") have no space after the stop. Line breaks end sentences too.
+_SENTENCE_END = re.compile(r"(?<!\b\d)\.\s+|\n+")
+_LIST_NUMBER = re.compile(r"^\d+\.\s*")
+_SENTENCE_HEADER = re.compile(r"^[A-Z][A-Z /]*:\s*")
+
+
+def report_sentences(text: str) -> list[str]:
+    """The sentences of report text, in order, without list numbers, section headers and the
+    final full stop: '1. Small left effusion. 2. No pneumothorax.' -> ['Small left effusion',
+    'No pneumothorax']."""
+    sentences = []
+    for part in _SENTENCE_END.split(text):
+        part = _LIST_NUMBER.sub("", _SENTENCE_HEADER.sub("", part.strip())).rstrip(". ").strip()
+        if part:
+            sentences.append(part)
+    return sentences
+
+
 def read_report(path: str | os.PathLike) -> str:
     """The raw text of a UTF-8 report file; ExampleError naming the file and the first bad byte
     when it is not UTF-8 (binary garbage or another encoding is never read as a report)."""
