@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -53,6 +54,27 @@ def test_torch_reference_step_runs_and_learns(variant):
     losses = [step() for _ in range(4)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]  # the same fixed batch: the loss must go down
+
+
+def test_torch_reference_sentence_loss_is_rmc_jaxs():
+    """The reference step's sentence term (PyTorch) equals losses.sentence_image_loss on the
+    same inputs, padding and shared ids included."""
+    import torch
+
+    import rmc_jax.losses as L
+
+    ref = _load("torch_reference")
+    rng = np.random.default_rng(0)
+    img, sent = rng.normal(size=(6, 8)), rng.normal(size=(6, 2, 8))
+    img /= np.linalg.norm(img, axis=-1, keepdims=True)
+    sent /= np.linalg.norm(sent, axis=-1, keepdims=True)
+    ids = rng.integers(0, 5, (6, 2))
+    ids[1, 1] = ids[3] = -1
+    stated = rng.integers(-1, 5, (6, 4))
+    torch_value = ref.sentence_loss(*(torch.tensor(x) for x in (img, sent, ids, stated)), 0.1)
+    jax_value = L.sentence_image_loss(*(jnp.asarray(x, jnp.float32) for x in (img, sent)),
+                                      jnp.asarray(ids), jnp.asarray(stated), 0.1)
+    np.testing.assert_allclose(float(torch_value), float(jax_value), rtol=1e-5)
 
 
 def test_analytic_flops_match_xla_cost_analysis():

@@ -789,7 +789,8 @@ def test_fixed_concepts_keep_distillation_out_of_the_text_tower(fixed):
     the student's concept embeddings) only when the concepts are not fixed; the image tower
     and region head learn from it either way."""
     config = smoke(**{"teacher.fixed_concepts": fixed, "loss.global_weight": 0.0,
-                      "loss.roi_weight": 0.0, "loss.neg_weight": 0.0})
+                      "loss.sentence_weight": 0.0, "loss.roi_weight": 0.0,
+                      "loss.neg_weight": 0.0})
     _, state, batch, concepts = _fixed_batch_setup(config, shd.make_mesh(1, 1))
     model = train.build_model(config.model)
     teacher = objective.region_teacher(config, model)

@@ -17,6 +17,7 @@ round the ratio of each contestant to the first one of its group (min / median /
     python tools/bench.py --groups eval         # images/s and texts/s embedded
     python tools/bench.py --groups teacher      # roi with the head vs the crop teacher
     python tools/bench.py --groups stem         # roi with the patchify vs convolutional stems
+    python tools/bench.py --groups sentence     # roi with and without the sentence term
     python tools/bench.py --groups accelerator  # GPU / TPU: bf16 and f32, base, ViT-S/16 and
                                                 # ViT-B/16 + BERT-base (configs/b16.py), with
                                                 # the backend's kernels and with the CPU's
@@ -139,6 +140,8 @@ def analytic_flops(config, batch_size: int) -> float:
         return _tower_flops(length, t.width, t.depth, t.mlp_ratio) + 2 * t.width * m.embed_dim
 
     trained = b * (image + text(d.max_text_len))
+    if config.loss.sentence_weight > 0:
+        trained += b * d.sentences_per_report * text(d.max_sentence_len)
     teacher = 0.0
     if config.loss.roi_weight > 0 or config.loss.neg_weight > 0:
         slots = math.ceil(b * d.max_regions * config.loss.caption_fraction)
@@ -204,7 +207,7 @@ def random_batch(config, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     d, b = config.data, config.batch_size
-    r, k, s = d.max_regions, d.num_negatives, d.image_size
+    r, k, s, ns = d.max_regions, d.num_negatives, d.image_size, d.sentences_per_report
     box_mask = np.arange(r)[None, :] < rng.integers(1, 4, b)[:, None]
     xy = rng.uniform(0, 0.6, (b, r, 2))
     wh = rng.uniform(0.1, 0.4, (b, r, 2))
@@ -223,6 +226,12 @@ def random_batch(config, seed: int = 0) -> dict:
         "neg_mask": ones(b, r, k, d.max_caption_len),
         "neg_valid": np.broadcast_to(box_mask[..., None], (b, r, k)).copy(),
         "caption_hash": rng.integers(0, 2**30, (b, r)).astype(np.int32),
+        "sentence_ids": rng.integers(5, vocab, (b, ns, d.max_sentence_len)).astype(np.int32),
+        "sentence_mask": ones(b, ns, d.max_sentence_len),
+        # Ids from a small pool, so that reports share sentences as real ones do.
+        "sentence_hash": rng.integers(0, 40, (b, ns)).astype(np.int32),
+        "report_sentence_hash": rng.integers(-1, 40, (b, d.max_report_sentences)).astype(
+            np.int32),
         "labels": rng.integers(0, 2, (b, classes)).astype(np.float32),
         "label_mask": np.ones((b, classes), bool),
         "has_report": np.ones((b,), bool),
@@ -281,6 +290,8 @@ def jax_worker(spec: dict):
         config.teacher.regions = spec["teacher_regions"]
     if spec.get("stem"):
         config.model.vision.stem, config.model.vision.stem_convs = spec["stem"]
+    if spec.get("no_sentence"):
+        config.loss.sentence_weight, config.data.sentences_per_report = 0.0, 0
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
     model = trainer.build_model(config.model)
     tx, schedule = trainer.make_optimizer(config)
@@ -617,6 +628,11 @@ def groups(args) -> dict[str, list[tuple[str, dict, dict]]]:
     out["teacher"] = [(f"rmc_jax bf16, roi, {regions} teacher",
                        dict(_jax("roi", dtype="bfloat16"), teacher_regions=regions), {})
                       for regions in ("head", "crop")]
+    # The sentence term (two report sentences per example against the batch's images), the
+    # default of the roi variants, and the step without it.
+    out["sentence"] = [("rmc_jax bf16, roi", _jax("roi", dtype="bfloat16"), {}),
+                       ("rmc_jax bf16, roi without the sentence term",
+                        dict(_jax("roi", dtype="bfloat16"), no_sentence=True), {})]
     # The image tower's stem: ViT's patchify, or convolutions (model.vision.stem='conv') with
     # 1, 2 or all log2(16) = 4 stride-2 3x3 layers after a patchify of the rest.
     out["stem"] = [("rmc_jax bf16, roi, patchify stem",

@@ -67,6 +67,9 @@ class Dims:
     concepts: int = 24          # 8 findings x {plain, right, left}
     crop_size: int = 64         # teacher region crops
     caption_fraction: float = 0.5
+    sentences: int = 2          # report sentences per example (the sentence term)
+    sentence_len: int = 20
+    report_sentences: int = 16  # sentence hashes listed per report
 
 
 class Block(nn.Module):
@@ -229,6 +232,19 @@ def roi_loss(roi, cap, mask, ids, tau):
     return (rows * valid).sum() / valid.sum().clamp(min=1)
 
 
+def sentence_loss(img, sent, ids, image_ids, tau):
+    """Sentence -> image InfoNCE; positives: every image that lists the sentence's id or drew
+    it (``rmc_jax.losses.sentence_image_loss``)."""
+    b, s, e = sent.shape
+    stated = torch.cat([image_ids, ids], 1)                                  # [B, M + S]
+    anchors, ids = sent.reshape(b * s, e), ids.reshape(-1)
+    logits = anchors @ img.T / tau                                           # [B*S, B]
+    positive = (ids[:, None, None] == stated[None]).any(-1)
+    rows = torch.logsumexp(logits, 1) - _masked_lse(logits, positive, 1)
+    valid = ids >= 0
+    return (rows * valid).sum() / valid.sum().clamp(min=1)
+
+
 def negative_loss(roi, cap, neg, mask, neg_valid, tau):
     pos = (roi * cap).sum(-1)
     negs = torch.einsum("bre,brke->brk", roi, neg)
@@ -278,6 +294,11 @@ def random_batch(d: Dims, batch_size: int, seed: int = 0) -> dict:
         "caption_mask": torch.ones(b, r, 1 + k, d.caption_len, dtype=torch.int32),
         "neg_valid": box_mask[..., None].expand(b, r, k).clone(),
         "caption_hash": torch.randint(0, 1 << 30, (b, r), generator=g),
+        "sentence_ids": torch.randint(5, d.vocab_size, (b, d.sentences, d.sentence_len),
+                                      generator=g),
+        "sentence_mask": torch.ones(b, d.sentences, d.sentence_len, dtype=torch.int32),
+        "sentence_hash": torch.randint(0, 40, (b, d.sentences), generator=g),
+        "report_sentence_hash": torch.randint(-1, 40, (b, d.report_sentences), generator=g),
         "concepts": torch.randint(5, d.vocab_size, (d.concepts, d.caption_len), generator=g),
         "concept_mask": torch.ones(d.concepts, d.caption_len, dtype=torch.int32),
     }
@@ -292,6 +313,10 @@ def batch_losses(model, teacher, batch, d: Dims, variant: str):
     if variant == "global":
         return total
     b, r = batch["box_mask"].shape
+    sentences = model.encode_text(batch["sentence_ids"].reshape(-1, d.sentence_len),
+                                  batch["sentence_mask"].reshape(-1, d.sentence_len))
+    total = total + sentence_loss(image_emb, sentences.reshape(b, d.sentences, -1),
+                                  batch["sentence_hash"], batch["report_sentence_hash"], tau)
     budget = math.ceil(b * r * d.caption_fraction)
     flat = batch["box_mask"].reshape(-1)
     kept = flat & (torch.cumsum(flat, 0) <= budget)
