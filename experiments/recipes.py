@@ -9,7 +9,7 @@
         roi_nodistill_augmented,distill_temperature0.05,distill_threshold0.5,distill_warmup200
     python experiments/recipes.py --name=recipes_screen --only=head_teacher_temperature0.05,\
         init_temperature0.04,init_temperature0.1,global_weight2,roi_weight2,grad_clip_norm100,\
-        siglip
+        siglip,batch16,lr2.5e-4
 
 A recipe is a config argument string plus ``--config.KEY=VALUE`` overrides on top of the
 ``roi`` variant; each runs as ``python -m rmc_jax.main`` in its own workdir under ``--runs``
@@ -86,7 +86,9 @@ RECIPES = {name: (args, {**PAST_DEFAULTS, **overrides})
 # it moves little from where it starts (0.070 -> 0.062); a heavier region-caption term; the
 # gradient clipped only at 100 rather than 1 (the logged norms are 6 to 26, so at 1 every step
 # is clipped, and Adam then sees unit-norm gradients); SigLIP's sigmoid loss for the
-# image-report term.
+# image-report term; half the batch for twice the steps (the same examples, about the same wall
+# time; warm-ups kept in examples); half the peak rate. These ran before the sentence term
+# became part of the default; no_sentence is that default without it.
 CROP_TEACHER = {"teacher.regions": "crop", **TEMPERATURE_0_01}   # before teacher.regions='auto'
 HEAD_TEACHER = {"teacher.regions": "head", **TEMPERATURE_0_01}   # what 'auto' picks for 'ema'
 DEFAULT_RECIPES = {
@@ -106,6 +108,10 @@ DEFAULT_RECIPES = {
     "roi_weight2": ("roi", {"loss.roi_weight": 2.0}),
     "grad_clip_norm100": ("roi", {"optimizer.grad_clip_norm": 100.0}),
     "siglip": ("roi", {"loss.global_loss": "siglip"}),
+    "batch16": ("roi,batch=16,steps=2400", {"optimizer.warmup_steps": 80,
+                                            "teacher.warmup_steps": 200}),
+    "lr2.5e-4": ("roi", {"optimizer.learning_rate": 2.5e-4}),
+    "no_sentence": ("roi", {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}),
 }
 RECIPES.update(DEFAULT_RECIPES)
 
