@@ -1,5 +1,6 @@
-"""The four training losses of region-aware CLIP (and two other image-report losses: the MedCLIP
-baseline's and SigLIP's pairwise sigmoid), as pure JAX functions other code can import.
+"""The training losses of region-aware CLIP (the four of its recipe, the sentence-image loss, and
+two other image-report losses: the MedCLIP baseline's and SigLIP's pairwise sigmoid), as pure JAX
+functions other code can import.
 
 Every loss takes **L2-normalised** embeddings (similarity s(a, b) = a . b), a temperature
 tau > 0, and returns a float32 scalar: the mean over valid items. Logits are computed in
@@ -25,7 +26,7 @@ whose id is in its set. The sigmoid loss takes the same ids (a pair of equal
 ids is a positive) and scales the same three ways; as a plain sum over pairs it needs no online
 log-sum-exp, and its tiled form is blocks of rows under ``jax.checkpoint``.
 
-One module of just over 600 lines on purpose: the public losses (``global_contrastive_loss`` on)
+One module of about 700 lines on purpose: the public losses (``global_contrastive_loss`` on)
 are short and all stand on the two kernels above them (dense, tiled, gathered and ring-sharded
 row losses, the InfoNCE one with its custom VJP); apart, the kernels' private helpers would only
 move behind an import.
@@ -545,11 +546,12 @@ def sentence_image_loss(img: Array, sent: Array, sentence_ids: Array, image_sent
         raise ValueError(f"img must be [B, E] and sent [B, S, E] with the same B and E; got "
                          f"img{img.shape} and sent{sent.shape}")
     b, s, e = sent.shape
-    for name, ids, shape in (("sentence_ids", sentence_ids, (b, s)),
-                             ("image_sentence_ids", image_sentence_ids, (b, None))):
-        if ids.ndim != 2 or ids.shape[0] != b or (shape[1] is not None and ids.shape != shape):
-            want = "[B, S] = " + str((b, s)) if shape[1] else "[B, M] with B = " + str(b)
-            raise ValueError(f"{name} must have shape {want}, got {ids.shape}")
+    if sentence_ids.shape != (b, s):
+        raise ValueError(f"sentence_ids must have shape [B, S] = {(b, s)}, got "
+                         f"{sentence_ids.shape}")
+    if image_sentence_ids.ndim != 2 or image_sentence_ids.shape[0] != b:
+        raise ValueError(f"image_sentence_ids must have shape [B, M] with B = {b}, got "
+                         f"{image_sentence_ids.shape}")
     sentence_ids = sentence_ids.astype(jnp.int32)
     # Each image's own texts join its id set, so every valid text has a positive.
     image_ids = jnp.concatenate([image_sentence_ids.astype(jnp.int32), sentence_ids], axis=1)

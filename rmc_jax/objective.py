@@ -153,10 +153,10 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
     if config.loss.sentence_weight > 0:
         # Report sentences one at a time against the batch's images (their reports' sentence
         # hashes say which images state each).
-        b_s, s, length = batch["sentence_ids"].shape
-        sentence_emb = apply(batch["sentence_ids"].reshape(b_s * s, length),
-                             batch["sentence_mask"].reshape(b_s * s, length),
-                             method=RegionCLIP.encode_text).reshape(b_s, s, -1)
+        _, s, length = batch["sentence_ids"].shape
+        sentence_emb = apply(batch["sentence_ids"].reshape(b * s, length),
+                             batch["sentence_mask"].reshape(b * s, length),
+                             method=RegionCLIP.encode_text).reshape(b, s, -1)
         terms["sentence"] = _contrastive(mesh, config, _sentence_loss, image_emb, sentence_emb,
                                          batch["sentence_hash"], batch["report_sentence_hash"],
                                          tau)

@@ -314,6 +314,9 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
     A training flip (``config.flip_probability``) mirrors image and boxes and swaps the
     patient's sides in the captions, the report and ``side_ids`` before anything else uses
     them, so hard negatives, caption hashes and tokens all come from the mirrored text.
+
+    ``sentence_tokenizer`` tokenizes the report sentences (``sentence_fields``) at
+    ``max_sentence_len``; ``Prepare`` makes it once, and without it one is made here.
     """
     r_max, k = config.max_regions, config.num_negatives
     where = f"{example.source}:{example.example_id}"
@@ -402,12 +405,12 @@ def prepare_example(example: Example, config: PipelineConfig, tokenizer: Tokeniz
 
 def sentence_fields(report: str, config: PipelineConfig, tokenizer: Tokenizer | None,
                     rng: np.random.Generator | None) -> dict:
-    """The report's sentences for the sentence-image loss: ``sentence_ids``, ``sentence_mask``
-    [S, max_sentence_len] (``tokenizer`` at that length; None when S = 0) of
-    S = sentences_per_report sentences (drawn without replacement in
-    training, the first ones in evaluation; fewer in a short report), their ``sentence_hash``
-    [S] (-1: none), and ``report_sentence_hash`` [max_report_sentences], the distinct hashes
-    of the report's sentences in order (-1: none). Hashes are ``caption_hash``es."""
+    """The report's sentences for the sentence-image loss: S = sentences_per_report of them
+    (drawn without replacement in training, the first ones in evaluation; fewer in a short
+    report) as ``sentence_ids``, ``sentence_mask`` [S, max_sentence_len] (``tokenizer``, at that
+    length; None when S = 0) and ``sentence_hash`` [S] (-1: none), and
+    ``report_sentence_hash`` [max_report_sentences], the distinct hashes of all the report's
+    sentences in order (-1: none). Hashes are ``caption_hash``es of the sentences."""
     s, length = config.sentences_per_report, config.max_sentence_len
     sentences = report_sentences(report)
     hashes = list(dict.fromkeys(caption_hash(x) for x in sentences))[:config.max_report_sentences]
