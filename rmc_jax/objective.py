@@ -64,11 +64,6 @@ def _sigmoid_loss(images, reports, has_report, ids, temperature, bias, **backend
                                            pair_mask=has_report, pair_ids=ids, **backend)
 
 
-def _sentence_loss(images, sentences, sentence_ids, image_sentence_ids, temperature, **backend):
-    return losses.sentence_image_loss(images, sentences, sentence_ids, image_sentence_ids,
-                                      temperature, **backend)
-
-
 def no_finding_column(label_names) -> int | None:
     """The index of the 'No Finding' class among ``label_names`` (any spelling), or None."""
     return next((i for i, name in enumerate(label_names) if is_no_finding(name)), None)
@@ -157,9 +152,9 @@ def batch_losses(params, teacher_logits, batch, concepts, step, *, model, config
         sentence_emb = apply(batch["sentence_ids"].reshape(b * s, length),
                              batch["sentence_mask"].reshape(b * s, length),
                              method=RegionCLIP.encode_text).reshape(b, s, -1)
-        terms["sentence"] = _contrastive(mesh, config, _sentence_loss, image_emb, sentence_emb,
-                                         batch["sentence_hash"], batch["report_sentence_hash"],
-                                         tau)
+        terms["sentence"] = _contrastive(mesh, config, losses.sentence_image_loss, image_emb,
+                                         sentence_emb, batch["sentence_hash"],
+                                         batch["report_sentence_hash"], tau)
 
     uses_regions = any(config.loss[f"{t}_weight"] > 0 for t in ("roi", "neg", "distill"))
     if uses_regions:
