@@ -10,6 +10,8 @@
     python experiments/recipes.py --name=recipes_screen --only=head_teacher_temperature0.05,\
         init_temperature0.04,init_temperature0.1,global_weight2,roi_weight2,grad_clip_norm100,\
         siglip,batch16,lr2.5e-4
+    python experiments/recipes.py --name=recipes_sentence --only=sentence_term,\
+        sentence_weight0.5,negatives1_steps1400,warm_start,warm_start_negatives1_steps1400
 
 A recipe is a config argument string plus ``--config.KEY=VALUE`` overrides on top of the
 ``roi`` variant; each runs as ``python -m rmc_jax.main`` in its own workdir under ``--runs``
@@ -88,7 +90,8 @@ RECIPES = {name: (args, {**PAST_DEFAULTS, **overrides})
 # is clipped, and Adam then sees unit-norm gradients); SigLIP's sigmoid loss for the
 # image-report term; half the batch for twice the steps (the same examples, about the same wall
 # time; warm-ups kept in examples); half the peak rate. These ran before the sentence term
-# became part of the default; no_sentence is that default without it.
+# became part of the default; no_sentence is that default without it. All of them ran without
+# the term and keep it off (and the text warm start, pinned off with it).
 CROP_TEACHER = {"teacher.regions": "crop", **TEMPERATURE_0_01}   # before teacher.regions='auto'
 HEAD_TEACHER = {"teacher.regions": "head", **TEMPERATURE_0_01}   # what 'auto' picks for 'ema'
 DEFAULT_RECIPES = {
@@ -111,9 +114,27 @@ DEFAULT_RECIPES = {
     "batch16": ("roi,batch=16,steps=2400", {"optimizer.warmup_steps": 80,
                                             "teacher.warmup_steps": 200}),
     "lr2.5e-4": ("roi", {"optimizer.learning_rate": 2.5e-4}),
-    "no_sentence": ("roi", {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}),
+    "no_sentence": ("roi", {}),
 }
+NO_SENTENCE = {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}
+DEFAULT_RECIPES = {name: (args, {**NO_SENTENCE, "text_pretrain.steps": 0, **overrides})
+                   for name, (args, overrides) in DEFAULT_RECIPES.items()}
 RECIPES.update(DEFAULT_RECIPES)
+
+# At the default with the sentence term (sentence_term: the ablation's roi run of that seed):
+# the term at half weight; one hard negative per region caption rather than three (a quarter
+# of the step's FLOPs are the negatives' text) and the steps that buys in about the same wall
+# time; the masked-language-model warm start of the text tower; both.
+SENTENCE_RECIPES = {
+    "sentence_term": ("roi", {"text_pretrain.steps": 0}),
+    "sentence_weight0.5": ("roi", {"loss.sentence_weight": 0.5, "text_pretrain.steps": 0}),
+    "negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1,
+                                                "text_pretrain.steps": 0}),
+    "warm_start": ("roi", {"text_pretrain.steps": 300}),
+    "warm_start_negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1,
+                                                           "text_pretrain.steps": 300}),
+}
+RECIPES.update(SENTENCE_RECIPES)
 
 # (metric, label) of the table, in order.
 COLUMNS = (
