@@ -413,19 +413,20 @@ def sentence_fields(report: str, config: PipelineConfig, tokenizer: Tokenizer | 
     sentences in order (-1: none). Hashes are ``caption_hash``es of the sentences."""
     s, length = config.sentences_per_report, config.max_sentence_len
     sentences = report_sentences(report)
-    hashes = list(dict.fromkeys(caption_hash(x) for x in sentences))[:config.max_report_sentences]
+    sentence_hashes = [caption_hash(x) for x in sentences]
+    hashes = list(dict.fromkeys(sentence_hashes))[:config.max_report_sentences]
     if rng is not None and sentences and s:
-        picked = [sentences[i] for i in rng.permutation(len(sentences))[:s]]
+        picked = list(rng.permutation(len(sentences))[:s])
     else:
-        picked = sentences[:s]
+        picked = list(range(min(s, len(sentences))))
     out = {"sentence_ids": np.zeros((s, length), np.int32),
            "sentence_mask": np.zeros((s, length), np.int32),
            "sentence_hash": np.full((s,), -1, np.int32),
            "report_sentence_hash": np.full((config.max_report_sentences,), -1, np.int32)}
     if picked:
-        ids, mask = tokenizer(picked)
+        ids, mask = tokenizer([sentences[i] for i in picked])
         out["sentence_ids"][:len(picked)], out["sentence_mask"][:len(picked)] = ids, mask
-        out["sentence_hash"][:len(picked)] = [caption_hash(x) for x in picked]
+        out["sentence_hash"][:len(picked)] = [sentence_hashes[i] for i in picked]
     out["report_sentence_hash"][:len(hashes)] = hashes
     return out
 
