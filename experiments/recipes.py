@@ -117,7 +117,8 @@ DEFAULT_RECIPES = {
     "no_sentence": ("roi", {}),
 }
 NO_SENTENCE = {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}
-DEFAULT_RECIPES = {name: (args, {**NO_SENTENCE, "text_pretrain.steps": 0, **overrides})
+NO_WARM_START = {"text_pretrain.steps": 0}
+DEFAULT_RECIPES = {name: (args, {**NO_SENTENCE, **NO_WARM_START, **overrides})
                    for name, (args, overrides) in DEFAULT_RECIPES.items()}
 RECIPES.update(DEFAULT_RECIPES)
 
@@ -126,15 +127,14 @@ RECIPES.update(DEFAULT_RECIPES)
 # of the step's FLOPs are the negatives' text) and the steps that buys in about the same wall
 # time; the masked-language-model warm start of the text tower; both.
 SENTENCE_RECIPES = {
-    "sentence_term": ("roi", {"text_pretrain.steps": 0}),
-    "sentence_weight0.5": ("roi", {"loss.sentence_weight": 0.5, "text_pretrain.steps": 0}),
-    "negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1,
-                                                "text_pretrain.steps": 0}),
-    "warm_start": ("roi", {"text_pretrain.steps": 300}),
-    "warm_start_negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1,
-                                                           "text_pretrain.steps": 300}),
+    "sentence_term": ("roi", {}),
+    "sentence_weight0.5": ("roi", {"loss.sentence_weight": 0.5}),
+    "negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1}),
+    "warm_start": ("roi", MLM),
+    "warm_start_negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1, **MLM}),
 }
-RECIPES.update(SENTENCE_RECIPES)
+RECIPES.update({name: (args, {**NO_WARM_START, **overrides})
+                for name, (args, overrides) in SENTENCE_RECIPES.items()})
 
 # (metric, label) of the table, in order.
 COLUMNS = (
