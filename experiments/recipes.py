@@ -77,7 +77,7 @@ RECIPES = {
 RECIPES = {name: (args, {**PAST_DEFAULTS, **overrides})
            for name, (args, overrides) in RECIPES.items()}
 
-# At the default budget of configs/base.py (1,200 steps, augmentation off), one change each: the
+# At the default budget then (1,200 steps, augmentation off), one change each: the
 # distillation teacher scoring region crops (RegionCLIP) or with its region head (the default
 # for an EMA teacher), on top of the crop teacher a higher peak rate for both towers, on top of
 # either teacher distillation that leaves the concept texts' embeddings alone (RegionCLIP's text
@@ -90,8 +90,7 @@ RECIPES = {name: (args, {**PAST_DEFAULTS, **overrides})
 # is clipped, and Adam then sees unit-norm gradients); SigLIP's sigmoid loss for the
 # image-report term; half the batch for twice the steps (the same examples, about the same wall
 # time; warm-ups kept in examples); half the peak rate. These ran before the sentence term
-# became part of the default; no_sentence is that default without it. All of them ran without
-# the term and keep it off (and the text warm start, pinned off with it).
+# became part of the default; no_sentence is that default without it.
 CROP_TEACHER = {"teacher.regions": "crop", **TEMPERATURE_0_01}   # before teacher.regions='auto'
 HEAD_TEACHER = {"teacher.regions": "head", **TEMPERATURE_0_01}   # what 'auto' picks for 'ema'
 DEFAULT_RECIPES = {
@@ -116,10 +115,6 @@ DEFAULT_RECIPES = {
     "lr2.5e-4": ("roi", {"optimizer.learning_rate": 2.5e-4}),
     "no_sentence": ("roi", {}),
 }
-NO_SENTENCE = {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}
-NO_WARM_START = {"text_pretrain.steps": 0}
-DEFAULT_RECIPES = {name: (args, {**NO_SENTENCE, **NO_WARM_START, **overrides})
-                   for name, (args, overrides) in DEFAULT_RECIPES.items()}
 RECIPES.update(DEFAULT_RECIPES)
 
 # At the default with the sentence term (sentence_term: the ablation's roi run of that seed):
@@ -133,8 +128,26 @@ SENTENCE_RECIPES = {
     "warm_start": ("roi", MLM),
     "warm_start_negatives1_steps1400": ("roi,steps=1400", {"data.num_negatives": 1, **MLM}),
 }
-RECIPES.update({name: (args, {**NO_WARM_START, **overrides})
-                for name, (args, overrides) in SENTENCE_RECIPES.items()})
+RECIPES.update(SENTENCE_RECIPES)
+
+# Every recipe above ran before the default became one hard negative per caption, 1,400 steps
+# and the text warm start (the last of SENTENCE_RECIPES): three negatives, 1,200 steps unless its
+# arguments name the steps, from scratch unless it sets the warm start; those before
+# SENTENCE_RECIPES also without the sentence term. Pinned, so that they remain what was run.
+THREE_NEGATIVES = {"data.num_negatives": 3}
+NO_WARM_START = {"text_pretrain.steps": 0}
+NO_SENTENCE = {"loss.sentence_weight": 0.0, "data.sentences_per_report": 0}
+
+
+def at_past_budget(args: str) -> str:
+    """'roi' -> 'roi,steps=1200'; arguments that name the steps are kept."""
+    return args if "steps=" in args else f"{args},steps=1200"
+
+
+RECIPES = {name: (at_past_budget(args),
+                  {**THREE_NEGATIVES, **NO_WARM_START,
+                   **({} if name in SENTENCE_RECIPES else NO_SENTENCE), **overrides})
+           for name, (args, overrides) in RECIPES.items()}
 
 # (metric, label) of the table, in order.
 COLUMNS = (

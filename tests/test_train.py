@@ -36,6 +36,7 @@ def smoke(variant="roi", **overrides):
     config.update(batch_size=8, log_every=2, checkpoint_every=2)
     config.evals.enabled = False  # evaluated where a test checks it
     config.optimizer.warmup_steps = 1
+    config.text_pretrain.steps = 0  # the warm start's tests are tests/test_text_pretrain.py
     # One device: the 8 simulated ones cost a third more per run on two cores. The tests that
     # are about sharding set mesh.data (the roi variant trains and evaluates on all 8).
     config.mesh.data = 1
