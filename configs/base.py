@@ -69,9 +69,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
-    # About 11 minutes with the text warm start and evaluation on a 2-core CPU with bf16 units
-    # (AVX512-BF16/AMX, where dtype 'auto' is bfloat16); a CPU without them runs float32 at about
-    # a third of the speed: ``steps=400`` there for a run of about 10 minutes.
+    # About 11 minutes with the text warm start and evaluation on a 2-core CPU with AMX (16 to 21
+    # on one with AVX512-BF16 alone; dtype 'auto' is bfloat16 on both); a CPU without bf16 units
+    # runs float32 at about a third of the AMX speed: ``steps=400`` there for about 10 minutes.
     c.total_steps = 1400
     c.batch_size = 32               # global batch, split over processes and devices
     c.log_every = 50
@@ -148,7 +148,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tokenizer="", vocab_size=4096, max_bad_fraction=0.01,
         workers=-1))    # input processes; -1: from the host's cores (pipeline.auto_workers)
     # One hard negative per caption: three took a quarter of the step (their text); one, with
-    # the time saved spent on more steps, raised retrieval (README, "What was tried").
+    # the time saved spent on more steps, raised retrieval (README, the ablation discussion).
     # Dataset constructor options, "images_root=/data/mimic-cxr-jpg,ms_cxr.split_csv=/x.csv"
     # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
     c.data.source_options = ""
