@@ -9,9 +9,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Tests compile the same small programs many times (every train() of the smoke model): share
 # XLA's persistent compilation cache across the session.
+# The process that makes the cache (pytest-xdist's workers inherit it) removes it at exit.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rmc_jax_xla_"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rmc_jax_xla_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 # The modules holding the longest tests (whole training runs: a train step compiled, CLI runs,
