@@ -127,7 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                     # 'auto': 'crop' for source 'hf', 'head' otherwise (README)
         crop_size=64,               # region crops are resized to this many pixels
         temperature=0.05,           # KL at 0.05 on both sides; RegionCLIP's 0.01 made the zero-
-        student_temperature=0.05,   # shot AUROC, R@5 and pointing lower on 3 of 3 seeds (README)
+        student_temperature=0.05,   # shot AUROC, R@5, pointing lower on 3 of 3 seeds (experiments/)
         threshold=0.1,              # keep regions whose top teacher probability exceeds this (at
                                     # or below 1/len(concepts) it keeps every region)
         fixed_concepts=False,       # True: no distillation gradient into the concept texts' (the
@@ -148,14 +148,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         tokenizer="", vocab_size=4096, max_bad_fraction=0.01,
         workers=-1))    # input processes; -1: from the host's cores (pipeline.auto_workers)
     # One hard negative per caption: three took a quarter of the step (their text); one, with
-    # the time saved spent on more steps, raised retrieval (README, the ablation discussion).
+    # the time saved spent on more steps, raised retrieval (experiments/README.md).
     # Dataset constructor options, "images_root=/data/mimic-cxr-jpg,ms_cxr.split_csv=/x.csv"
     # (unprefixed: every dataset that takes the option; "name.key": that dataset only).
     c.data.source_options = ""
     # Training augmentation (crop keeping the regions, intensity jitter, grain) is off: at 400
     # steps (0.64 of an epoch of the embedded data) every variant learnt more without it (3
-    # seeds, README); the default 1400 x 32 examples are 2.2 epochs. Multi-epoch runs on real
-    # data: ``augment=true``.
+    # seeds, experiments/README.md); the default 1400 x 32 examples are 2.2 epochs.
+    # Multi-epoch runs on real data: ``augment=true``.
     c.data.flip_probability = 0.0   # training flips swap left/right in captions and report too
     # Report text the text tower reads: 'impression_findings' (impression first, so the token
     # limit cuts findings rather than the summary; it raised zero-shot accuracy and AUROC in

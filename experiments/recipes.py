@@ -40,8 +40,9 @@ BASE = "roi,steps=1600"
 # head_teacher_temperature0.05 ran with, RegionCLIP's; pinned so that they remain what was run.
 TEMPERATURE_0_01 = {"teacher.temperature": 0.01, "teacher.student_temperature": 0.01}
 # Every recipe of RECIPES below was measured with training augmentation on, the default until the
-# 3-seed comparison in README turned it off, and the EMA teacher scoring region crops, the
-# default before teacher.regions='auto'; the recipes keep both, so they remain what was run.
+# 3-seed comparison in experiments/README.md turned it off, and the EMA teacher scoring region
+# crops, the default before teacher.regions='auto'; the recipes keep both, so they remain what was
+# run.
 PAST_DEFAULTS = {"data.augment": True, "teacher.regions": "crop", **TEMPERATURE_0_01}
 IMPRESSION = {"data.report_sections": "impression_findings"}
 MLM = {"text_pretrain.steps": 300}

@@ -279,7 +279,7 @@ def teacher_scores(teacher_params, images, boxes, concepts, *, model, crop_size)
 def teacher_regions(config) -> str:
     """``teacher.regions`` resolved: 'auto' is 'crop' for a pretrained CLIP teacher (it has no
     region head) and 'head' for an rmc_jax teacher ('ema', 'checkpoint'), whose image tower
-    reads a crop poorly when it has learnt from whole images (measured in README)."""
+    reads a crop poorly when it has learnt from whole images (measured in experiments/README.md)."""
     regions = config.teacher.get("regions", "auto")
     if regions == "auto":
         return "crop" if config.teacher.source == "hf" else "head"

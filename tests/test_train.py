@@ -489,7 +489,7 @@ def test_config_arguments_after_the_variant():
     assert config.optimizer.learning_rate == 1e-3 and config.loss.roi_weight == 0.0
     with pytest.raises(ValueError, match="KEY=VALUE with KEY in"):
         get_config("roi,precision=bf16")
-    assert get_config("roi").data.augment is False          # measured better off (README)
+    assert get_config("roi").data.augment is False          # measured better off (experiments/)
     assert get_config("roi,augment=true").data.augment is True
     assert get_config("roi,augment=False").data.augment is False  # not bool("False")
     with pytest.raises(ValueError, match="augment is true or false"):
