@@ -99,6 +99,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.loss.sentence_weight > 0 and config.data.sentences_per_report < 1:
         fail("loss.sentence_weight > 0 needs report sentences: set data.sentences_per_report "
              ">= 1 (or loss.sentence_weight = 0)")
+    if config.loss.sentence_weight == 0 and config.data.sentences_per_report > 0:
+        fail(f"loss.sentence_weight = 0 with data.sentences_per_report = "
+             f"{config.data.sentences_per_report}: every batch would tokenize report sentences "
+             "that no loss term reads. Turning the sentence term off takes both: set "
+             "data.sentences_per_report = 0 too (as the global and medclip variants do)")
     if config.data.max_regions < 1 or config.data.num_negatives < 0:
         fail("data.max_regions must be >= 1 and data.num_negatives >= 0")
     if config.batch_size % jax.process_count():

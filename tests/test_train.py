@@ -462,6 +462,7 @@ def test_fsdp_mesh_shards_parameters():
     ({"data.max_caption_len": 64}, "exceed model.text.max_len"),
     ({"data.max_sentence_len": 64}, "exceed model.text.max_len"),
     ({"data.sentences_per_report": 0}, "needs report sentences"),
+    ({"loss.sentence_weight": 0.0}, "set data.sentences_per_report = 0 too"),
     ({"optimizer.tower_lr": "vision=1e-4"}, "unknown tower 'vision'; the towers are"),
     ({"optimizer.tower_lr": "text:1e-4"}, "is not TOWER=RATE"),
     ({"optimizer.tower_lr": "text=fast"}, "text='fast' is not a number"),
