@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -223,6 +224,19 @@ def test_an_invalid_example_is_skipped_with_a_warning(tmp_path):
     copy = get_source("tfds:rmc_listed", str(tmp_path), "validate")
     assert copy.name == "listed" and copy.label_names == ("a",)
     assert_same_example(good, copy[1])
+
+
+def test_writing_a_copy_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    """TFDS looks a new builder's name up in its public bucket through a temporary directory
+    it never removes; rmc_jax copies skip the lookup, so a write leaves the temp dir as it was."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    summary = tfds_format.write("rmc_one", str(tmp_path / "tfds"),
+                                {"train": open_source("synthetic", "", "train", size=1)},
+                                log=lambda _: None)
+    assert summary["num_examples"] == {"train": 1}
+    assert sorted(os.listdir(temp)) == []
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path, capsys):

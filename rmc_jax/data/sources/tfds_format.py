@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import os
 import re
@@ -87,6 +88,19 @@ def _tfds():
     import tensorflow_datasets as tfds
 
     return tfds
+
+
+@functools.cache
+def _local_dataset_info():
+    """``tfds.core.DatasetInfo`` of a dataset that exists only in local files. A TFDS builder
+    whose copy is not written yet looks its name up in TFDS's public bucket
+    (``initialize_from_bucket``), which holds nothing of ours and leaves an empty temporary
+    directory behind on every write."""
+    class LocalDatasetInfo(_tfds().core.DatasetInfo):
+        def initialize_from_bucket(self) -> None:
+            """Nothing to fetch: rmc_jax copies are never in TFDS's bucket."""
+
+    return LocalDatasetInfo
 
 
 def canonical_split(split: str) -> str:
@@ -299,7 +313,7 @@ class ExamplesBuilder:
 
     def _info(self):
         tfds = _tfds()
-        return tfds.core.DatasetInfo(
+        return _local_dataset_info()(
             builder=self, description=self._description, features=features(
                 len(self._label_names), self._codec),
             metadata=tfds.core.MetadataDict(
