@@ -190,6 +190,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         enabled=True,
         prompts="",                 # JSON {class: [prompts]} to replace the default prompt sets
         batch_size=32,
+        max_regions=16,             # regions per image scored (data.max_regions bounds training;
+                                    # past it a region is counted in
+                                    # eval/regions_beyond_max_regions, not scored)
         region_mode="both",         # region embeddings: 'head' (RoIAlign head), 'crop' (image
                                     # tower on the cropped box, for global models) or 'both'
         grounding=True,             # phrase grounding (CNR, mIoU, pointing) on region captions

@@ -283,6 +283,36 @@ def test_evaluation_skips_an_unreadable_example_and_counts_it(tiny):
         E.compute(model, params, config, tokenizer, source=_Unreadable(source, bad=4))
 
 
+def test_regions_past_evals_max_regions_are_counted_not_dropped_silently(tiny):
+    """Training keeps data.max_regions (4 in smoke) regions of an image; the evaluation has its
+    own bound, evals.max_regions (16), so images with 5 or 6 regions are scored whole, and
+    regions past a lower bound are counted in results, the summary line and report.md."""
+    from rmc_jax.data.sources import open_source
+    from rmc_jax.evaluate import report
+
+    model, params, tokenizer = tiny
+    source = open_source("synthetic", "", "test", 96, 0, 32)
+    counts = [len(source[i].boxes) for i in range(len(source))]
+    keep = ([i for i, n in enumerate(counts) if n >= 5][:3]
+            + [i for i, n in enumerate(counts) if 1 <= n <= 2][:3])
+    assert len(keep) == 6
+    subset = _Unreadable(source, keep=keep)
+    config = tiny_config()
+    assert config.data.max_regions == 4 and config.evals.max_regions == 16
+    whole, _ = E.compute(model, params, config, tokenizer, source=subset, batch_size=4)
+    bounded, raw = E.compute(model, params, tiny_config(max_regions=4), tokenizer,
+                             source=subset, batch_size=4)
+    cut = bounded["eval/regions_beyond_max_regions"]
+    assert whole["eval/regions_beyond_max_regions"] == 0 and cut >= 3
+    assert bounded["eval/regions"] + cut == whole["eval/regions"] > 4 * 3
+    assert f"eval/regions_beyond_max_regions={int(cut)}" in E.summary(bounded)
+    assert "regions_beyond" not in E.summary(whole)
+    text = "\n".join(report._left_out(bounded, raw))
+    assert f"{int(cut)} region(s) of `eval` left out of its region metrics" in text
+    with pytest.raises(ValueError, match="evals.max_regions = 0; expected >= 1"):
+        E.compute(model, params, tiny_config(max_regions=0), tokenizer, source=subset)
+
+
 def test_the_evaluation_split_gets_the_source_options(tmp_path):
     images, reports = str(tmp_path / "mimic"), str(tmp_path / "reports")
     fx.write_mimic_cxr(images, reports_root=reports)

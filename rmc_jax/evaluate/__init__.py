@@ -68,6 +68,20 @@ def eval_source(config):
 
 
 REGION_MODES = ("head", "crop", "both")
+# Regions per image the evaluation scores unless evals.max_regions says otherwise (the embedded
+# test split has at most 6; its images past training's 4 were left out before it existed).
+EVAL_MAX_REGIONS = 16
+
+
+def eval_max_regions(config) -> int:
+    """Regions per image the evaluation scores: ``evals.max_regions`` (a bound of its own, not
+    training's ``data.max_regions``, so the region metrics see every region of most images;
+    the ones beyond it are counted in ``eval/regions_beyond_max_regions``)."""
+    value = int(_option(config, "max_regions", EVAL_MAX_REGIONS))
+    if value < 1:
+        raise ValueError(f"evals.max_regions = {value}; expected >= 1 (regions per image "
+                         "the evaluation scores)")
+    return value
 
 
 def _option(config, name: str, default):
@@ -87,7 +101,7 @@ class _Context:
         self.caption_tokenizer = tokenizer.with_max_len(config.data.max_caption_len)
         self.pipeline = pipe.PipelineConfig.from_data_config(
             config.data, num_negatives=max(config.data.num_negatives, 4), augment=False,
-            flip_probability=0.0)
+            flip_probability=0.0, max_regions=eval_max_regions(config))
         self.encoders = Encoders(model, params)
         prompts = _option(config, "prompts", "")
         self.prompts = load_prompts(prompts) if prompts else None
@@ -225,7 +239,7 @@ def compute(model, params, config, tokenizer, *, source=None, batch_size: int = 
         pneumonia = (protocols_lib.pneumonia_targets(protocol_source, data["labels"],
                                                      data["label_mask"].astype(bool))
                      if "pneumonia" in protocol.tasks else None)
-        results.update(_counts(data, skipped, f"{name}/", raw, regions=False))
+        results.update(_counts(data, skipped, f"{name}/", raw, regions=needs_regions))
         results.update(_split_results(data, context, f"{name}/", protocol.tasks, label_names,
                                       raw, columns=columns, pneumonia=pneumonia))
     return results, raw
@@ -233,12 +247,14 @@ def compute(model, params, config, tokenizer, *, source=None, batch_size: int = 
 
 def _counts(data, skipped, prefix: str, raw: dict, regions: bool = True) -> dict:
     """``<prefix>examples`` (embedded), ``<prefix>skipped`` (bad examples left out, named in
-    ``raw['skipped']``) and ``<prefix>regions`` / ``regions_without_caption``."""
+    ``raw['skipped']``) and ``<prefix>regions`` / ``regions_without_caption`` /
+    ``regions_beyond_max_regions`` (scored / left out: no caption, past ``evals.max_regions``)."""
     counts = {f"{prefix}examples": float(len(data["image"])),
               f"{prefix}skipped": float(skipped.skipped)}
     if regions:
         counts[f"{prefix}regions"] = float(data["box_mask"].sum())
         counts[f"{prefix}regions_without_caption"] = float(data["regions_without_caption"].sum())
+        counts[f"{prefix}regions_beyond_max_regions"] = float(data["regions_cut"].sum())
     if skipped.skipped:
         raw.setdefault("skipped", {})[prefix.rstrip("/")] = list(skipped.distinct)
     return counts
@@ -322,7 +338,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
 
 def summary(results: dict) -> str:
     """A few headline numbers for the end of a run (zero-shot: the CheXzero pos/neg protocol),
-    and the bad examples left out of each evaluated split."""
+    and the bad examples and the regions left out of each evaluated split."""
     keys = ["zeroshot/auroc_mean", "zeroshot/accuracy_single_label",
             "retrieval/image_to_report_R@5", "regions/region_to_caption_semantic_R@1",
             "hard_negatives/accuracy/laterality", "grounding/pointing_accuracy"]
@@ -332,4 +348,9 @@ def summary(results: dict) -> str:
     if skipped:
         line += "  " + "  ".join(f"{k}={v}" for k, v in skipped.items()) + \
             " (bad examples left out, named in the warnings and in eval/report.md)"
+    beyond = {k: int(v) for k, v in results.items()
+              if k.endswith("/regions_beyond_max_regions") and v}
+    if beyond:
+        line += "  " + "  ".join(f"{k}={v}" for k, v in beyond.items()) + \
+            " (regions past an image's first evals.max_regions, not scored)"
     return line

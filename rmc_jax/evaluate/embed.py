@@ -124,7 +124,7 @@ def report_keys(ids: np.ndarray) -> np.ndarray:
 
 ANNOTATIONS = ("box_mask", "boxes", "neg_valid", "neg_kind", "labels", "label_mask",
                "caption_hash", "finding_ids", "side_ids", "zone_ids", "size_ids", "content",
-               "has_report", "index", "regions_without_caption")
+               "has_report", "index", "regions_without_caption", "regions_cut")
 
 
 def embed_batches(encoders: Encoders, batches, *, crops: bool = False, patches: bool = False,

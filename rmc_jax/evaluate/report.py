@@ -220,13 +220,19 @@ def _format(value: float) -> str:
 
 
 def _left_out(finite: dict, raw: dict) -> list[str]:
-    """Report lines naming the bad examples left out of each split (``raw['skipped']``)."""
+    """Report lines naming the bad examples left out of each split (``raw['skipped']``) and
+    counting the regions past ``evals.max_regions`` left out of its region metrics."""
     lines = []
     for split, names in raw.get("skipped", {}).items():
         count = int(finite.get(f"{split}/skipped", len(names)))
         lines += [f"**{count} bad example(s) left out of `{split}`** (could not be read or "
                   "prepared; every metric covers the readable examples only):", ""]
         lines += [f"- `{name}`" for name in names] + [""]
+    for key, count in finite.items():
+        if key.endswith("/regions_beyond_max_regions") and count:
+            split = key.rsplit("/", 1)[0]
+            lines += [f"**{int(count)} region(s) of `{split}` left out of its region metrics**: "
+                      "past an image's first `evals.max_regions` (raise it to score them).", ""]
     return lines
 
 
