@@ -9,7 +9,8 @@
 Each run is ``python -m rmc_jax.main --config=configs/base.py:VARIANT,seed=S[,ARGS]`` in its own
 workdir under ``--runs`` (a finished run, one with ``eval/results.json``, is reused, so an
 interrupted sweep continues where it stopped, and is evaluated again with ``--mode=eval`` when
-its ``eval/prompts.json`` is not this rmc_jax's default prompts; ``--reuse`` takes the runs an
+its ``eval/prompts.json`` is not this rmc_jax's default prompts or its evaluation predates
+``evals.max_regions``; ``--reuse`` takes the runs an
 earlier sweep's JSON holds, so a sweep extended by variants trains only those). The script
 then writes ``experiments/results/ablation.json`` (every run's metrics, plus mean, std and
 95% interval per variant) and ``experiments/results/ablation.md`` (metric x variant, mean and
@@ -106,6 +107,9 @@ ABSOLUTE = (
 )
 # A results.json from before the headline zero-shot protocol changed has these and not that.
 STALE_KEY, CURRENT_KEY = "zeroshot/auroc_mean_posneg", "zeroshot/auroc_mean_ensemble"
+# One from before the evaluation scored every region of an image (evals.max_regions) lacks this
+# count: its region metrics covered an image's first data.max_regions regions only.
+REGIONS_KEY = "eval/regions_beyond_max_regions"
 
 
 def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) -> dict:
@@ -118,9 +122,13 @@ def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) ->
                                         workdir, name)
     refuse_stale(results, f"{workdir}/eval/results.json",
                  f"delete {workdir} to rerun it, or pass another --runs")
-    if results and scored_prompts(workdir) != current_prompts():
-        print(f"{name}: its zero-shot prompts are not this rmc_jax's: evaluating it again",
-              flush=True)
+    outdated = results and (
+        "its zero-shot prompts are not this rmc_jax's"
+        if scored_prompts(workdir) != current_prompts() else
+        "its region metrics scored an image's first regions only" if REGIONS_KEY not in results
+        else "")
+    if outdated:
+        print(f"{name}: {outdated}: evaluating it again", flush=True)
         results = runner.evaluate_again(
             runner.main_command(config, workdir, list(extra) + ["--mode=eval"]), workdir, name)
     return results
@@ -193,6 +201,12 @@ def reused_runs(path: str, variants, seeds, args: str, extra: list[str]) -> dict
     for v, by_seed in reused.items():
         for s, results in by_seed.items():
             refuse_stale(results, f"{path} ({v}, seed {s})", "leave out --reuse")
+            if REGIONS_KEY not in results:
+                raise SystemExit(f"--reuse={path} ({v}, seed {s}) was evaluated before the "
+                                 "evaluation scored every region of an image "
+                                 "(evals.max_regions): its region metrics are not this sweep's; "
+                                 "leave out --reuse, and point --runs at its runs' workdirs to "
+                                 "have them evaluated again")
     return reused
 
 

@@ -114,6 +114,10 @@ def test_markdown_table_headline_first_intervals_and_missing_metrics():
             "`--config.data.augment=True --config.data.workers=1`. ") in flagged
 
 
+# What today's evaluation writes besides the metrics a test is about.
+COUNTED = {ablation.REGIONS_KEY: 0.0}
+
+
 def finished_run(workdir, results: dict, prompts: dict | None = None) -> None:
     """A finished run's eval/results.json and, unless ``prompts`` is None, its
     eval/prompts.json (zero-shot scored with ``prompts``)."""
@@ -125,36 +129,41 @@ def finished_run(workdir, results: dict, prompts: dict | None = None) -> None:
 
 def test_stale_results_are_refused(tmp_path):
     current = ablation.current_prompts()
-    finished_run(tmp_path / "roi-seed0",
-                 {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_posneg": 0.72}, current)
+    finished_run(tmp_path / "roi-seed0", {"zeroshot/auroc_mean": 0.7,
+                                          "zeroshot/auroc_mean_posneg": 0.72, **COUNTED}, current)
     with pytest.raises(SystemExit, match="older rmc_jax"):
         ablation.run("roi", 0, "", str(tmp_path))
-    finished_run(tmp_path / "roi-seed0",
-                 {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}, current)
+    finished_run(tmp_path / "roi-seed0", {"zeroshot/auroc_mean": 0.7,
+                                          "zeroshot/auroc_mean_ensemble": 0.6, **COUNTED}, current)
     assert ablation.run("roi", 0, "", str(tmp_path))["zeroshot/auroc_mean"] == 0.7
 
 
-@pytest.mark.parametrize("prompts", ["none recorded", "other prompts"])
+@pytest.mark.parametrize("prompts", ["none recorded", "other prompts", "first regions only"])
 def test_a_run_scored_with_other_prompts_is_evaluated_again(tmp_path, monkeypatch, prompts):
     """A finished run whose zero-shot task scored other prompts than today's defaults (or an
-    evaluation from before eval/prompts.json) is evaluated again with --mode=eval, same config
-    and flags, and the new results are the ones tabled; it is not trained again."""
+    evaluation from before eval/prompts.json), or whose evaluation scored an image's first
+    data.max_regions regions only (before evals.max_regions), is evaluated again with
+    --mode=eval, same config and flags, and the new results are the ones tabled; it is not
+    trained again."""
     workdir = tmp_path / "global-seed2"
     old = {"zeroshot/auroc_mean": 0.7, "zeroshot/auroc_mean_ensemble": 0.6}
     other = {"nodule": {"positive": ["nodule"], "negative": ["no nodule"]}}
-    finished_run(workdir, old, None if prompts == "none recorded" else other)
+    finished_run(workdir, old if prompts == "first regions only" else {**old, **COUNTED},
+                 {"none recorded": None, "other prompts": other}.get(
+                     prompts, ablation.current_prompts()))
     (workdir / "wall_seconds.txt").write_text("412.5\n")
     commands = []
 
     def fake_subprocess_run(command, cwd, stdout, stderr):
         commands.append(command)
-        finished_run(workdir, {"zeroshot/auroc_mean": 0.8}, ablation.current_prompts())
+        finished_run(workdir, {"zeroshot/auroc_mean": 0.8, **COUNTED},
+                     ablation.current_prompts())
         stdout.write("evaluated\n")
         return type("Done", (), {"returncode": 0})()
 
     monkeypatch.setattr(ablation.runner.subprocess, "run", fake_subprocess_run)
     results = ablation.run("global", 2, "steps=5", str(tmp_path), ["--config.data.workers=0"])
-    assert results == {"zeroshot/auroc_mean": 0.8, "run/wall_seconds": 412.5}
+    assert results == {"zeroshot/auroc_mean": 0.8, **COUNTED, "run/wall_seconds": 412.5}
     [command] = commands
     assert command[-1] == "--mode=eval" and "--config.data.workers=0" in command
     assert command[3].endswith("configs/base.py:global,seed=2,steps=5")
@@ -269,12 +278,14 @@ def test_paired_differences_from_another_sweep():
 
 def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, monkeypatch):
     """--reuse: runs held by an earlier sweep's JSON are taken from it (not trained again); a
-    sweep with other arguments, or results from before the headline protocol, are refused."""
+    sweep with other arguments, or results from before the headline protocol or from an
+    evaluation that scored an image's first regions only, are refused."""
     earlier = {"args": "steps=5", "total_steps": 5, "extra": [],
                "prompts": ablation.current_prompts(), "runs": {
-        "global": {"0": {"zeroshot/auroc_mean": 0.61}, "1": {"zeroshot/auroc_mean": 0.63},
-                   "7": {"zeroshot/auroc_mean": 0.99}},          # seed 7: not in this sweep
-        "roi": {"0": {"zeroshot/auroc_mean": 0.70}}}}
+        "global": {"0": {"zeroshot/auroc_mean": 0.61, **COUNTED},
+                   "1": {"zeroshot/auroc_mean": 0.63, **COUNTED},
+                   "7": {"zeroshot/auroc_mean": 0.99, **COUNTED}},  # seed 7: not in this sweep
+        "roi": {"0": {"zeroshot/auroc_mean": 0.70, **COUNTED}}}}
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps(earlier))
     calls = []
@@ -290,9 +301,9 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
     ablation.main()
     assert sorted(calls) == [("roi", 1), ("roi_noneg", 0), ("roi_noneg", 1)]
     saved = json.loads((tmp_path / "ablation.json").read_text())
-    assert saved["runs"]["global"] == {"0": {"zeroshot/auroc_mean": 0.61},
-                                       "1": {"zeroshot/auroc_mean": 0.63}}
-    assert saved["runs"]["roi"] == {"0": {"zeroshot/auroc_mean": 0.70},
+    assert saved["runs"]["global"] == {"0": {"zeroshot/auroc_mean": 0.61, **COUNTED},
+                                       "1": {"zeroshot/auroc_mean": 0.63, **COUNTED}}
+    assert saved["runs"]["roi"] == {"0": {"zeroshot/auroc_mean": 0.70, **COUNTED},
                                     "1": {"zeroshot/auroc_mean": 0.81}}
     assert saved["summary"]["global"]["zeroshot/auroc_mean"]["mean"] == pytest.approx(0.62)
 
@@ -310,12 +321,18 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
         ablation.main()
     earlier["total_steps"] = 5
     earlier["runs"]["roi"]["0"] = {"zeroshot/auroc_mean": 0.7,
-                                   "zeroshot/auroc_mean_posneg": 0.8}
+                                   "zeroshot/auroc_mean_posneg": 0.8, **COUNTED}
     path.write_text(json.dumps(earlier))
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match=r"\(roi, seed 0\) comes from an older rmc_jax"):
         ablation.main()
     del earlier["runs"]["roi"]["0"]["zeroshot/auroc_mean_posneg"]
+    del earlier["runs"]["roi"]["0"][ablation.REGIONS_KEY]   # evaluated before evals.max_regions
+    path.write_text(json.dumps(earlier))
+    with pytest.raises(SystemExit, match=r"\(roi, seed 0\) was evaluated before the evaluation "
+                                         "scored every region"):
+        ablation.main()
+    earlier["runs"]["roi"]["0"].update(COUNTED)
     for prompts in (None, {"nodule": {"positive": ["nodule"], "negative": ["no nodule"]}}):
         earlier["prompts"] = prompts     # none recorded (an older JSON), or other wording
         path.write_text(json.dumps(earlier))
@@ -326,7 +343,7 @@ def test_sweep_reuses_an_earlier_sweeps_runs_and_trains_only_the_rest(tmp_path, 
 def test_finished_only_tables_the_finished_runs_and_trains_nothing(tmp_path, monkeypatch,
                                                                    capsys):
     for name in ("roi-seed0", "global-seed0", "roi-seed1"):
-        finished_run(tmp_path / "runs" / name, {"zeroshot/auroc_mean": 0.7},
+        finished_run(tmp_path / "runs" / name, {"zeroshot/auroc_mean": 0.7, **COUNTED},
                      ablation.current_prompts())
     os.makedirs(tmp_path / "runs" / "global-seed1")          # started, never finished
     calls = []
