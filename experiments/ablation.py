@@ -122,16 +122,22 @@ def run(variant: str, seed: int, args: str, runs: str, extra: list[str] = ()) ->
                                         workdir, name)
     refuse_stale(results, f"{workdir}/eval/results.json",
                  f"delete {workdir} to rerun it, or pass another --runs")
-    outdated = results and (
-        "its zero-shot prompts are not this rmc_jax's"
-        if scored_prompts(workdir) != current_prompts() else
-        "its region metrics scored an image's first regions only" if REGIONS_KEY not in results
-        else "")
+    outdated = results and outdated_evaluation(results, workdir)
     if outdated:
         print(f"{name}: {outdated}: evaluating it again", flush=True)
         results = runner.evaluate_again(
             runner.main_command(config, workdir, list(extra) + ["--mode=eval"]), workdir, name)
     return results
+
+
+def outdated_evaluation(results: dict, workdir: str) -> str:
+    """Why a finished run's evaluation is not this rmc_jax's ('' when it is): other zero-shot
+    prompts, or region metrics over an image's first regions only (before evals.max_regions)."""
+    if scored_prompts(workdir) != current_prompts():
+        return "its zero-shot prompts are not this rmc_jax's"
+    if REGIONS_KEY not in results:
+        return "its region metrics scored an image's first regions only"
+    return ""
 
 
 def current_prompts() -> dict:

@@ -336,6 +336,13 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
     return evaluate(model, params, config, tokenizer, workdir)
 
 
+# What an evaluation left out, as the end-of-run line explains each count that is not 0.
+LEFT_OUT = (
+    ("/skipped", "bad examples left out, named in the warnings and in eval/report.md"),
+    ("/regions_beyond_max_regions", "regions past an image's first evals.max_regions, not scored"),
+)
+
+
 def summary(results: dict) -> str:
     """A few headline numbers for the end of a run (zero-shot: the CheXzero pos/neg protocol),
     and the bad examples and the regions left out of each evaluated split."""
@@ -344,13 +351,8 @@ def summary(results: dict) -> str:
             "hard_negatives/accuracy/laterality", "grounding/pointing_accuracy"]
     line = "  ".join(f"{k}={results[k]:.3f}" for k in keys
                      if k in results and np.isfinite(results[k]))
-    skipped = {k: int(v) for k, v in results.items() if k.endswith("/skipped") and v}
-    if skipped:
-        line += "  " + "  ".join(f"{k}={v}" for k, v in skipped.items()) + \
-            " (bad examples left out, named in the warnings and in eval/report.md)"
-    beyond = {k: int(v) for k, v in results.items()
-              if k.endswith("/regions_beyond_max_regions") and v}
-    if beyond:
-        line += "  " + "  ".join(f"{k}={v}" for k, v in beyond.items()) + \
-            " (regions past an image's first evals.max_regions, not scored)"
+    for suffix, why in LEFT_OUT:
+        counts = {k: int(v) for k, v in results.items() if k.endswith(suffix) and v}
+        if counts:
+            line += "  " + "  ".join(f"{k}={v}" for k, v in counts.items()) + f" ({why})"
     return line
